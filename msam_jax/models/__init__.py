@@ -1,0 +1,68 @@
+"""Flax models of the MSAM experiments, built by name.
+
+    model = build("wrn", num_classes=100, depth=16, width=4)
+    variables = model.init(rng, images, train=False)        # images: NHWC float
+    logits, updates = model.apply(variables, images, train=True,
+                                  mutable=["batch_stats"], rngs={"dropout": key})
+
+Each family's file defines its modules and one builder function whose keyword
+arguments are the model's options; adding a family is one line in `_BUILDERS`.
+Every builder takes `dtype` (the computation dtype; parameters stay float32,
+logits come out float32).
+"""
+import inspect
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from msam_jax.models import cnn, resnet, vgg, vit, wide_resnet
+
+_BUILDERS = {
+    "wrn": wide_resnet.wide_resnet,
+    "resnet_cifar": resnet.resnet_cifar,
+    "resnet": resnet.resnet_imagenet,
+    "vit": vit.simple_vit,
+    "vgg": vgg.vgg,
+    "cnn": cnn.cnn,
+}
+MODELS = tuple(_BUILDERS)
+
+
+def options(name: str) -> dict:
+  """The keyword arguments `build(name, ...)` accepts, with their defaults."""
+  _check_name(name)
+  parameters = inspect.signature(_BUILDERS[name]).parameters
+  return {key: p.default for key, p in parameters.items() if p.kind is p.KEYWORD_ONLY}
+
+
+def build(name: str, num_classes: int, **kwargs) -> nn.Module:
+  """The model `name` with `num_classes` outputs; raises ValueError on any bad argument."""
+  valid = options(name)
+  unknown = sorted(set(kwargs) - set(valid))
+  if unknown:
+    raise ValueError(f"unknown argument(s) {', '.join(unknown)} for model {name!r}; "
+                     f"valid: {', '.join(valid)}")
+  if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+    raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+  if "dtype" in kwargs:
+    kwargs["dtype"] = _float_dtype(kwargs["dtype"])
+  return _BUILDERS[name](num_classes, **kwargs)
+
+
+def _check_name(name: str) -> None:
+  if name not in _BUILDERS:
+    raise ValueError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")
+
+
+def _float_dtype(dtype) -> jnp.dtype:
+  """Accepts a dtype or its name ("bfloat16"); only floating types make sense."""
+  try:
+    dtype = jnp.dtype(dtype)
+  except TypeError:
+    dtype = None
+  if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError("dtype must be a floating type such as float32, bfloat16 or float16")
+  return dtype
+
+
+__all__ = ["MODELS", "build", "options"]
