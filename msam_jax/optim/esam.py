@@ -1,0 +1,122 @@
+"""ESAM: SAM made cheaper by perturbing some tensors and re-differentiating few examples.
+
+Du, Yan, Feng, Zhou, Zhen, Goh & Tan, "Efficient Sharpness-aware Minimization
+for Improved Training of Neural Networks", ICLR 2022 (arXiv:2110.03141).
+"""
+import math
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from msam_jax.optim import _checks
+from msam_jax.optim._numerics import value_at
+from msam_jax.optim.sam import (LossFn, ascent_perturbation, base_update, check_base,
+                                mean_loss_grad, perturb)
+
+KEEP_ALL_GAMMA = 0.99  # the original keeps the whole batch from this gamma on
+
+
+class EsamState(NamedTuple):
+  """State of `esam`: update count, the key of the tensor draws, the base's state."""
+  count: jax.Array
+  key: jax.Array  # raw uint32[2] PRNG key, advanced every update
+  base_state: optax.OptState
+
+
+def kept_examples(gamma: float, batch_size: int) -> int:
+  """How many examples the second backward pass uses: ``floor(gamma * B)``.
+
+  All `B` when ``gamma >= 0.99`` (as the original). The original itself keeps
+  those strictly above the ``floor(gamma B)``-th largest sharpness, i.e. one
+  fewer; ``gamma = (floor(gamma B) - 1) / B`` reproduces it.
+  """
+  if gamma >= KEEP_ALL_GAMMA:
+    return batch_size
+  k = math.floor(gamma * batch_size)
+  if k < 1:
+    raise ValueError(f"gamma * batch size must be >= 1 to keep an example, got gamma={gamma} "
+                     f"with batch size {batch_size}")
+  return k
+
+
+def _static_gamma(gamma) -> float:
+  value = _checks.concrete_value(gamma)
+  if value is None:
+    raise ValueError(
+        "gamma must be a concrete float: it fixes the static size of the second pass's "
+        "sub-batch. With optax.inject_hyperparams pass static_args=('gamma',).")
+  return value
+
+
+def esam(base: optax.GradientTransformation, rho: optax.ScalarOrSchedule = 0.05,
+         beta: float = 0.5, gamma: float = 0.5,
+         seed: int = 0) -> optax.GradientTransformationExtraArgs:
+  """Efficient SAM: stochastic weight perturbation and sharpness-sensitive data selection.
+
+  One update (batch of `B` examples)::
+
+    each parameter tensor takes part with probability beta (drawn per step)
+    e       = rho g / (||g|| + 1e-12) on the taking-part tensors (0 elsewhere,
+              and left out of the norm)
+    sharp   = loss_fn(p + e) - losses               # per example, forward only
+    kept    = the k = floor(gamma B) examples of largest sharpness
+    g2      = grad mean(loss_fn(p + e, kept))       # backward on k examples
+    updates = base.update(g2, params=p)
+
+  The second backward really runs on a gathered sub-batch of static size `k`
+  (`loss_fn` receives `indices` of shape ``[k]``), which is where ESAM saves
+  time. With ``gamma >= 0.99`` all examples are used and the forward pass that
+  measures sharpness is skipped. Pass the first pass's per-example losses as
+  ``losses=`` to save one forward pass; otherwise they are recomputed.
+
+  Deliberate difference: the original keeps only the examples strictly above
+  the k-th largest sharpness (k - 1 of them); this keeps k, as the paper says.
+
+  Args:
+    base: the optimizer stepping with `g2` (the original: `sgd`).
+    rho: perturbation radius >= 0, a float or a schedule.
+    beta: probability in (0, 1] that a tensor is perturbed.
+    gamma: kept fraction of the batch, in (0, 1]; must be a concrete float (with
+      `optax.inject_hyperparams`, list it in `static_args`).
+    seed: seed of the tensor draws.
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs`; `update(grads, state, params, *,
+    loss_fn, losses=None)` as documented in `msam_jax.optim.sam`.
+  """
+  check_base(base)
+  _checks.non_negative("rho", rho)
+  _checks.in_interval("beta", beta, 0.0, 1.0, low_closed=False, high_closed=True)
+  _checks.in_interval("gamma", gamma, 0.0, 1.0, low_closed=False, high_closed=True)
+
+  def init_fn(params):
+    return EsamState(count=jnp.zeros([], jnp.int32), key=jax.random.PRNGKey(seed),
+                     base_state=base.init(params))
+
+  def update_fn(grads, state, params=None, *, loss_fn: LossFn,
+                losses: Optional[jax.Array] = None, **extra):
+    if params is None:
+      raise ValueError("esam needs the parameters: call update(grads, state, params, loss_fn=...)")
+    key, draw = jax.random.split(state.key)
+    num_tensors = len(jax.tree.leaves(grads))
+    participating = list(jax.random.uniform(draw, (num_tensors,)) < beta)
+    e = ascent_perturbation(grads, value_at(rho, state.count), participating)
+    perturbed = perturb(params, e)
+
+    g = _static_gamma(gamma)
+    if g >= KEEP_ALL_GAMMA:
+      g2 = mean_loss_grad(loss_fn, perturbed)
+    else:
+      before = loss_fn(params) if losses is None else losses
+      sharpness = jax.lax.stop_gradient(loss_fn(perturbed) - before)
+      k = kept_examples(g, sharpness.shape[0])
+      _, kept = jax.lax.top_k(sharpness, k)
+      g2 = mean_loss_grad(loss_fn, perturbed, jnp.sort(kept))
+
+    updates, base_state = base_update(base, g2, state.base_state, params, extra)
+    return updates, EsamState(count=optax.safe_increment(state.count), key=key,
+                              base_state=base_state)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -1,0 +1,92 @@
+"""LookSAM: a SAM step every k steps, its sharpness direction reused in between.
+
+Liu, Mai, Chen, Hsieh & You, "Towards Efficient and Scalable Sharpness-Aware
+Minimization", CVPR 2022 (arXiv:2203.02714).
+"""
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from msam_jax.optim import _checks
+from msam_jax.optim._numerics import global_norm, value_at, vdot
+from msam_jax.optim.sam import (NORM_EPS, LossFn, ascent_perturbation, base_update, check_base,
+                                mean_loss_grad, perturb)
+
+
+class LookSamState(NamedTuple):
+  """State of `looksam`: update count, the unit direction `gv`, the base's state."""
+  count: jax.Array
+  orthogonal_direction: optax.Updates  # gv: unit part of g2 orthogonal to g, one buffer
+  base_state: optax.OptState
+
+
+def looksam(base: optax.GradientTransformation, rho: optax.ScalarOrSchedule = 0.05,
+            k: int = 5, alpha: float = 0.2) -> optax.GradientTransformationExtraArgs:
+  """LookSAM: SAM's second gradient only every `k`-th step.
+
+  On updates 0, k, 2k, ... (the original's counter starts at k)::
+
+    e  = rho g / (||g|| + 1e-12)
+    g2 = grad mean(loss_fn(p + e))
+    gv = g2 - (<g2, g> / (||g||^2 + 1e-12)) g;  gv = gv / ||gv||
+    step with g2
+
+  on the other k - 1 updates, one gradient only::
+
+    step with g + alpha ||g|| gv
+
+  The branch is a `lax.cond`, so under `jax.jit` the second forward/backward
+  runs only on SAM steps.
+
+  Args:
+    base: the optimizer stepping with the chosen gradient (the original: `sgd`).
+    rho: perturbation radius >= 0, a float or a schedule.
+    k: period of the SAM steps, an integer >= 1 (the original's default 5).
+    alpha: weight of the reused direction (the original's default 0.2).
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs`; `update(grads, state, params, *,
+    loss_fn, losses=None)` as documented in `msam_jax.optim.sam`.
+  """
+  check_base(base)
+  _checks.non_negative("rho", rho)
+  _checks.positive_int("k", k)
+  _checks.non_negative("alpha", alpha)
+
+  def init_fn(params):
+    return LookSamState(count=jnp.zeros([], jnp.int32),
+                        orthogonal_direction=optax.tree.zeros_like(params),
+                        base_state=base.init(params))
+
+  def update_fn(grads, state, params=None, *, loss_fn: LossFn,
+                losses: Optional[jax.Array] = None, **extra):
+    del losses
+    if params is None:
+      raise ValueError("looksam needs the parameters: call update(grads, state, params, loss_fn=...)")
+    rho_now = value_at(rho, state.count)
+    grad_norm = global_norm(grads)
+
+    def sam_step(_):
+      e = ascent_perturbation(grads, rho_now, norm=grad_norm)
+      g2 = mean_loss_grad(loss_fn, perturb(params, e))
+      along = vdot(g2, grads) / (grad_norm ** 2 + NORM_EPS)
+      gv = jax.tree.map(lambda a, b: a - along * b, g2, grads)
+      gv_norm = global_norm(gv)
+      inv = jnp.where(gv_norm > 0, 1 / jnp.where(gv_norm > 0, gv_norm, 1), 0)
+      gv = jax.tree.map(lambda x, o: (inv * x).astype(o.dtype), gv, state.orthogonal_direction)
+      return optax.tree.cast_like(g2, grads), gv
+
+    def reuse_step(_):
+      scale = alpha * grad_norm
+      g = jax.tree.map(lambda a, b: (a + scale * b).astype(a.dtype),
+                       grads, state.orthogonal_direction)
+      return g, state.orthogonal_direction
+
+    step_grads, gv = jax.lax.cond(state.count % k == 0, sam_step, reuse_step, None)
+    updates, base_state = base_update(base, step_grads, state.base_state, params, extra)
+    return updates, LookSamState(count=optax.safe_increment(state.count),
+                                 orthogonal_direction=gv, base_state=base_state)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

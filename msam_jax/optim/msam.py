@@ -1,0 +1,207 @@
+"""Momentum-SAM: SAM's ascent along the momentum instead of a second gradient.
+
+Becker, Altrock & Risse, "Momentum-SAM: Sharpness Aware Minimization without
+Computational Overhead", arXiv:2401.12033 (2024).
+
+The model holds the *perturbed* parameters ``p~ = p - c v`` (`v` the momentum,
+`c = rho / ||v||` a scalar), so the gradient of an ordinary training step is
+taken at the ascent point and MSAM costs one gradient per step, like SGD. The
+optimizer state carries `v` (which SGD/Adam keep anyway) and the scalar `c`;
+`eval_params` adds ``c v`` back to give the unperturbed parameters for
+evaluation and export.
+"""
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from msam_jax.optim import _checks
+from msam_jax.optim import base
+from msam_jax.optim._numerics import global_norm, value_at, wide_dtype
+
+NORM_EPS = 1e-12  # the original's guard in rho / (||v|| + eps)
+
+
+class MsamState(NamedTuple):
+  """State of `msam`. The stored parameters are ``p - offset_scale * momentum``."""
+  count: jax.Array  # int32 scalar: number of updates applied so far
+  momentum: optax.Updates  # v, one buffer like the params
+  offset_scale: jax.Array  # c = rho / (||v|| + 1e-12), float32 or wider
+
+
+class AdamWMsamState(NamedTuple):
+  """State of `adamw_msam`. The stored parameters are ``p - offset_scale * mu``."""
+  count: jax.Array  # int32 scalar: number of updates applied so far
+  mu: optax.Updates  # exp_avg, also the ascent direction
+  nu: optax.Updates  # exp_avg_sq
+  offset_scale: jax.Array  # c = rho / (||mu|| + 1e-12), float32 or wider
+
+
+def _check_rho(rho) -> None:
+  _checks.non_negative("rho", rho)
+
+
+def _widen(x: jax.Array) -> jax.Array:
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def msam(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9,
+         rho: optax.ScalarOrSchedule = 0.3,
+         weight_decay: float = 0.0) -> optax.GradientTransformation:
+  """Momentum-SAM on SGD with momentum (the original's `MSAM`).
+
+  `params` (and the gradients) are the perturbed parameters ``p~``. One update::
+
+    d  = g + wd p~                    # weight decay at the perturbed point
+    v  = mu v + d                     # momentum (first step: v = d)
+    p  = p~ + c_old v_old - lr v      # undo the old ascent, SGD step
+    c  = rho / (||v|| + 1e-12)        # ||.|| global over all leaves
+    p~ = p - c v                      # ascend along -v for the next gradient
+
+  computed as a single fused update ``c_old v_old - (lr + c) v``.
+  `optax.apply_updates` then yields the perturbed parameters the original
+  holds after its step; `eval_params(params, state)` gives the unperturbed ones.
+  Storing ``c`` (rho included) makes a changing rho undo exactly the
+  perturbation it made; the original stores ``1/||v||`` and undoes with the new
+  rho (ALGORITHMS.md).
+
+  Chaining: `msam` must be the *last* transformation that changes the update.
+  ``optax.chain(optax.clip_by_global_norm(1.0), msam(...))`` is fine: clipping
+  acts on the gradient before MSAM sees it. A transformation after `msam` that
+  rescales updates (a learning-rate scale, clipping, `optax.MultiSteps`-style
+  averaging of the *output*) would also rescale the ``c_old v_old - c v``
+  perturbation part of the update, so the stored parameters would no longer be
+  ``p - c v`` and `eval_params` would return wrong, drifting parameters.
+
+  Args:
+    learning_rate: a float or an optax schedule (update count -> value).
+    momentum: `mu` in [0, 1).
+    rho: perturbation radius >= 0, a float or a schedule; 0 gives `sgd`.
+    weight_decay: coupled (L2) decay coefficient, applied at the perturbed point.
+
+  Returns:
+    An `optax.GradientTransformation`; `update` needs `params` unless the
+    weight decay is the constant 0.
+  """
+  _checks.non_negative("learning_rate", learning_rate)
+  _checks.in_interval("momentum", momentum, 0.0, 1.0, low_closed=True, high_closed=False)
+  _check_rho(rho)
+  _checks.non_negative("weight_decay", weight_decay)
+
+  def init_fn(params):
+    return MsamState(count=jnp.zeros([], jnp.int32),
+                     momentum=optax.tree.zeros_like(params),
+                     offset_scale=jnp.zeros([], wide_dtype(params)))
+
+  def update_fn(grads, state, params=None):
+    lr = value_at(learning_rate, state.count)
+    rho_now = value_at(rho, state.count)
+    if isinstance(weight_decay, (int, float)) and weight_decay == 0:
+      d = grads
+    else:
+      if params is None:
+        raise ValueError(base.NO_PARAMS_MSG)
+      d = jax.tree.map(lambda g, p: g + weight_decay * p, grads, params)
+    new_v = jax.tree.map(lambda d_, v: (d_ + momentum * v).astype(v.dtype), d, state.momentum)
+    c_old = state.offset_scale
+    c_new = (rho_now / (global_norm(new_v) + NORM_EPS)).astype(c_old.dtype)
+    step = lr + c_new
+    updates = jax.tree.map(
+        lambda v, nv, g: (c_old * _widen(v) - step * _widen(nv)).astype(g.dtype),
+        state.momentum, new_v, grads)
+    return updates, MsamState(count=optax.safe_increment(state.count), momentum=new_v,
+                              offset_scale=c_new)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def adamw_msam(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
+               eps: float = 1e-8, weight_decay: float = 1e-2,
+               rho: optax.ScalarOrSchedule = 0.3) -> optax.GradientTransformation:
+  """Momentum-SAM on AdamW (the original's `AdamW_MSAM`), ascent along ``-m``.
+
+  `params` are the perturbed parameters ``p~``. One update (t = 1-based step)::
+
+    p  = p~ + c_old m_old             # undo the old ascent
+    m, s as in `adamw` (gradient taken at p~)
+    p  = (p - (lr/(1-b1^t)) m / (sqrt(s)/sqrt(1-b2^t) + eps)) (1 - lr wd)
+    c  = rho / (||m|| + 1e-12)        # raw (not bias-corrected) m
+    p~ = p - c m
+
+  State: AdamW's `count, mu, nu` plus the scalar `c`. The chaining caveat of
+  `msam` applies: nothing that rescales updates may come after it.
+
+  Args:
+    learning_rate: a float or an optax schedule (update count -> value).
+    b1, b2: moment decay rates in [0, 1).
+    eps: added to the bias-corrected root of the second moment.
+    weight_decay: decoupled decay, applied to the unperturbed parameters.
+    rho: perturbation radius >= 0, a float or a schedule; 0 gives `adamw`.
+
+  Returns:
+    An `optax.GradientTransformation`; `update` needs `params` unless the
+    weight decay is the constant 0.
+  """
+  base.check_adam_args(learning_rate, b1, b2, eps, weight_decay)
+  _check_rho(rho)
+
+  def init_fn(params):
+    mu, nu = base.init_adam_moments(params)
+    return AdamWMsamState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu,
+                          offset_scale=jnp.zeros([], wide_dtype(params)))
+
+  def update_fn(grads, state, params=None):
+    lr = value_at(learning_rate, state.count)
+    rho_now = value_at(rho, state.count)
+    count = optax.safe_increment(state.count)
+    mu, nu = base.update_adam_moments(grads, state.mu, state.nu, b1, b2)
+    descent = base.adam_descent(mu, nu, count, lr, b1, b2, eps)
+    c_old = state.offset_scale
+    c_new = (rho_now / (global_norm(mu) + NORM_EPS)).astype(c_old.dtype)
+    # Undo + Adam step: the move from the stored p~ to (unperturbed p) + descent.
+    moved = jax.tree.map(lambda m, s: c_old * _widen(m) + s, state.mu, descent)
+    if isinstance(weight_decay, (int, float)) and weight_decay == 0:
+      decayed = moved
+    else:
+      if params is None:
+        raise ValueError(base.NO_PARAMS_MSG)
+      decay = lr * weight_decay
+      # p_new = (p~ + moved)(1 - lr wd)  =>  p_new - p~ = moved - lr wd (p~ + moved)
+      decayed = jax.tree.map(lambda x, p: x - decay * (p + x), moved, params)
+    updates = jax.tree.map(lambda x, m, g: (x - c_new * _widen(m)).astype(g.dtype),
+                           decayed, mu, grads)
+    return updates, AdamWMsamState(count=count, mu=mu, nu=nu, offset_scale=c_new)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _is_msam_state(x) -> bool:
+  return isinstance(x, (MsamState, AdamWMsamState))
+
+
+def _ascent_direction(state):
+  return state.momentum if isinstance(state, MsamState) else state.mu
+
+
+def eval_params(params: optax.Params, opt_state: optax.OptState) -> optax.Params:
+  """The unperturbed parameters ``p~ + c v`` behind MSAM-family parameters.
+
+  Finds every `msam` / `adamw_msam` state anywhere in `opt_state` (inside
+  `optax.chain`, `optax.inject_hyperparams`, `optax.MultiSteps`,
+  `optax.multi_transform`, ...) and undoes its perturbation; with no such state
+  it returns `params` unchanged, so a training loop can always call it.
+  Leaves keep their dtypes; jittable.
+  """
+  states = [s for s in jax.tree.leaves(opt_state, is_leaf=_is_msam_state) if _is_msam_state(s)]
+  masked = lambda x: isinstance(x, optax.MaskedNode)
+  for state in states:
+    scale = state.offset_scale
+
+    def undo(v, p, scale=scale):
+      if masked(v):
+        return p
+      return (_widen(p) + scale * _widen(v)).astype(p.dtype)
+
+    params = jax.tree.map(undo, _ascent_direction(state), params, is_leaf=masked)
+  return params

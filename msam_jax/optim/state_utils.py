@@ -1,0 +1,70 @@
+"""Questions a training loop asks about any optimizer, answered from its state.
+
+Wrappers such as `optax.inject_hyperparams`, `optax.chain` or
+`optax.MultiSteps` hide which transformation they hold, but its state stays
+in the state tree. Looking there lets one training step serve every optimizer
+without branching on names.
+"""
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from msam_jax.optim.sam import SamState
+
+_INJECT_STATES = (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)
+# A probe for abstract initialisation: enough for transformations that accept any params.
+_PROBE_PARAMS = {"probe": jax.ShapeDtypeStruct((2,), jnp.float32)}
+
+
+def _sam_family_states() -> tuple[type, ...]:
+  # Imported here so that each optimizer module only depends on sam.py.
+  from msam_jax.optim.esam import EsamState
+  from msam_jax.optim.looksam import LookSamState
+  return (SamState, EsamState, LookSamState)
+
+
+def _find(tree, types) -> list[Any]:
+  is_match = lambda x: isinstance(x, types)
+  return [x for x in jax.tree.leaves(tree, is_leaf=is_match) if is_match(x)]
+
+
+def needs_loss_fn(tx_or_state, params=None) -> bool:
+  """Whether `update` wants ``loss_fn=`` (and ``losses=``): the SAM family does.
+
+  Args:
+    tx_or_state: an optax transformation, however wrapped, or its state.
+    params: params (or `jax.ShapeDtypeStruct`s) to initialise `tx` with,
+      abstractly; by default a small probe, which serves every transformation
+      that accepts any parameter tree.
+
+  Returns:
+    True when a `sam`, `esam` or `looksam` state is part of the state tree.
+    Costs no computation (`jax.eval_shape`); usable inside `jax.jit`.
+  """
+  state = tx_or_state
+  if isinstance(tx_or_state, optax.GradientTransformation):
+    state = jax.eval_shape(tx_or_state.init, _PROBE_PARAMS if params is None else params)
+  return bool(_find(state, _sam_family_states()))
+
+
+def current_hyperparams(opt_state) -> dict[str, jax.Array]:
+  """The hyper-parameters in force, from every `optax.inject_hyperparams` in the state.
+
+  Returns a flat dict, e.g. ``{"rho": ..., "learning_rate": ..., "momentum": ...}``
+  for ``inject_hyperparams(sam)(base=inject_hyperparams(sgd)(...), rho=...)``.
+  The values are the ones the most recent update used (at initialisation: the
+  first update's). Where several wrappers name the same hyper-parameter the
+  outermost (then first in tree order) wins. Empty when nothing is injected.
+  """
+  found: dict[str, jax.Array] = {}
+
+  def visit(tree):
+    for state in _find(tree, _INJECT_STATES):
+      for name, value in state.hyperparams.items():
+        found.setdefault(name, value)
+      visit(state.inner_state)
+
+  visit(opt_state)
+  return found
