@@ -1,0 +1,102 @@
+"""Which datasets exist, what they look like, and how a missing one is reported.
+
+The facts here (classes, image shape, split sizes) are constants, so configs,
+models and schedules can ask for them without touching the data.
+"""
+import dataclasses
+from typing import Any
+
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """Static description of a dataset as the model sees it (after preprocessing)."""
+  name: str
+  num_classes: int
+  image_shape: tuple[int, int, int]  # (height, width, channels)
+  num_train: int
+  num_test: int
+
+
+DATASETS = ("digits", "cifar10", "cifar100", "imagenet2012")
+
+DEFAULT_IMAGENET_SIZE = 224
+
+# The digits split sizes are those of `digits.py` (1797 scans, 360 held out).
+_FIXED = {
+    "digits": DatasetInfo("digits", 10, (8, 8, 1), 1437, 360),
+    "cifar10": DatasetInfo("cifar10", 10, (32, 32, 3), 50_000, 10_000),
+    "cifar100": DatasetInfo("cifar100", 100, (32, 32, 3), 50_000, 10_000),
+}
+_IMAGENET_COUNTS = dict(num_classes=1000, num_train=1_281_167, num_test=50_000)
+
+
+class DatasetNotFoundError(ValueError):
+  """The dataset is not prepared in the data_dir; the message says how to prepare it."""
+
+
+def check_name(name: str) -> None:
+  if name not in DATASETS:
+    raise ValueError(f"Unknown dataset {name!r}; valid choices: {', '.join(DATASETS)}.")
+
+
+def dataset_info(name: str, *, image_size: int | None = None) -> DatasetInfo:
+  """The `DatasetInfo` of `name`; `image_size` (square side) only for imagenet2012."""
+  check_name(name)
+  if name == "imagenet2012":
+    size = DEFAULT_IMAGENET_SIZE if image_size is None else image_size
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+      raise ValueError(f"image_size must be a positive integer, got {image_size!r}.")
+    return DatasetInfo(name, image_shape=(size, size, 3), **_IMAGENET_COUNTS)
+  info = _FIXED[name]
+  if image_size is not None and image_size != info.image_shape[0]:
+    raise ValueError(
+        f"image_size={image_size!r} is not available for {name}: its images are "
+        f"{info.image_shape[0]}x{info.image_shape[1]}; only imagenet2012 is resized "
+        "(leave image_size as None).")
+  return info
+
+
+def steps_per_epoch(name_or_info: str | DatasetInfo, global_batch_size: int) -> int:
+  """Training steps per epoch: full global batches only (the remainder is dropped)."""
+  info = name_or_info if isinstance(name_or_info, DatasetInfo) else dataset_info(name_or_info)
+  check_batch_size(global_batch_size)
+  if global_batch_size > info.num_train:
+    raise ValueError(
+        f"global_batch_size={global_batch_size} exceeds the {info.num_train} training "
+        f"examples of {info.name}.")
+  return info.num_train // global_batch_size
+
+
+def check_batch_size(global_batch_size: Any) -> None:
+  if (not isinstance(global_batch_size, int) or isinstance(global_batch_size, bool)
+      or global_batch_size < 1):
+    raise ValueError(f"global_batch_size must be a positive integer, got {global_batch_size!r}.")
+
+
+def _preparation_hint(name: str, data_dir: str) -> str:
+  if name == "imagenet2012":
+    return (f"ImageNet needs a manual download: put ILSVRC2012_img_train.tar and "
+            f"ILSVRC2012_img_val.tar into {data_dir}/downloads/manual/, then run "
+            f"`tfds build imagenet2012 --data_dir {data_dir}` (hours; about 300 GB of disk).")
+  return f"Prepare it once (downloads it) with `tfds build {name} --data_dir {data_dir}`."
+
+
+def tfds_split(name: str, split: Any, *, data_dir: str | None, **as_dataset_kwargs) -> tf.data.Dataset:
+  """`builder.as_dataset(split)` of a prepared TFDS dataset; never downloads.
+
+  Raises:
+    DatasetNotFoundError: `name` is not prepared in `data_dir` (TFDS's default
+      data_dir, `~/tensorflow_datasets` or $TFDS_DATA_DIR, when None).
+  """
+  builder = tfds.builder(name, data_dir=data_dir)
+  try:
+    return builder.as_dataset(split=split, **as_dataset_kwargs)
+  except AssertionError:  # TFDS's way of saying "not prepared here".
+    root = str(builder.data_dir_root)
+    raise DatasetNotFoundError(
+        f"Dataset {name!r} was not found in data_dir {root!r}. "
+        f"{_preparation_hint(name, root)} Then pass that directory as data_dir "
+        "(config.data_dir).") from None

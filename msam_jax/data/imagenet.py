@@ -1,0 +1,58 @@
+"""ImageNet-1k (TFDS `imagenet2012`), streamed as encoded JPEGs and decoded fused with the crop.
+
+Train: Inception random-resized crop (area 0.08-1, aspect 3/4-4/3) resized to
+`image_size`, random horizontal flip. Eval: centre crop of 0.875 of the
+shorter side resized (bicubic) to `image_size`. Both normalised with the
+usual ImageNet mean/std. The test split is TFDS's 'validation'.
+"""
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from msam_jax.data import augment
+from msam_jax.data.datasets import dataset_info, tfds_split
+
+NAME = "imagenet2012"
+TRAIN_SPLIT = "train"
+TEST_SPLIT = "validation"
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+EVAL_CROP_FRACTION = 0.875
+
+
+def read(split, *, data_dir: str | None, shuffle_seed: int | None = None) -> tf.data.Dataset:
+  """Examples {'image': JPEG bytes, 'label': int64} of `split`, not decoded.
+
+  With `shuffle_seed`, the file order is shuffled deterministically by it;
+  without, files are read in order.
+  """
+  read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, try_autocache=False)
+  return tfds_split(NAME, split, data_dir=data_dir, shuffle_files=shuffle_seed is not None,
+                    decoders={"image": tfds.decode.SkipDecoding()}, read_config=read_config)
+
+
+def split_sizes(data_dir: str | None) -> tuple[int, int]:
+  """(train, test) example counts of the prepared dataset, from its metadata (no reading).
+
+  The canonical counts when the metadata does not know them (not prepared, or mocked).
+  """
+  info = dataset_info(NAME)
+  splits = tfds.builder(NAME, data_dir=data_dir).info.splits
+  sizes = []
+  for split, default in ((TRAIN_SPLIT, info.num_train), (TEST_SPLIT, info.num_test)):
+    sizes.append(splits[split].num_examples if split in splits else default)
+  return sizes[0], sizes[1]
+
+
+def train_preprocess(jpeg: tf.Tensor, seed, *, image_size: int) -> tf.Tensor:
+  """JPEG bytes -> random-resized crop, flip, normalise: float32 [size, size, 3]."""
+  crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  image = augment.decode_and_inception_crop(jpeg, crop_seed, image_size=image_size)
+  image = augment.random_flip(image, flip_seed)
+  return augment.normalize(image, MEAN, STD)
+
+
+def eval_preprocess(jpeg: tf.Tensor, *, image_size: int) -> tf.Tensor:
+  """JPEG bytes -> centre crop, normalise: float32 [size, size, 3]."""
+  image = augment.decode_and_centre_crop(jpeg, image_size=image_size,
+                                         crop_fraction=EVAL_CROP_FRACTION)
+  return augment.normalize(image, MEAN, STD)

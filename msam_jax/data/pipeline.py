@@ -1,0 +1,267 @@
+"""Training and evaluation iterators: global batches, per-process shares, exact resume.
+
+Training batches are a function of (seed, step) only:
+
+* digits and CIFAR live in memory. Epoch `e` is a permutation of the train
+  split keyed by (seed, e); global batch `s` takes its rows `s*B .. s*B+B-1`
+  (B = global batch) and process `p` of `P` takes rows `p*B/P .. (p+1)*B/P-1`
+  of it. The composition of a global batch therefore does not depend on the
+  number of processes, and `start_step` is index arithmetic.
+* ImageNet streams from TFDS: each process reads its own part of the split
+  (`tfds.split_for_jax_process`) in an order keyed by (seed, epoch) (file
+  order plus a shuffle buffer of encoded JPEGs); `start_step` skips the
+  consumed records before anything is decoded.
+
+Random augmentation is keyed by (seed, global position of the example in the
+run), so it too is identical after a restart.
+
+Evaluation visits the test split once: global batch `b` holds examples
+`b*B .. b*B+B-1` (in-memory) or each process reads its part (ImageNet);
+the last batch is padded with zero images whose `mask` is False, and every
+process yields the same number of batches.
+"""
+import dataclasses
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from msam_jax.data import cifar, digits, imagenet
+from msam_jax.data.datasets import check_batch_size, dataset_info
+
+Batch = dict[str, np.ndarray]
+
+IMAGENET_SHUFFLE_BUFFER = 10_000  # encoded JPEGs, ~1 GB
+_SHUFFLE_STREAM, _AUGMENT_STREAM = 0, 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+  """This process's share of every global batch: rows [index*local_batch, (index+1)*local_batch)."""
+  index: int
+  count: int
+  global_batch: int
+
+  @property
+  def local_batch(self) -> int:
+    return self.global_batch // self.count
+
+  @property
+  def offset(self) -> int:
+    return self.index * self.local_batch
+
+
+def shard_for(global_batch_size: int, *, process_index: int | None = None,
+              process_count: int | None = None, num_devices: int | None = None) -> Shard:
+  """Validates the batch against the processes and devices (defaults: jax's)."""
+  check_batch_size(global_batch_size)
+  if process_index is None or process_count is None or num_devices is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    num_devices = jax.device_count() if num_devices is None else num_devices
+  if not isinstance(process_count, int) or process_count < 1:
+    raise ValueError(f"process_count must be a positive integer, got {process_count!r}.")
+  if not isinstance(process_index, int) or not 0 <= process_index < process_count:
+    raise ValueError(f"process_index must be in [0, {process_count}), got {process_index!r}.")
+  if not isinstance(num_devices, int) or num_devices < 1:
+    raise ValueError(f"num_devices must be a positive integer, got {num_devices!r}.")
+  for count, what in ((num_devices, "devices"), (process_count, "processes")):
+    if global_batch_size % count:
+      raise ValueError(
+          f"global_batch_size={global_batch_size} is not divisible by the {count} {what}; "
+          f"use a multiple of {count}.")
+  return Shard(process_index, process_count, global_batch_size)
+
+
+def _check_seed(seed) -> None:
+  if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+    raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
+
+
+def _stream_key(seed: int, stream: int) -> tf.Tensor:
+  """Independent stateless-RNG keys for the shuffle and the augmentation."""
+  return tf.random.experimental.stateless_fold_in(tf.constant([seed, 0], tf.int64), stream)
+
+
+def _in_memory_split(name: str, train: bool, data_dir):
+  """(images, labels, preprocess(image, key)) of a dataset that fits in host memory."""
+  split = "train" if train else "test"
+  if name == "digits":
+    images, labels = digits.load_split(split)
+    return images, labels, lambda image, key: digits.preprocess(image)
+  images, labels = cifar.load_split(name, split, data_dir=data_dir)
+  if train:
+    return images, labels, lambda image, key: cifar.train_preprocess(image, key, name=name)
+  return images, labels, lambda image, key: cifar.eval_preprocess(image, name=name)
+
+
+def _epoch_rows(num_examples: int, shard: Shard, seed: int, epoch: tf.Tensor):
+  """(example index, global position) of this process's rows of one epoch, in order."""
+  steps = num_examples // shard.global_batch
+  order = tf.random.experimental.stateless_shuffle(
+      tf.range(num_examples, dtype=tf.int64),
+      seed=tf.random.experimental.stateless_fold_in(_stream_key(seed, _SHUFFLE_STREAM), epoch))
+  rows = tf.reshape(order[:steps * shard.global_batch], [steps, shard.global_batch])
+  rows = rows[:, shard.offset:shard.offset + shard.local_batch]
+  step = epoch * steps + tf.range(steps, dtype=tf.int64)
+  position = (step[:, None] * shard.global_batch + shard.offset
+              + tf.range(shard.local_batch, dtype=tf.int64)[None, :])
+  return tf.data.Dataset.from_tensor_slices((tf.reshape(rows, [-1]), tf.reshape(position, [-1])))
+
+
+def _in_memory_train(name, shard: Shard, seed: int, start_step: int, data_dir) -> tf.data.Dataset:
+  images, labels, preprocess = _in_memory_split(name, True, data_dir)
+  steps = len(labels) // shard.global_batch
+  if steps == 0:
+    raise ValueError(f"global_batch_size={shard.global_batch} exceeds the {len(labels)} "
+                     f"training examples of {name}.")
+  first_epoch, first_step = divmod(start_step, steps)
+  images, labels = tf.constant(images), tf.constant(labels)
+  augment_key = _stream_key(seed, _AUGMENT_STREAM)
+
+  def example(index, position):
+    key = tf.random.experimental.stateless_fold_in(augment_key, position)
+    return {"image": preprocess(tf.gather(images, index), key), "label": tf.gather(labels, index)}
+
+  rows = tf.data.Dataset.counter(first_epoch).flat_map(
+      lambda epoch: _epoch_rows(len(labels), shard, seed, epoch))
+  return (rows.skip(first_step * shard.local_batch)  # indices only: cheap
+          .map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+          .batch(shard.local_batch, drop_remainder=True))
+
+
+def _in_memory_eval(name, shard: Shard, data_dir) -> tf.data.Dataset:
+  images, labels, preprocess = _in_memory_split(name, False, data_dir)
+  num_examples = len(labels)
+  num_batches = math.ceil(num_examples / shard.global_batch)
+  slots = (np.arange(num_batches)[:, None] * shard.global_batch + shard.offset
+           + np.arange(shard.local_batch)[None, :]).reshape(-1)
+  images, labels = tf.constant(images), tf.constant(labels)
+
+  def example(slot):
+    real = slot < num_examples
+    index = tf.minimum(slot, num_examples - 1)
+    image = preprocess(tf.gather(images, index), None)
+    return {"image": tf.where(real, image, tf.zeros_like(image)),
+            "label": tf.where(real, tf.gather(labels, index), 0), "mask": real}
+
+  return (tf.data.Dataset.from_tensor_slices(slots)
+          .map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+          .batch(shard.local_batch))
+
+
+def _epoch_shuffle_seed(seed: int, epoch: int) -> int:
+  return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def _imagenet_train(shard: Shard, seed: int, start_step: int, data_dir,
+                    image_size: int) -> Iterator[Batch]:
+  split = tfds.split_for_jax_process(imagenet.TRAIN_SPLIT, process_index=shard.index,
+                                     process_count=shard.count)
+  num_train, _ = imagenet.split_sizes(data_dir)
+  steps = num_train // shard.global_batch
+  if steps == 0:
+    raise ValueError(f"global_batch_size={shard.global_batch} exceeds the {num_train} "
+                     "training examples of imagenet2012.")
+  augment_key = _stream_key(seed, _AUGMENT_STREAM)
+  local_batch = shard.local_batch
+
+  def epoch_batches(epoch: int, first_step: int) -> tf.data.Dataset:
+    shuffle_seed = _epoch_shuffle_seed(seed, epoch)
+    records = (imagenet.read(split, data_dir=data_dir, shuffle_seed=shuffle_seed)
+               .shuffle(IMAGENET_SHUFFLE_BUFFER, seed=shuffle_seed)
+               .take(steps * local_batch)
+               .skip(first_step * local_batch)  # still encoded: no decoding wasted
+               .enumerate(start=first_step * local_batch))
+
+    def example(i, record):
+      step = epoch * steps + i // local_batch
+      position = step * shard.global_batch + shard.offset + i % local_batch
+      key = tf.random.experimental.stateless_fold_in(augment_key, position)
+      return {"image": imagenet.train_preprocess(record["image"], key, image_size=image_size),
+              "label": tf.cast(record["label"], tf.int32)}
+
+    return (records.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
+
+  def batches(epoch: int, first_step: int, first: tf.data.Dataset) -> Iterator[Batch]:
+    ds = first
+    while True:
+      produced = 0
+      for batch in ds.as_numpy_iterator():
+        produced += 1
+        yield batch
+      if produced == 0 and first_step == 0:
+        raise ValueError("This process's part of the imagenet2012 train split holds fewer "
+                         f"than local batch {local_batch} examples.")
+      epoch, first_step = epoch + 1, 0
+      ds = epoch_batches(epoch, first_step)
+
+  epoch, first_step = divmod(start_step, steps)
+  # Built here, not in the generator, so that a missing dataset fails right away.
+  return batches(epoch, first_step, epoch_batches(epoch, first_step))
+
+
+def _imagenet_eval(shard: Shard, data_dir, image_size: int) -> tf.data.Dataset:
+  split = tfds.split_for_jax_process(imagenet.TEST_SPLIT, process_index=shard.index,
+                                     process_count=shard.count)
+  _, num_test = imagenet.split_sizes(data_dir)
+  # tfds.even_splits gives the first (num_test % count) processes one extra example.
+  num_batches = math.ceil(math.ceil(num_test / shard.count) / shard.local_batch)
+
+  def example(record):
+    return {"image": imagenet.eval_preprocess(record["image"], image_size=image_size),
+            "label": tf.cast(record["label"], tf.int32), "mask": tf.constant(True)}
+
+  padding = tf.data.Dataset.from_tensors({
+      "image": tf.zeros([image_size, image_size, 3], tf.float32),
+      "label": tf.constant(0, tf.int32), "mask": tf.constant(False)}).repeat()
+  return (imagenet.read(split, data_dir=data_dir)
+          .map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+          .concatenate(padding)
+          .take(num_batches * shard.local_batch)
+          .batch(shard.local_batch))
+
+
+def train_iterator(name: str, *, global_batch_size: int, seed: int = 0, start_step: int = 0,
+                   data_dir: str | None = None, image_size: int | None = None,
+                   process_index: int | None = None, process_count: int | None = None,
+                   num_devices: int | None = None) -> Iterator[Batch]:
+  """Endless training batches of this process: {"image": float32 [b, H, W, C], "label": int32 [b]}.
+
+  b = global_batch_size / process_count. An epoch is num_train // global_batch_size
+  steps (the remainder is dropped), each a fresh shuffle. With `start_step=n` the
+  iterator yields exactly what an uninterrupted one yields from its n-th batch on.
+  """
+  info = dataset_info(name, image_size=image_size)
+  shard = shard_for(global_batch_size, process_index=process_index,
+                    process_count=process_count, num_devices=num_devices)
+  _check_seed(seed)
+  if not isinstance(start_step, int) or isinstance(start_step, bool) or start_step < 0:
+    raise ValueError(f"start_step must be a non-negative integer, got {start_step!r}.")
+  if name == "imagenet2012":
+    return _imagenet_train(shard, seed, start_step, data_dir, info.image_shape[0])
+  ds = _in_memory_train(name, shard, seed, start_step, data_dir)
+  return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+
+
+def eval_iterator(name: str, *, global_batch_size: int, data_dir: str | None = None,
+                  image_size: int | None = None, process_index: int | None = None,
+                  process_count: int | None = None,
+                  num_devices: int | None = None) -> Iterator[Batch]:
+  """Every test example once: {"image", "label", "mask": bool [b]}, padding masked out.
+
+  All processes yield the same number of batches (needed for multi-host jit).
+  """
+  info = dataset_info(name, image_size=image_size)
+  shard = shard_for(global_batch_size, process_index=process_index,
+                    process_count=process_count, num_devices=num_devices)
+  if name == "imagenet2012":
+    ds = _imagenet_eval(shard, data_dir, info.image_shape[0])
+  else:
+    ds = _in_memory_eval(name, shard, data_dir)
+  return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+
