@@ -10,4 +10,13 @@ from msam_jax.optim import (adamw, adamw_msam, esam, eval_params, looksam, msam,
 __all__ = ["adamw", "adamw_msam", "esam", "eval_params", "looksam", "msam", "sam",
            "schedules", "sgd"]
 
-# --- Lazy access to msam_jax.models / msam_jax.data: the lead adds it here. ---
+# The heavier subpackages (Flax models, TensorFlow input pipelines, training)
+# load on first attribute access, so `import msam_jax` stays cheap.
+_SUBPACKAGES = ("analysis", "data", "models", "optim", "training")
+
+
+def __getattr__(name):
+  if name in _SUBPACKAGES:
+    import importlib  # noqa: PLC0415
+    return importlib.import_module(f"msam_jax.{name}")
+  raise AttributeError(f"module 'msam_jax' has no attribute {name!r}")

@@ -1,0 +1,24 @@
+"""WRN-16-4 on CIFAR-100, the original's `CIFAR100_WRN16_4.ini`.
+
+MSAM: `--config.optimizer=msam --config.rho=3`; SAM: `--config.optimizer=sam --config.rho=0.2`.
+"""
+from msam_jax.training import base_config
+
+
+def get_config():
+  config = base_config()
+  config.dataset = "cifar100"
+  config.model = "wrn"
+  config.model_kwargs = {"depth": 16, "width": 4}
+  config.num_epochs = 200
+  config.batch_size = 256
+  config.optimizer = "sgd"
+  config.learning_rate = 0.5
+  config.lr_schedule = "start_ramp_cos"
+  config.lr_ramp_epochs = 1.0
+  config.momentum = 0.9
+  config.weight_decay = 5e-4
+  config.label_smoothing = 0.1
+  config.rho = 3.0
+  config.rho_schedule = "const"
+  return config

@@ -1,0 +1,29 @@
+"""The embedded default: a small CNN trained with MSAM on scikit-learn's digits.
+
+Runs offline on a laptop CPU in about a minute:
+`python train.py --config configs/digits.py --workdir runs/digits`.
+"""
+from msam_jax.training import base_config
+
+
+def get_config():
+  config = base_config()
+  config.dataset = "digits"
+  config.model = "cnn"
+  config.model_kwargs = {}
+  config.num_epochs = 30
+  config.batch_size = 64
+  config.eval_batch_size = 128
+  config.optimizer = "msam"
+  config.learning_rate = 0.1
+  config.lr_schedule = "start_ramp_cos"
+  config.lr_ramp_epochs = 1.0
+  config.momentum = 0.9
+  config.weight_decay = 5e-4
+  config.label_smoothing = 0.1
+  config.rho = 0.3
+  config.rho_schedule = "const"
+  config.log_every_steps = 20
+  config.eval_every_epochs = 5
+  config.checkpoint_every_steps = 200
+  return config

@@ -1,0 +1,3 @@
+"""Training: train state, loss, jitted steps, mesh, checkpoints and the loop."""
+from msam_jax.training.config import ConfigError, base_config, validate
+from msam_jax.training.loop import NonFiniteLossError, train_and_evaluate

@@ -1,0 +1,112 @@
+"""The per-step functions the loop jits: train, evaluate, recompute batch norm.
+
+One training step serves every optimizer. The MSAM family is a plain
+one-gradient step (the model holds the perturbed parameters and the optimizer
+moves them); the SAM family additionally receives `loss_fn`, which reruns the
+forward pass in training mode but throws its batch-norm statistics away, so the
+running statistics are updated by the first pass only (as the original does).
+"""
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from clu import metrics
+
+import msam_jax
+from msam_jax.optim import current_hyperparams, needs_loss_fn
+from msam_jax.training.loss import smoothed_kl_loss, top_k_correct
+from msam_jax.training.train_state import TrainState
+
+
+@functools.cache
+def metrics_collection(num_classes: int, train: bool) -> type[metrics.Collection]:
+  """The clu metrics a step returns; top-5 accuracy wherever there are > 5 classes.
+
+  Cached: each call of `Collection.create` makes a new class, and a new pytree
+  type in a jitted function's output would retrace it every step.
+  """
+  fields = {"loss": metrics.Average.from_output("loss"),
+            "accuracy": metrics.Average.from_output("accuracy")}
+  if num_classes > 5:
+    fields["accuracy_top5"] = metrics.Average.from_output("accuracy_top5")
+  if train:
+    fields.update(grad_norm=metrics.Average.from_output("grad_norm"),
+                  learning_rate=metrics.LastValue.from_output("learning_rate"),
+                  rho=metrics.LastValue.from_output("rho"))
+  return metrics.Collection.create(**fields)
+
+
+def _variables(params, batch_stats):
+  return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
+
+
+def _accuracies(logits, labels):
+  out = {"accuracy": top_k_correct(logits, labels, 1)}
+  if logits.shape[-1] > 5:
+    out["accuracy_top5"] = top_k_correct(logits, labels, 5)
+  return out
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *, model, tx,
+               label_smoothing: float) -> tuple[TrainState, metrics.Collection]:
+  """One optimizer step on one global batch; returns the new state and its metrics."""
+  dropout_rng = jax.random.fold_in(rng, state.step)
+
+  def forward(params, images, labels):
+    logits, new_vars = model.apply(
+        _variables(params, state.batch_stats), images, train=True,
+        mutable=["batch_stats"], rngs={"dropout": dropout_rng})
+    return smoothed_kl_loss(logits, labels, label_smoothing), (logits, new_vars)
+
+  def mean_loss(params):
+    losses, aux = forward(params, batch["image"], batch["label"])
+    return losses.mean(), (losses, aux)
+
+  (_, (losses, (logits, new_vars))), grads = jax.value_and_grad(mean_loss, has_aux=True)(state.params)
+
+  if needs_loss_fn(tx):
+    def loss_fn(params, indices=None):
+      images, labels = batch["image"], batch["label"]
+      if indices is not None:
+        images, labels = images[indices], labels[indices]
+      return forward(params, images, labels)[0]  # batch statistics discarded
+    updates, opt_state = tx.update(grads, state.opt_state, state.params, loss_fn=loss_fn, losses=losses)
+  else:
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+
+  hyper = current_hyperparams(opt_state)
+  step_metrics = metrics_collection(logits.shape[-1], train=True).single_from_model_output(
+      loss=losses, grad_norm=optax.global_norm(grads),
+      learning_rate=hyper.get("learning_rate", jnp.nan), rho=hyper.get("rho", jnp.nan),
+      **_accuracies(logits, batch["label"]))
+  new_state = state.replace(
+      step=state.step + 1,
+      params=optax.apply_updates(state.params, updates),
+      batch_stats=new_vars.get("batch_stats", state.batch_stats),
+      opt_state=opt_state)
+  return new_state, step_metrics
+
+
+def eval_step(state: TrainState, batch: dict[str, jax.Array], batch_stats: Any = None, *, model,
+              label_smoothing: float) -> metrics.Collection:
+  """Metrics of one (padded, masked) test batch at the unperturbed parameters."""
+  params = msam_jax.eval_params(state.params, state.opt_state)
+  stats = state.batch_stats if batch_stats is None else batch_stats
+  logits = model.apply(_variables(params, stats), batch["image"], train=False)
+  return metrics_collection(logits.shape[-1], train=False).single_from_model_output(
+      loss=smoothed_kl_loss(logits, batch["label"], label_smoothing), mask=batch["mask"],
+      **_accuracies(logits, batch["label"]))
+
+
+def batch_norm_step(state: TrainState, batch_stats: Any, batch: dict[str, jax.Array], *, model) -> Any:
+  """Updates running batch-norm statistics with one training batch at the unperturbed point.
+
+  Training mode without dropout randomness mattering: only `batch_stats` is kept.
+  """
+  params = msam_jax.eval_params(state.params, state.opt_state)
+  _, new_vars = model.apply(_variables(params, batch_stats), batch["image"], train=True,
+                            mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
+  return new_vars["batch_stats"]
+
