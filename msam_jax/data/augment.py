@@ -1,71 +1,74 @@
-"""Image augmentations as pure TensorFlow functions of one image.
+"""Image augmentations as pure TensorFlow functions.
 
-Every random function takes a stateless `seed` (int32/int64 tensor of shape
-[2]), so the same seed gives the same output: the pipelines derive the seed
-from (run seed, global position of the example), which makes resumed and
-multi-process runs see exactly the images an uninterrupted single process sees.
+The batch operations (flip, Cutout, pad-and-crop) take their random
+parameters as arguments, one per image, so they are vectorised over the batch
+and deterministic; each dataset module draws the parameters. The JPEG crops
+work on one image and draw their window from a stateless `seed` (int tensor
+of shape [2]). Either way the pipelines key the randomness by (run seed,
+global position of the example), so resumed and multi-process runs see
+exactly the images of an uninterrupted single process.
 
-Pixel values are float32 in [0, 1] unless a function says otherwise; the JPEG
-functions decode straight to that range.
+Pixel values are float32 in [0, 1]; the JPEG functions decode to that range.
 """
 from collections.abc import Sequence
 
+import numpy as np
 import tensorflow as tf
 
 
-def _split(seed, num: int) -> list[tf.Tensor]:
-  return tf.unstack(tf.random.experimental.stateless_split(seed, num))
+def _per_pixel(values: Sequence[float], images: tf.Tensor) -> tf.Tensor:
+  """Per-channel constants spread over [H, W, C].
 
-
-def _uniform_int(seed, maxval) -> tf.Tensor:
-  """One integer uniform in [0, maxval)."""
-  return tf.random.stateless_uniform([], seed, minval=0, maxval=maxval, dtype=tf.int32)
-
-
-def random_flip(image: tf.Tensor, seed) -> tf.Tensor:
-  """Mirrors left-right with probability 1/2."""
-  return tf.image.stateless_random_flip_left_right(image, seed)
-
-
-def cutout(image: tf.Tensor, seed, *, size: int, fill: Sequence[float],
-           probability: float = 0.5) -> tf.Tensor:
-  """Cutout (DeVries & Taylor 2017, arXiv 1708.04552) applied with `probability`.
-
-  A `size` x `size` square filled with `fill` (per channel). Its centre is
-  uniform over all pixels, so near the border part of the square falls outside
-  the image and only the inside part is filled.
+  TensorFlow's CPU kernels broadcast a [C] vector over the innermost axis
+  several times slower than a [H, W, C] one over the batch axis.
   """
-  apply_seed, row_seed, col_seed = _split(seed, 3)
-  height, width = tf.shape(image)[0], tf.shape(image)[1]
-  top = _uniform_int(row_seed, height) - size // 2
-  left = _uniform_int(col_seed, width) - size // 2
-  rows = tf.range(height)
-  cols = tf.range(width)
-  in_rows = (rows >= top) & (rows < top + size)
-  in_cols = (cols >= left) & (cols < left + size)
-  square = in_rows[:, None, None] & in_cols[None, :, None]
-  apply = tf.random.stateless_uniform([], apply_seed) < probability
-  fill = tf.constant(fill, image.dtype)
-  return tf.where(apply & square, fill, image)
+  shape = images.shape[-3:]
+  if not shape.is_fully_defined():
+    return tf.constant(values, images.dtype)
+  return tf.constant(np.broadcast_to(np.asarray(values, np.float32), shape), images.dtype)
 
 
-def pad_and_random_crop(image: tf.Tensor, seed, *, padding: int) -> tf.Tensor:
-  """Zero-pads each side by `padding`, then crops a window of the original size.
+def flip_left_right(images: tf.Tensor, flip: tf.Tensor) -> tf.Tensor:
+  """Mirrors images[i] (batch [B, H, W, C]) left-right where flip[i] (bool [B])."""
+  return tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
 
-  Both offsets are uniform over the (2 padding + 1) positions, so the image is
-  shifted by up to `padding` pixels in each direction.
+
+def cutout(images: tf.Tensor, centres: tf.Tensor, apply: tf.Tensor, *, size: int,
+           fill: Sequence[float]) -> tf.Tensor:
+  """Cutout (DeVries & Taylor 2017, arXiv 1708.04552) of a batch [B, H, W, C].
+
+  Where apply[i], a `size` x `size` square centred on pixel centres[i] = (row,
+  col) is filled with `fill` (per channel); the part of the square that
+  overhangs the border is dropped. The square spans rows
+  [row - size//2, row - size//2 + size), likewise columns.
   """
-  row_seed, col_seed = _split(seed, 2)
-  padded = tf.pad(image, [[padding, padding], [padding, padding], [0, 0]])
-  top = _uniform_int(row_seed, 2 * padding + 1)
-  left = _uniform_int(col_seed, 2 * padding + 1)
-  cropped = tf.slice(padded, [top, left, 0], tf.shape(image))
-  return tf.ensure_shape(cropped, image.shape)
+  height, width = tf.shape(images)[1], tf.shape(images)[2]
+  top = centres[:, :1] - size // 2  # [B, 1]
+  left = centres[:, 1:] - size // 2
+  rows, cols = tf.range(height)[None, :], tf.range(width)[None, :]
+  in_rows = (rows >= top) & (rows < top + size)  # [B, H]
+  in_cols = (cols >= left) & (cols < left + size)  # [B, W]
+  square = in_rows[:, :, None, None] & in_cols[:, None, :, None] & apply[:, None, None, None]
+  return tf.where(square, _per_pixel(fill, images), images)
 
 
-def normalize(image: tf.Tensor, mean: Sequence[float], std: Sequence[float]) -> tf.Tensor:
-  """(image - mean) / std per channel."""
-  return (image - tf.constant(mean, image.dtype)) / tf.constant(std, image.dtype)
+def pad_and_crop(images: tf.Tensor, offsets: tf.Tensor, *, padding: int) -> tf.Tensor:
+  """Zero-pads a batch [B, H, W, C] by `padding` per side, then crops H x W at offsets[i].
+
+  offsets[i] = (row, col) of the window in the padded image, each in
+  [0, 2 padding]: the image shifts by offset - padding pixels.
+  """
+  height, width = images.shape[1], images.shape[2]
+  padded = tf.pad(images, [[0, 0], [padding, padding], [padding, padding], [0, 0]])
+  rows = offsets[:, :1] + tf.range(height)[None, :]  # [B, H]
+  cols = offsets[:, 1:] + tf.range(width)[None, :]  # [B, W]
+  cropped = tf.gather(padded, rows, axis=1, batch_dims=1)
+  return tf.gather(cropped, cols, axis=2, batch_dims=1)
+
+
+def normalize(images: tf.Tensor, mean: Sequence[float], std: Sequence[float]) -> tf.Tensor:
+  """(images - mean) / std over the last (channel) axis."""
+  return (images - _per_pixel(mean, images)) / _per_pixel(std, images)
 
 
 def inception_crop_window(image_shape: tf.Tensor, seed, *,

@@ -18,6 +18,7 @@ STD = {
     "cifar10": (0.2470, 0.2435, 0.2616),
     "cifar100": (0.2673, 0.2564, 0.2762),
 }
+IMAGE_SIZE = 32
 CUTOUT_SIZE = 16
 CUTOUT_PROBABILITY = 0.5
 CROP_PADDING = 4
@@ -35,17 +36,32 @@ def load_split(name: str, split: str, *, data_dir: str | None) -> tuple[np.ndarr
   return np.concatenate(images), np.concatenate(labels)
 
 
-def train_preprocess(image: tf.Tensor, seed, *, name: str) -> tf.Tensor:
-  """uint8 [32, 32, 3] -> augmented, normalised float32 (order as in the original)."""
-  flip_seed, cutout_seed, crop_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
-  image = tf.cast(image, tf.float32) / 255.0
-  image = augment.random_flip(image, flip_seed)
-  image = augment.cutout(image, cutout_seed, size=CUTOUT_SIZE, fill=MEAN[name],
-                         probability=CUTOUT_PROBABILITY)
-  image = augment.pad_and_random_crop(image, crop_seed, padding=CROP_PADDING)
-  return augment.normalize(image, MEAN[name], STD[name])
+def sample_augmentation(key: tf.Tensor, batch_size: int) -> dict[str, tf.Tensor]:
+  """Random parameters of `batch_size` train images from the stateless `key` (shape [2])."""
+  flip_key, apply_key, centre_key, offset_key = tf.unstack(
+      tf.random.experimental.stateless_split(key, 4))
+  return {
+      "flip": tf.random.stateless_uniform([batch_size], flip_key) < 0.5,
+      "cutout_apply": tf.random.stateless_uniform([batch_size], apply_key) < CUTOUT_PROBABILITY,
+      # Centre uniform over all pixels: the square may overhang the border.
+      "cutout_centre": tf.random.stateless_uniform([batch_size, 2], centre_key, 0, IMAGE_SIZE,
+                                                   tf.int32),
+      "crop_offset": tf.random.stateless_uniform([batch_size, 2], offset_key, 0,
+                                                 2 * CROP_PADDING + 1, tf.int32),
+  }
 
 
-def eval_preprocess(image: tf.Tensor, *, name: str) -> tf.Tensor:
-  """uint8 [32, 32, 3] -> normalised float32."""
-  return augment.normalize(tf.cast(image, tf.float32) / 255.0, MEAN[name], STD[name])
+def train_preprocess(images: tf.Tensor, augmentation: dict[str, tf.Tensor], *,
+                     name: str) -> tf.Tensor:
+  """uint8 [B, 32, 32, 3] -> augmented, normalised float32 (the original's order)."""
+  images = tf.cast(images, tf.float32) / 255.0
+  images = augment.flip_left_right(images, augmentation["flip"])
+  images = augment.cutout(images, augmentation["cutout_centre"], augmentation["cutout_apply"],
+                          size=CUTOUT_SIZE, fill=MEAN[name])
+  images = augment.pad_and_crop(images, augmentation["crop_offset"], padding=CROP_PADDING)
+  return augment.normalize(images, MEAN[name], STD[name])
+
+
+def eval_preprocess(images: tf.Tensor, *, name: str) -> tf.Tensor:
+  """uint8 [B, 32, 32, 3] -> normalised float32."""
+  return augment.normalize(tf.cast(images, tf.float32) / 255.0, MEAN[name], STD[name])

@@ -45,7 +45,7 @@ def normalization() -> tuple[float, float]:
   return float(pixels.mean()), float(pixels.std())
 
 
-def preprocess(image: tf.Tensor) -> tf.Tensor:
-  """uint8 [8, 8, 1] in 0..16 -> normalised float32; the same for train and test."""
+def preprocess(images: tf.Tensor) -> tf.Tensor:
+  """uint8 [..., 8, 8, 1] in 0..16 -> normalised float32; the same for train and test."""
   mean, std = normalization()
-  return augment.normalize(tf.cast(image, tf.float32) / MAX_PIXEL, [mean], [std])
+  return augment.normalize(tf.cast(images, tf.float32) / MAX_PIXEL, [mean], [std])

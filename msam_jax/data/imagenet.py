@@ -47,7 +47,7 @@ def train_preprocess(jpeg: tf.Tensor, seed, *, image_size: int) -> tf.Tensor:
   """JPEG bytes -> random-resized crop, flip, normalise: float32 [size, size, 3]."""
   crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
   image = augment.decode_and_inception_crop(jpeg, crop_seed, image_size=image_size)
-  image = augment.random_flip(image, flip_seed)
+  image = tf.image.stateless_random_flip_left_right(image, flip_seed)
   return augment.normalize(image, MEAN, STD)
 
 

@@ -2,18 +2,20 @@
 
 Training batches are a function of (seed, step) only:
 
-* digits and CIFAR live in memory. Epoch `e` is a permutation of the train
-  split keyed by (seed, e); global batch `s` takes its rows `s*B .. s*B+B-1`
-  (B = global batch) and process `p` of `P` takes rows `p*B/P .. (p+1)*B/P-1`
-  of it. The composition of a global batch therefore does not depend on the
-  number of processes, and `start_step` is index arithmetic.
+* digits and CIFAR live in memory. Each epoch is a permutation of the train
+  split keyed by (seed, epoch), cut into global batches of B (the remainder
+  dropped); process `p` of `P` takes rows `p*B/P .. (p+1)*B/P - 1` of each.
+  A global batch therefore does not depend on the number of processes, and
+  `start_step` is index arithmetic.
 * ImageNet streams from TFDS: each process reads its own part of the split
   (`tfds.split_for_jax_process`) in an order keyed by (seed, epoch) (file
   order plus a shuffle buffer of encoded JPEGs); `start_step` skips the
   consumed records before anything is decoded.
 
-Random augmentation is keyed by (seed, global position of the example in the
-run), so it too is identical after a restart.
+Random augmentation is keyed by (seed, step) and drawn for the whole global
+batch (in memory, vectorised), or by (seed, global position of the example)
+(ImageNet, per image), so it too is identical after a restart and for any
+number of processes.
 
 Evaluation visits the test split once: global batch `b` holds examples
 `b*B .. b*B+B-1` (in-memory) or each process reads its part (ImageNet);
@@ -86,34 +88,39 @@ def _stream_key(seed: int, stream: int) -> tf.Tensor:
   return tf.random.experimental.stateless_fold_in(tf.constant([seed, 0], tf.int64), stream)
 
 
-def _in_memory_split(name: str, train: bool, data_dir):
-  """(images, labels, preprocess(image, key)) of a dataset that fits in host memory."""
+def _in_memory_split(name: str, train: bool, shard: Shard, data_dir):
+  """(images, labels, preprocess(local batch, step key)) of a dataset held in host memory."""
   split = "train" if train else "test"
   if name == "digits":
     images, labels = digits.load_split(split)
-    return images, labels, lambda image, key: digits.preprocess(image)
+    return images, labels, lambda batch, key: digits.preprocess(batch)
   images, labels = cifar.load_split(name, split, data_dir=data_dir)
-  if train:
-    return images, labels, lambda image, key: cifar.train_preprocess(image, key, name=name)
-  return images, labels, lambda image, key: cifar.eval_preprocess(image, name=name)
+  if not train:
+    return images, labels, lambda batch, key: cifar.eval_preprocess(batch, name=name)
+
+  def train_preprocess(batch, key):
+    # Drawn for the whole global batch, then this process's rows: a row's augmentation
+    # does not depend on the number of processes.
+    augmentation = cifar.sample_augmentation(key, shard.global_batch)
+    rows = slice(shard.offset, shard.offset + shard.local_batch)
+    return cifar.train_preprocess(batch, {k: v[rows] for k, v in augmentation.items()}, name=name)
+
+  return images, labels, train_preprocess
 
 
-def _epoch_rows(num_examples: int, shard: Shard, seed: int, epoch: tf.Tensor):
-  """(example index, global position) of this process's rows of one epoch, in order."""
+def _epoch_batches(num_examples: int, shard: Shard, seed: int, epoch: tf.Tensor) -> tf.data.Dataset:
+  """(example indices [local_batch], global step) of this process for each step of one epoch."""
   steps = num_examples // shard.global_batch
   order = tf.random.experimental.stateless_shuffle(
       tf.range(num_examples, dtype=tf.int64),
       seed=tf.random.experimental.stateless_fold_in(_stream_key(seed, _SHUFFLE_STREAM), epoch))
   rows = tf.reshape(order[:steps * shard.global_batch], [steps, shard.global_batch])
   rows = rows[:, shard.offset:shard.offset + shard.local_batch]
-  step = epoch * steps + tf.range(steps, dtype=tf.int64)
-  position = (step[:, None] * shard.global_batch + shard.offset
-              + tf.range(shard.local_batch, dtype=tf.int64)[None, :])
-  return tf.data.Dataset.from_tensor_slices((tf.reshape(rows, [-1]), tf.reshape(position, [-1])))
+  return tf.data.Dataset.from_tensor_slices((rows, epoch * steps + tf.range(steps, dtype=tf.int64)))
 
 
 def _in_memory_train(name, shard: Shard, seed: int, start_step: int, data_dir) -> tf.data.Dataset:
-  images, labels, preprocess = _in_memory_split(name, True, data_dir)
+  images, labels, preprocess = _in_memory_split(name, True, shard, data_dir)
   steps = len(labels) // shard.global_batch
   if steps == 0:
     raise ValueError(f"global_batch_size={shard.global_batch} exceeds the {len(labels)} "
@@ -122,35 +129,34 @@ def _in_memory_train(name, shard: Shard, seed: int, start_step: int, data_dir) -
   images, labels = tf.constant(images), tf.constant(labels)
   augment_key = _stream_key(seed, _AUGMENT_STREAM)
 
-  def example(index, position):
-    key = tf.random.experimental.stateless_fold_in(augment_key, position)
-    return {"image": preprocess(tf.gather(images, index), key), "label": tf.gather(labels, index)}
+  def batch(indices, step):
+    key = tf.random.experimental.stateless_fold_in(augment_key, step)
+    return {"image": preprocess(tf.gather(images, indices), key),
+            "label": tf.gather(labels, indices)}
 
-  rows = tf.data.Dataset.counter(first_epoch).flat_map(
-      lambda epoch: _epoch_rows(len(labels), shard, seed, epoch))
-  return (rows.skip(first_step * shard.local_batch)  # indices only: cheap
-          .map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-          .batch(shard.local_batch, drop_remainder=True))
+  return (tf.data.Dataset.counter(first_epoch)
+          .flat_map(lambda epoch: _epoch_batches(len(labels), shard, seed, epoch))
+          .skip(first_step)  # indices only: cheap
+          .map(batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
 
 
 def _in_memory_eval(name, shard: Shard, data_dir) -> tf.data.Dataset:
-  images, labels, preprocess = _in_memory_split(name, False, data_dir)
+  images, labels, preprocess = _in_memory_split(name, False, shard, data_dir)
   num_examples = len(labels)
   num_batches = math.ceil(num_examples / shard.global_batch)
   slots = (np.arange(num_batches)[:, None] * shard.global_batch + shard.offset
-           + np.arange(shard.local_batch)[None, :]).reshape(-1)
+           + np.arange(shard.local_batch)[None, :])
   images, labels = tf.constant(images), tf.constant(labels)
 
-  def example(slot):
-    real = slot < num_examples
-    index = tf.minimum(slot, num_examples - 1)
-    image = preprocess(tf.gather(images, index), None)
-    return {"image": tf.where(real, image, tf.zeros_like(image)),
-            "label": tf.where(real, tf.gather(labels, index), 0), "mask": real}
+  def batch(slots):
+    real = slots < num_examples
+    indices = tf.minimum(slots, num_examples - 1)
+    batch_images = preprocess(tf.gather(images, indices), None)
+    return {"image": tf.where(real[:, None, None, None], batch_images, 0.0),
+            "label": tf.where(real, tf.gather(labels, indices), 0), "mask": real}
 
   return (tf.data.Dataset.from_tensor_slices(slots)
-          .map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-          .batch(shard.local_batch))
+          .map(batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
 
 
 def _epoch_shuffle_seed(seed: int, epoch: int) -> int:

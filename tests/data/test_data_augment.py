@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from msam_jax.data import augment, cifar
 
-NUM_DRAWS = 2000  # rate 1/2: 5 sigma is +-0.056
+NUM_DRAWS = 2000  # a rate of 1/2 within +-0.056 is 5 sigma
 
 
 def _draws(fn, num=NUM_DRAWS) -> np.ndarray:
@@ -14,56 +14,58 @@ def _draws(fn, num=NUM_DRAWS) -> np.ndarray:
   return next(seeds.map(fn).batch(num).as_numpy_iterator())
 
 
-def _coordinate_image(height=32, width=32) -> tf.Tensor:
+def _coordinate_images(batch, height=32, width=32) -> np.ndarray:
   """Channel 0 = row + 1, channel 1 = column + 1, channel 2 = 1: every pixel is identifiable."""
   rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
-  return tf.constant(np.stack([rows + 1, cols + 1, np.ones_like(rows)], -1), tf.float32)
+  image = np.stack([rows + 1, cols + 1, np.ones_like(rows)], -1).astype(np.float32)
+  return np.broadcast_to(image, (batch, height, width, 3))
 
 
-def test_flip_mirrors_half_the_images():
-  image = _coordinate_image()
-  out = _draws(lambda seed: augment.random_flip(image, seed))
-  flipped = np.all(out == image.numpy()[:, ::-1], axis=(1, 2, 3))
-  unchanged = np.all(out == image.numpy(), axis=(1, 2, 3))
-  assert np.all(flipped ^ unchanged)
-  assert abs(flipped.mean() - 0.5) < 0.056
+@pytest.fixture(scope="module")
+def cifar_draws():
+  """The CIFAR augmentation parameters of NUM_DRAWS images."""
+  key = tf.constant([3, 4], tf.int64)
+  return {k: v.numpy() for k, v in cifar.sample_augmentation(key, NUM_DRAWS).items()}
 
 
-def test_cutout_rate_fill_and_square_geometry():
+def test_flip_rate_and_flip(cifar_draws):
+  flip = cifar_draws["flip"]
+  assert abs(flip.mean() - 0.5) < 0.056
+  images = _coordinate_images(len(flip))
+  out = augment.flip_left_right(tf.constant(images), tf.constant(flip)).numpy()
+  np.testing.assert_array_equal(out[flip], images[flip][:, :, ::-1])
+  np.testing.assert_array_equal(out[~flip], images[~flip])
+
+
+def test_cutout_rate_centres_and_fill(cifar_draws):
+  apply, centres = cifar_draws["cutout_apply"], cifar_draws["cutout_centre"]
+  assert abs(apply.mean() - 0.5) < 0.056
+  # Centres uniform over all pixels (so squares may overhang the border).
+  assert centres.min() == 0 and centres.max() == 31
+  assert set(centres[:, 0]) == set(range(32)) and set(centres[:, 1]) == set(range(32))
+
   fill = (0.25, 0.5, 0.75)
-  image = tf.ones([32, 32, 3])
-  out = _draws(lambda seed: augment.cutout(image, seed, size=16, fill=fill, probability=0.5))
-  changed = np.any(out != 1.0, axis=-1)
-  applied = changed.any(axis=(1, 2))
-  assert abs(applied.mean() - 0.5) < 0.056
-  np.testing.assert_array_equal(out[changed], np.broadcast_to(fill, out[changed].shape))
-  centres = []
-  for mask in changed[applied]:
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    # The filled area is the square clipped to the image: a full rectangle, 16 long unless clipped.
-    assert mask.sum() == len(rows) * len(cols)
-    assert np.all(np.diff(rows) == 1) and np.all(np.diff(cols) == 1)
-    for idx in (rows, cols):
-      assert len(idx) == 16 or idx[0] == 0 or idx[-1] == 31
-    centre_row = rows[0] + 8 if rows[0] > 0 else rows[-1] + 1 - 8
-    centres.append(centre_row)
-  # Centres uniform over all 32 rows, so squares overhang the border about half the time.
-  assert set(centres) == set(range(32))
+  images = np.ones([len(apply), 32, 32, 3], np.float32)
+  out = augment.cutout(tf.constant(images), tf.constant(centres), tf.constant(apply),
+                       size=16, fill=fill).numpy()
+  for image, (row, col), applied in zip(out, centres, apply):
+    want = np.ones([32, 32, 3], np.float32)
+    if applied:  # The definition: rows row-8 .. row+7, clipped to the image, likewise columns.
+      want[max(row - 8, 0):row + 8, max(col - 8, 0):col + 8] = fill
+    np.testing.assert_array_equal(image, want)
+  clipped = apply & np.any((centres < 8) | (centres > 24), axis=1)
+  assert clipped.any()  # some squares overhang the border
 
 
-def test_pad_and_crop_offsets_within_padding_and_all_81_reachable():
-  image = _coordinate_image()
-  out = _draws(lambda seed: augment.pad_and_random_crop(image, seed, padding=4))
-  assert out.shape == (NUM_DRAWS, 32, 32, 3)
-  offsets = set()
-  for crop in out:
-    # Output pixel (16, 16) is image pixel (12 + dy, 12 + dx), dy, dx in 0..8.
-    dy, dx = int(crop[16, 16, 0]) - 13, int(crop[16, 16, 1]) - 13
-    assert 0 <= dy <= 8 and 0 <= dx <= 8
-    padded = np.pad(image.numpy(), [(4, 4), (4, 4), (0, 0)])
+def test_crop_offsets_within_padding_all_81_reachable_and_crop(cifar_draws):
+  offsets = cifar_draws["crop_offset"]
+  assert offsets.min() == 0 and offsets.max() == 8
+  assert len({tuple(o) for o in offsets}) == 81
+  images = _coordinate_images(len(offsets))
+  out = augment.pad_and_crop(tf.constant(images), tf.constant(offsets), padding=4).numpy()
+  padded = np.pad(images[0], [(4, 4), (4, 4), (0, 0)])
+  for crop, (dy, dx) in zip(out, offsets):
     np.testing.assert_array_equal(crop, padded[dy:dy + 32, dx:dx + 32])
-    offsets.add((dy, dx))
-  assert len(offsets) == 81
 
 
 def test_normalize_per_channel():
@@ -72,15 +74,20 @@ def test_normalize_per_channel():
   np.testing.assert_allclose(out, [[[0.0, 0.5, 2.0]]])
 
 
-def test_cifar_train_preprocess_fills_cutout_with_the_mean():
-  """After normalisation the Cutout square is exactly 0, in about half the images."""
-  image = tf.constant(np.random.default_rng(0).integers(0, 256, [32, 32, 3]), tf.uint8)
-  out = _draws(lambda seed: cifar.train_preprocess(image, seed, name="cifar100"), num=1000)
-  zero_pixels = np.all(out == 0.0, axis=-1)
-  assert abs(zero_pixels.any(axis=(1, 2)).mean() - 0.5) < 0.08
-  # The zero padding (pixel value 0) normalises to -mean/std.
-  padding_value = -np.array(cifar.MEAN["cifar100"], np.float32) / np.array(cifar.STD["cifar100"])
-  assert np.any(np.all(np.isclose(out, padding_value), axis=-1))
+def test_cifar_train_preprocess_in_the_original_order():
+  """flip -> Cutout (mean) -> pad + crop -> normalise: checked on one image per case."""
+  name = "cifar100"
+  mean, std = np.array(cifar.MEAN[name], np.float32), np.array(cifar.STD[name], np.float32)
+  image = np.random.default_rng(0).integers(0, 256, [32, 32, 3]).astype(np.uint8)
+  augmentation = {"flip": [True], "cutout_apply": [True], "cutout_centre": [[2, 30]],
+                  "crop_offset": [[0, 8]]}
+  out = cifar.train_preprocess(tf.constant(image[None]), {k: tf.constant(v) for k, v in
+                                                         augmentation.items()}, name=name)
+  want = image[:, ::-1] / np.float32(255.0)
+  want[0:10, 22:32] = mean  # Cutout at (2, 30) of the flipped image, clipped
+  want = np.pad(want, [(4, 4), (4, 4), (0, 0)])[0:32, 8:40]  # shift down 4, left 4
+  np.testing.assert_allclose(out.numpy()[0], (want - mean) / std, rtol=1e-6, atol=1e-6)
+  assert np.all(out.numpy()[0, 4:14, 18:28] == 0.0)  # the Cutout square: exactly the mean
 
 
 @pytest.mark.parametrize("shape", [(375, 500), (500, 375), (300, 300)])

@@ -1,0 +1,110 @@
+"""Images per second of the input pipelines on this machine (host CPU only).
+
+    python benchmarks/input_pipeline.py [--batch_size 128] [--batches 20]
+
+* digits: the real embedded data.
+* CIFAR-100: `tfds.testing.mock_data` examples (random 32x32 images), run
+  through the real in-memory pipeline and augmentation.
+* ImageNet: synthetic JPEGs of photo-like size (500x375 and 375x500, about
+  100 KB each, like ImageNet's) written in the TFDS imagenet2012 format to a
+  temporary data_dir, then read by the real `train_iterator` /
+  `eval_iterator`: TFDS reading, shuffle buffer, fused decode-and-crop,
+  resize to 224, flip, normalise.
+
+Numbers are steady state (after warm-up batches) and include the conversion
+to numpy; tf.data uses every core, so they scale with the host's cores.
+"""
+import argparse
+import itertools
+import os
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tensorflow_datasets as tfds  # noqa: E402
+
+from msam_jax import data  # noqa: E402
+
+ONE_PROCESS = dict(process_index=0, process_count=1, num_devices=1)
+WARMUP_BATCHES = 3
+
+
+def images_per_second(iterator, batch_size: int, num_batches: int) -> float:
+  for _ in range(WARMUP_BATCHES):
+    next(iterator)
+  start = time.perf_counter()
+  for _ in itertools.islice(iterator, num_batches):
+    pass
+  return num_batches * batch_size / (time.perf_counter() - start)
+
+
+def photo_like_jpeg(rng: np.random.Generator, height: int, width: int) -> bytes:
+  """Smooth colour gradients plus texture: compresses like a photo (~100 KB at 500x375)."""
+  rows, cols = np.meshgrid(np.linspace(0, 1, height), np.linspace(0, 1, width), indexing="ij")
+  phases = rng.uniform(0, 2 * np.pi, 3)
+  base = np.stack([np.sin(4 * rows + 3 * cols + p) for p in phases], -1) * 80 + 128
+  texture = rng.normal(0, 18, (height, width, 3))
+  image = np.clip(base + texture, 0, 255).astype(np.uint8)
+  return tf.io.encode_jpeg(image, quality=90).numpy()
+
+
+def write_synthetic_imagenet(root: str, num_train: int, num_test: int, num_unique: int = 64) -> float:
+  """TFDS-format imagenet2012 in `root`; returns the mean JPEG size in KB."""
+  rng = np.random.default_rng(0)
+  shapes = [(375, 500), (500, 375)]
+  jpegs = [photo_like_jpeg(rng, *shapes[i % 2]) for i in range(num_unique)]
+  features = tfds.builder("imagenet2012", data_dir=root).info.features
+  version_dir = os.path.join(root, "imagenet2012", "5.1.0")
+  os.makedirs(version_dir)
+  for split, count, num_files in (("train", num_train, 8), ("validation", num_test, 2)):
+    for shard in range(num_files):
+      path = os.path.join(version_dir, f"imagenet2012-{split}.tfrecord-{shard:05d}-of-{num_files:05d}")
+      with tf.io.TFRecordWriter(path) as writer:
+        for i in range(shard, count, num_files):
+          example = {"image": jpegs[i % num_unique], "label": i % 1000, "file_name": f"{i}.JPEG"}
+          writer.write(features.serialize_example(example))
+  tfds.folder_dataset.write_metadata(data_dir=version_dir, features=features, check_data=False)
+  return float(np.mean([len(j) for j in jpegs]) / 1024)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--batch_size", type=int, default=128)
+  parser.add_argument("--batches", type=int, default=20, help="timed batches per row")
+  args = parser.parse_args()
+  batch, num = args.batch_size, args.batches
+  rows = []
+
+  rows.append(("digits train", "8x8", images_per_second(
+      data.train_iterator("digits", global_batch_size=batch, **ONE_PROCESS), batch, num * 10)))
+
+  with tfds.testing.mock_data(num_examples=10_000):
+    rows.append(("CIFAR-100 train (flip, cutout, crop)", "32x32", images_per_second(
+        data.train_iterator("cifar100", global_batch_size=batch, **ONE_PROCESS), batch, num * 5)))
+    rows.append(("CIFAR-100 eval", "32x32", images_per_second(
+        data.eval_iterator("cifar100", global_batch_size=batch, **ONE_PROCESS), batch, num * 3)))
+
+  with tempfile.TemporaryDirectory() as root:
+    # Enough records that the timed batches stay inside one epoch.
+    num_train = (WARMUP_BATCHES + num + 1) * batch
+    kilobytes = write_synthetic_imagenet(root, num_train, (WARMUP_BATCHES + num) * batch)
+    rows.append((f"ImageNet train (inception crop; JPEG ~{kilobytes:.0f} KB)", "224x224",
+                 images_per_second(data.train_iterator("imagenet2012", global_batch_size=batch,
+                                                       data_dir=root, **ONE_PROCESS), batch, num)))
+    rows.append(("ImageNet eval (centre crop, bicubic)", "224x224",
+                 images_per_second(data.eval_iterator("imagenet2012", global_batch_size=batch,
+                                                      data_dir=root, **ONE_PROCESS), batch, num)))
+
+  print(f"\nInput pipelines, batch {batch}, {os.cpu_count()} CPU cores "
+        f"(TensorFlow {tf.__version__}):\n")
+  print("| pipeline | output | images/s |")
+  print("|---|---|---:|")
+  for name, size, rate in rows:
+    print(f"| {name} | {size} | {rate:,.0f} |")
+
+
+if __name__ == "__main__":
+  main()
