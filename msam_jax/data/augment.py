@@ -56,7 +56,7 @@ def pad_and_crop(images: tf.Tensor, offsets: tf.Tensor, *, padding: int) -> tf.T
   """Zero-pads a batch [B, H, W, C] by `padding` per side, then crops H x W at offsets[i].
 
   offsets[i] = (row, col) of the window in the padded image, each in
-  [0, 2 padding]: the image shifts by offset - padding pixels.
+  [0, 2 padding]: the content moves by (padding - offset) pixels.
   """
   height, width = images.shape[1], images.shape[2]
   padded = tf.pad(images, [[0, 0], [padding, padding], [padding, padding], [0, 0]])
