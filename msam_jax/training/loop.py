@@ -66,7 +66,8 @@ def _evaluate(eval_fn, config, mesh, state, batch_stats=None) -> dict[str, float
   for local in data.eval_iterator(
       config.dataset, global_batch_size=config.eval_batch_size, data_dir=config.data_dir,
       image_size=config.image_size, num_devices=mesh.size):
-    m = eval_fn(state, mesh_lib.global_batch(mesh, local), batch_stats)
+    m = eval_fn(state, state.batch_stats if batch_stats is None else batch_stats,
+                mesh_lib.global_batch(mesh, local))
     acc = m if acc is None else acc.merge(m)
   return {k: float(v) for k, v in mesh_lib.to_host(acc.compute()).items()}
 
@@ -145,46 +146,59 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   first_bad = jax.device_put(jnp.array(-1, jnp.int32), replicated)
   last_good_checkpoint = manager.latest_step()
   eval_history = []
+  train_scalars = {}
   train_start = time.time()
-  timed_steps, timed_seconds = 0, 0.0
+  # Time per step excludes the first step (compilation) and evaluation/checkpointing.
+  first_step_done, excluded_seconds = None, 0.0
 
-  for step in range(start_step + 1, num_steps + 1):
-    t0 = time.time()
-    batch = mesh_lib.global_batch(mesh, next(train_iter))
-    state, acc, first_bad = train_fn(state, acc, first_bad, batch, dropout_rng)
-    for hook in hooks:
-      hook(step)
-    is_last = step == num_steps
-    if step % config.log_every_steps == 0 or is_last:
-      _check_finite(first_bad, last_good_checkpoint)
-      scalars = mesh_lib.to_host(acc.compute())
-      writer.write_scalars(step, {f"train_{k}": v for k, v in scalars.items()})
-      acc = jax.device_put(train_collection.empty(), replicated)
-    if sharpness_fn is not None and (step % config.sharpness_every_steps == 0 or is_last):
-      writer.write_scalars(step, mesh_lib.to_host(sharpness_fn(state)))
-    epoch_end = step % steps_per_epoch == 0
-    if (epoch_end and (step // steps_per_epoch) % config.eval_every_epochs == 0) or is_last:
-      eval_metrics = _evaluate(eval_fn, config, mesh, state)
-      writer.write_scalars(step, {f"eval_{k}": v for k, v in eval_metrics.items()})
-      eval_history.append({"step": step, "epoch": step / steps_per_epoch,
-                           "seconds": time.time() - train_start, **eval_metrics})
-    if (config.checkpoint_every_steps > 0 and step % config.checkpoint_every_steps == 0) or is_last:
-      _check_finite(first_bad, last_good_checkpoint, state)
-      checkpoint.save(manager, step, state)
-      last_good_checkpoint = step
-    if step > start_step + 1:  # the first step of a process includes compilation
-      timed_steps, timed_seconds = timed_steps + 1, timed_seconds + time.time() - t0
-  jax.block_until_ready(state)
-  train_seconds = time.time() - train_start
-  manager.wait_until_finished()
+  try:  # an error (a non-finite loss, Ctrl-C) still lets the in-flight checkpoint finish
+    for step in range(start_step + 1, num_steps + 1):
+      batch = mesh_lib.global_batch(mesh, next(train_iter))
+      state, acc, first_bad = train_fn(state, acc, first_bad, batch, dropout_rng)
+      if first_step_done is None:
+        jax.block_until_ready(state)
+        first_step_done = time.time()
+      for hook in hooks:
+        hook(step)
+      is_last = step == num_steps
+      if step % config.log_every_steps == 0 or is_last:
+        _check_finite(first_bad, last_good_checkpoint)
+        train_scalars = mesh_lib.to_host(acc.compute())
+        writer.write_scalars(step, {f"train_{k}": v for k, v in train_scalars.items()})
+        acc = jax.device_put(train_collection.empty(), replicated)
+      if sharpness_fn is not None and (step % config.sharpness_every_steps == 0 or is_last):
+        writer.write_scalars(step, mesh_lib.to_host(sharpness_fn(state)))
+      epoch_end = step % steps_per_epoch == 0
+      if (epoch_end and (step // steps_per_epoch) % config.eval_every_epochs == 0) or is_last:
+        jax.block_until_ready(state)  # queued training work counts as training
+        t_eval = time.time()
+        eval_metrics = _evaluate(eval_fn, config, mesh, state)
+        writer.write_scalars(step, {f"eval_{k}": v for k, v in eval_metrics.items()})
+        eval_history.append({"step": step, "epoch": step / steps_per_epoch,
+                             "seconds": time.time() - train_start, **eval_metrics})
+        excluded_seconds += time.time() - t_eval
+      if (config.checkpoint_every_steps > 0 and step % config.checkpoint_every_steps == 0) or is_last:
+        _check_finite(first_bad, last_good_checkpoint, state)
+        checkpoint.save(manager, step, state)
+        last_good_checkpoint = step
+    jax.block_until_ready(state)
+  finally:
+    manager.wait_until_finished()
+  train_end = time.time()
+  train_seconds = train_end - train_start
+  timed_steps = num_steps - start_step - 1
+  timed_seconds = train_end - first_step_done - excluded_seconds if timed_steps > 0 else 0.0
 
   results = {
       "optimizer": config.optimizer, "dataset": config.dataset, "model": config.model,
       "steps": num_steps, "epochs": num_steps / steps_per_epoch,
-      "train_seconds": train_seconds, "steps_per_second": timed_steps / max(timed_seconds, 1e-9),
-      "seconds_per_step_excluding_compilation": timed_seconds / max(timed_steps, 1),
+      "train_seconds": train_seconds,
+      "steps_per_second": timed_steps / timed_seconds if timed_steps > 0 else float("nan"),
+      "seconds_per_step_excluding_compilation": timed_seconds / timed_steps if timed_steps > 0 else float("nan"),
       "eval_history": eval_history,
   }
+  # Averages over the last logging interval of this process's run.
+  results.update({f"final_train_{k}": float(train_scalars[k]) for k in ("loss", "accuracy") if k in train_scalars})
   final = eval_history[-1] if eval_history and eval_history[-1]["step"] == num_steps else None
   if final is None:  # resumed after the last step: evaluate the restored state
     final = _evaluate(eval_fn, config, mesh, state)

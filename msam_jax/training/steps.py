@@ -89,12 +89,15 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
   return new_state, step_metrics
 
 
-def eval_step(state: TrainState, batch: dict[str, jax.Array], batch_stats: Any = None, *, model,
+def eval_step(state: TrainState, batch_stats: Any, batch: dict[str, jax.Array], *, model,
               label_smoothing: float) -> metrics.Collection:
-  """Metrics of one (padded, masked) test batch at the unperturbed parameters."""
+  """Metrics of one (padded, masked) test batch at the unperturbed parameters.
+
+  `batch_stats` is explicit so that evaluating with recomputed statistics reuses
+  the same compiled function.
+  """
   params = msam_jax.eval_params(state.params, state.opt_state)
-  stats = state.batch_stats if batch_stats is None else batch_stats
-  logits = model.apply(_variables(params, stats), batch["image"], train=False)
+  logits = model.apply(_variables(params, batch_stats), batch["image"], train=False)
   return metrics_collection(logits.shape[-1], train=False).single_from_model_output(
       loss=smoothed_kl_loss(logits, batch["label"], label_smoothing), mask=batch["mask"],
       **_accuracies(logits, batch["label"]))
