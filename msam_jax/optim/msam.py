@@ -46,6 +46,20 @@ def _widen(x: jax.Array) -> jax.Array:
   return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
+# Undoing the old perturbation needs c_old * v_old, but the update also writes the new
+# momentum. With donated buffers (as in a training loop) XLA must then copy v_old before
+# overwriting it, an extra pass over the momentum. For a constant momentum mu >= 0.5,
+# v_old = (v - d) / mu is recomputed from the new momentum instead (the original's
+# "more efficient one step update"), at most doubling the rounding of that small term.
+_MIN_RECONSTRUCTING_DECAY = 0.5
+
+
+def _reconstructs_old(decay) -> bool:
+  """Whether the old momentum is recomputed from the new one (see above)."""
+  value = _checks.concrete_value(decay)
+  return value is not None and value >= _MIN_RECONSTRUCTING_DECAY
+
+
 def msam(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9,
          rho: optax.ScalarOrSchedule = 0.3,
          weight_decay: float = 0.0) -> optax.GradientTransformation:
@@ -59,7 +73,11 @@ def msam(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9,
     c  = rho / (||v|| + 1e-12)        # ||.|| global over all leaves
     p~ = p - c v                      # ascend along -v for the next gradient
 
-  computed as a single fused update ``c_old v_old - (lr + c) v``.
+  computed as one update ``c_old v_old - (lr + c) v``: one pass computes `v`
+  and its norm, a second the update. For a constant ``momentum >= 0.5`` the
+  second pass recomputes ``c_old v_old`` from the new `v` (``v_old = (v - d)/mu``)
+  so that no copy of the old momentum is needed when buffers are donated; with
+  `optax.inject_hyperparams`, list ``"momentum"`` in `static_args` to keep that.
   `optax.apply_updates` then yields the perturbed parameters the original
   holds after its step; `eval_params(params, state)` gives the unperturbed ones.
   Storing ``c`` (rho included) makes a changing rho undo exactly the
@@ -68,11 +86,13 @@ def msam(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9,
 
   Chaining: `msam` must be the *last* transformation that changes the update.
   ``optax.chain(optax.clip_by_global_norm(1.0), msam(...))`` is fine: clipping
-  acts on the gradient before MSAM sees it. A transformation after `msam` that
-  rescales updates (a learning-rate scale, clipping, `optax.MultiSteps`-style
-  averaging of the *output*) would also rescale the ``c_old v_old - c v``
-  perturbation part of the update, so the stored parameters would no longer be
-  ``p - c v`` and `eval_params` would return wrong, drifting parameters.
+  acts on the gradient before MSAM sees it (so does wrapping it in
+  `optax.MultiSteps`, which accumulates gradients). A transformation *after*
+  `msam` that rescales updates (a learning-rate scale, update clipping, a
+  trust ratio) would also rescale the ``c_old v_old - c v`` perturbation part
+  of the update: the stored parameters would no longer be ``p - c v``, the
+  perturbation would not be undone, and `eval_params` would return wrong
+  parameters that drift further every step.
 
   Args:
     learning_rate: a float or an optax schedule (update count -> value).
@@ -107,9 +127,18 @@ def msam(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9,
     c_old = state.offset_scale
     c_new = (rho_now / (global_norm(new_v) + NORM_EPS)).astype(c_old.dtype)
     step = lr + c_new
-    updates = jax.tree.map(
-        lambda v, nv, g: (c_old * _widen(v) - step * _widen(nv)).astype(g.dtype),
-        state.momentum, new_v, grads)
+    if _reconstructs_old(momentum):
+      # c_old v_old = k (v - d) with k = c_old / mu: the update reads v, g, p~ but not v_old.
+      k = c_old / momentum
+      if d is grads:
+        update = lambda v, nv, g, p: -k * _widen(g) + (k - step) * _widen(nv)
+      else:
+        update = lambda v, nv, g, p: (-k * _widen(g) - (k * weight_decay) * _widen(p)
+                                      + (k - step) * _widen(nv))
+    else:
+      update = lambda v, nv, g, p: c_old * _widen(v) - step * _widen(nv)
+    updates = jax.tree.map(lambda v, nv, g, p: update(v, nv, g, p).astype(g.dtype),
+                           state.momentum, new_v, grads, grads if params is None else params)
     return updates, MsamState(count=optax.safe_increment(state.count), momentum=new_v,
                               offset_scale=c_new)
 
@@ -130,7 +159,9 @@ def adamw_msam(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float
     p~ = p - c m
 
   State: AdamW's `count, mu, nu` plus the scalar `c`. The chaining caveat of
-  `msam` applies: nothing that rescales updates may come after it.
+  `msam` applies: nothing that rescales updates may come after it. As in
+  `msam`, a constant ``b1 >= 0.5`` lets the update recompute ``c_old m_old``
+  from the new `m` (with `optax.inject_hyperparams`: ``static_args=("b1",)``).
 
   Args:
     learning_rate: a float or an optax schedule (update count -> value).
@@ -160,7 +191,13 @@ def adamw_msam(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float
     c_old = state.offset_scale
     c_new = (rho_now / (global_norm(mu) + NORM_EPS)).astype(c_old.dtype)
     # Undo + Adam step: the move from the stored p~ to (unperturbed p) + descent.
-    moved = jax.tree.map(lambda m, s: c_old * _widen(m) + s, state.mu, descent)
+    if _reconstructs_old(b1):
+      # c_old m_old = k (m - (1 - b1) g) with k = c_old / b1: no read of m_old.
+      k = c_old / b1
+      moved = jax.tree.map(lambda m, g, s: k * _widen(m) - (k * (1 - b1)) * _widen(g) + s,
+                           mu, grads, descent)
+    else:
+      moved = jax.tree.map(lambda m, s: c_old * _widen(m) + s, state.mu, descent)
     if isinstance(weight_decay, (int, float)) and weight_decay == 0:
       decayed = moved
     else:

@@ -97,6 +97,16 @@ def test_learning_rate_schedule_is_the_recorded_one(x64):
   assert len(set(recorded_lr.tolist())) == 2  # it really changes mid-run
 
 
+def test_injected_adamw_msam_matches_original(x64):
+  """With b1 injected (traced) the update reads the old momentum instead of recomputing it."""
+  name = "AdamW_MSAM/A"
+  h = oracle.hyper(name)
+  tx = optax.inject_hyperparams(msam_jax.adamw_msam)(
+      learning_rate=h["learning_rate"], b1=h["b1"], b2=h["b2"], eps=h["eps"],
+      weight_decay=h["weight_decay"], rho=h["rho"])
+  check_common(name, oracle.run(tx, name))
+
+
 def test_schedule_under_inject_hyperparams_matches_original(x64):
   """The same run with the lr schedule injected (how the training loop builds it)."""
   name = "MSAM/sched_lr"
