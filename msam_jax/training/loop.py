@@ -45,13 +45,14 @@ def _accumulating_train_step(state, acc, first_bad, batch, rng, **kwargs):
 
 
 def _all_finite(tree) -> jax.Array:
-  return jnp.all(jnp.array([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]))
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.array([jnp.isfinite(x).all() for x in leaves]))
 
 
 def _check_finite(first_bad, last_good_step: int | None, state: TrainState | None = None) -> None:
   """Raises NonFiniteLossError if a step's loss (or the state about to be saved) is not finite."""
   bad = int(mesh_lib.to_host(first_bad))
-  if bad < 0 and state is not None and not mesh_lib.to_host(jax.jit(_all_finite)(state.params)):
+  if bad < 0 and state is not None and not mesh_lib.to_host(jax.jit(_all_finite)(state)):
     bad = int(mesh_lib.to_host(state.step))
   if bad >= 0:
     where = (f"the last good checkpoint is step {last_good_step}" if last_good_step is not None

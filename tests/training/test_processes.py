@@ -1,0 +1,131 @@
+"""train.py as users run it: killed and resumed, two processes, a diverging run, bad flags."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import REPO, final_checkpoint, tree_arrays
+
+DIGITS = os.path.join(REPO, "configs", "digits.py")
+
+
+def _env(num_devices: int) -> dict[str, str]:
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}"
+  env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+  env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+  return env
+
+
+def _train_cmd(workdir, *overrides):
+  return [sys.executable, os.path.join(REPO, "train.py"), f"--config={DIGITS}", f"--workdir={workdir}",
+          *overrides]
+
+
+def _run(workdir, *overrides, num_devices=1, timeout=300):
+  return subprocess.run(_train_cmd(workdir, *overrides), env=_env(num_devices), capture_output=True,
+                        text=True, timeout=timeout, cwd=REPO)
+
+
+def _finalised_checkpoints(workdir):
+  path = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(path):
+    return []
+  return [d for d in os.listdir(path) if d.isdigit()]
+
+
+RESUME_FLAGS = ("--config.num_train_steps=300", "--config.checkpoint_every_steps=20",
+                "--config.log_every_steps=50", "--config.eval_every_epochs=100",
+                "--config.bn_recompute_batches=2")
+
+
+def test_killed_run_resumes_bit_identically(tmp_path):
+  reference = _run(tmp_path / "reference", *RESUME_FLAGS)
+  assert reference.returncode == 0, reference.stderr[-3000:]
+
+  workdir = tmp_path / "killed"
+  proc = subprocess.Popen(_train_cmd(workdir, *RESUME_FLAGS), env=_env(1), cwd=REPO,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 240
+  while not _finalised_checkpoints(workdir) and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+  assert not (workdir / "results.json").exists()
+
+  resumed = _run(workdir, *RESUME_FLAGS)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "Resuming from the checkpoint of step" in resumed.stderr
+  step_a, a = final_checkpoint(str(tmp_path / "reference"))
+  step_b, b = final_checkpoint(str(workdir))
+  assert step_a == step_b == 300
+  for x, y in zip(tree_arrays(a), tree_arrays(b)):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_diverging_run_names_the_step_and_keeps_a_good_checkpoint(tmp_path):
+  result = _run(tmp_path, "--config.learning_rate=1e6", "--config.lr_schedule=const",
+                "--config.num_train_steps=40", "--config.checkpoint_every_steps=1",
+                "--config.log_every_steps=1")
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr
+  message = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+  assert len(message) == 1 and "non-finite at step" in message[0], result.stderr[-3000:]
+  bad_step = int(message[0].split("non-finite at step ")[1].split(";")[0])
+  step, state = final_checkpoint(str(tmp_path))
+  assert step < bad_step
+  assert all(np.isfinite(a).all() for a in tree_arrays(state))
+
+
+@pytest.mark.parametrize("flag,expected", [
+    ("--config.optimizer=adam", "config.optimizer='adam' is not valid; choose one of sgd, msam, sam"),
+    ("--config.model=mlp", "config.model='mlp' is not valid; choose one of"),
+    ("--config.dataset=mnist", "config.dataset='mnist' is not valid; choose one of"),
+    ("--config.rho=-1", "config.rho=-1.0 must be >= 0"),
+])
+def test_bad_flags_give_one_line_and_no_traceback(tmp_path, flag, expected):
+  result = _run(tmp_path, flag, num_devices=1, timeout=120)
+  assert result.returncode == 2
+  assert "Traceback" not in result.stderr
+  assert f"error: {expected}" in result.stderr
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_train_together_like_one(tmp_path):
+  """Two processes with 2 CPU devices each equal one process with 4 devices on the same global batches."""
+  flags = ("--config.num_train_steps=8", "--config.log_every_steps=4", "--config.checkpoint_every_steps=4",
+           "--config.bn_recompute_batches=2")
+  port = _free_port()
+  workdir = tmp_path / "multi"
+  procs = [subprocess.Popen(
+      _train_cmd(workdir, *flags, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                 f"--process_id={i}"),
+      env=_env(2), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outputs = [p.communicate(timeout=300) for p in procs]
+  for p, (_, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-3000:]
+  # Both processes end with the same parameters (they print the norm of their own copy).
+  norms = [out.split("parameter norm ")[1].split(";")[0] for out, _ in outputs]
+  assert norms[0] == norms[1]
+  single = _run(tmp_path / "single", *flags, num_devices=4)
+  assert single.returncode == 0, single.stderr[-3000:]
+
+  step_m, multi_state = final_checkpoint(str(workdir))
+  _, single_state = final_checkpoint(str(tmp_path / "single"))
+  assert step_m == 8
+  for a, b in zip(tree_arrays(multi_state["params"]), tree_arrays(single_state["params"])):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert (workdir / "results.json").exists()
+  # Only process 0 writes TensorBoard events (process 1 only logs).
+  assert sum(name.startswith("events.out.tfevents") for name in os.listdir(workdir)) == 1
