@@ -128,3 +128,17 @@ def test_two_processes_train_together_like_one(tmp_path):
   assert (workdir / "results.json").exists()
   # Only process 0 writes TensorBoard events (process 1 only logs).
   assert sum(name.startswith("events.out.tfevents") for name in os.listdir(workdir)) == 1
+
+
+def test_missing_dataset_says_how_to_prepare_it(tmp_path):
+  data_dir = tmp_path / "tfds"
+  data_dir.mkdir()
+  result = _run(tmp_path / "run", "--config.dataset=cifar100", f"--config.data_dir={data_dir}",
+                num_devices=1, timeout=120)
+  assert result.returncode == 2
+  assert "Traceback" not in result.stderr
+  message = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+  assert len(message) == 1, result.stderr[-3000:]
+  assert "cifar100" in message[0] and str(data_dir) in message[0]
+  assert "tfds build cifar100" in message[0]
+  assert not any(data_dir.iterdir()), "nothing may be downloaded"
