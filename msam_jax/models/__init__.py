@@ -57,12 +57,13 @@ def _check_name(name: str) -> None:
 def _float_dtype(dtype) -> jnp.dtype:
   """Accepts a dtype or its name ("bfloat16"); only floating types make sense."""
   try:
-    dtype = jnp.dtype(dtype)
+    parsed = None if dtype is None else jnp.dtype(dtype)  # jnp.dtype(None) is float64
   except TypeError:
-    dtype = None
-  if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
-    raise ValueError("dtype must be a floating type such as float32, bfloat16 or float16")
-  return dtype
+    parsed = None
+  if parsed is None or not jnp.issubdtype(parsed, jnp.floating):
+    raise ValueError(f"dtype must be a floating type such as float32, bfloat16 or float16, "
+                     f"got {dtype!r}")
+  return parsed
 
 
 __all__ = ["MODELS", "build", "options"]

@@ -48,6 +48,7 @@ def test_unknown_argument_lists_the_valid_ones():
     ("cnn", dict(width=-1), "width"),
     ("cnn", dict(dtype="int32"), "dtype"),
     ("cnn", dict(dtype="float33"), "dtype"),
+    ("cnn", dict(dtype=None), "dtype"),
 ])
 def test_bad_values_raise_naming_the_argument(name, kwargs, message):
   with pytest.raises(ValueError, match=message):
