@@ -1,0 +1,496 @@
+"""Trains one config with several optimizers and seeds; tables and plots the outcome.
+
+    python benchmarks/compare_optimizers.py [--config configs/digits.py]
+        [--optimizers sgd,msam,sam,esam,looksam,adamw,adamw_msam] [--seeds 0,1,2]
+        [--epochs N] [--steps N] [--out benchmarks/results/compare_digits]
+        [--rho msam=1,sam=0.1,...] [--lr adamw=3e-3,...] [--weight_decay adamw=0.05,...]
+
+Each run calls `msam_jax.training.train_and_evaluate` in this process, in a
+fresh temporary workdir, on one device, evaluating every epoch and probing
+sharpness (SAM sharpness and top Hessian eigenvalue, at the unperturbed
+parameters on a fixed training batch) once at the end. Runs go seed by seed,
+every optimizer in turn, so the optimizers of one seed share the machine load
+they were timed under; the time ratio to the base optimizer (SGD for the
+SGD-based family, AdamW for the AdamW family) is taken within a seed.
+
+Time per step is the median over epochs of (epoch wall time / steps), leaving
+out the first epoch (compilation) and the last (final probes, checkpoint); it
+includes the per-epoch evaluation of the 360 test digits, which costs every
+optimizer the same. The loop's own `seconds_per_step_excluding_compilation`
+is kept in the JSON too.
+
+The `--rho`, `--lr` and `--weight_decay` defaults are chosen for
+`configs/digits.py` (see DEFAULT_* below); for another config pass your own, or
+an empty string to keep the config's values.
+
+Writes into `--out`: `table.md` (mean +- std over seeds), `results.json` (every
+run, written after each one), `accuracy_vs_epoch.png`, `accuracy_vs_time.png`
+and `sharpness.png`, one colour per optimizer throughout.
+"""
+import argparse
+import datetime
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+
+OPTIMIZERS = ("sgd", "msam", "sam", "esam", "looksam", "adamw", "adamw_msam", "adamw_sam")
+DEFAULT_OPTIMIZERS = ("sgd", "msam", "sam", "esam", "looksam", "adamw", "adamw_msam")
+BASE_OPTIMIZER = {
+    "sgd": "sgd", "msam": "sgd", "sam": "sgd", "esam": "sgd", "looksam": "sgd",
+    "adamw": "adamw", "adamw_msam": "adamw", "adamw_sam": "adamw",
+}
+# Optimizers that take a rho (the others ignore config.rho).
+USES_RHO = ("msam", "sam", "esam", "looksam", "adamw_msam", "adamw_sam")
+# Fixed, so an optimizer has the same colour in every plot and every output folder.
+COLORS = dict(zip(OPTIMIZERS, (
+    "#1f77b4", "#d62728", "#ff7f0e", "#bcbd22", "#8c564b", "#2ca02c", "#9467bd", "#e377c2")))
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "digits.py")
+DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "compare_digits")
+# Chosen for configs/digits.py by a small sweep (see benchmarks/results/compare_digits/README.md).
+# MSAM's rho is a distance along the normalised momentum in parameter space (the
+# digits CNN's parameter norm is about 19); SAM's is the usual gradient-ascent radius.
+DEFAULT_RHO = "msam=0.3,adamw_msam=0.3,sam=0.05,esam=0.05,looksam=0.05,adamw_sam=0.05"
+# The config's learning rate and weight decay are SGD's; AdamW needs its own.
+DEFAULT_LR = "adamw=3e-3,adamw_msam=3e-3,adamw_sam=3e-3"
+DEFAULT_WEIGHT_DECAY = "adamw=0.05,adamw_msam=0.05,adamw_sam=0.05"
+
+# Per-run numbers copied from the training library's results, and the summary's metrics.
+RUN_FIELDS = (
+    "final_eval_accuracy", "final_eval_loss", "final_train_loss", "final_train_accuracy",
+    "final_sam_sharpness", "final_hessian_max_eigenvalue", "train_seconds",
+    "seconds_per_step_excluding_compilation", "eval_accuracy_before_bn_recompute", "steps", "epochs")
+SUMMARY_FIELDS = (
+    "final_eval_accuracy", "final_eval_loss", "final_train_loss", "final_sam_sharpness",
+    "final_hessian_max_eigenvalue", "training_seconds", "train_seconds", "seconds_per_step",
+    "seconds_per_step_excluding_compilation", "time_per_step_vs_base")
+
+
+# ----------------------------------------------------------------------------- input
+
+
+def parse_list(text: str, flag: str, choices=None) -> list[str]:
+  """'a,b,c' -> ['a', 'b', 'c']; ValueError naming `flag` if empty, repeated or not in `choices`."""
+  items = [s.strip() for s in text.split(",") if s.strip()]
+  if not items:
+    raise ValueError(f"{flag} is empty; give a comma-separated list.")
+  if len(set(items)) != len(items):
+    raise ValueError(f"{flag}={text!r} names an entry twice.")
+  if choices is not None:
+    for item in items:
+      if item not in choices:
+        raise ValueError(f"{flag}: {item!r} is not valid; choose from {', '.join(choices)}.")
+  return items
+
+
+def parse_seeds(text: str) -> list[int]:
+  """'0,1,2' -> [0, 1, 2]; ValueError for anything but non-negative integers."""
+  seeds = parse_list(text, "--seeds")
+  try:
+    values = [int(s) for s in seeds]
+  except ValueError:
+    raise ValueError(f"--seeds={text!r}: seeds must be non-negative integers, e.g. 0,1,2.") from None
+  if any(v < 0 for v in values):
+    raise ValueError(f"--seeds={text!r}: seeds must be non-negative integers, e.g. 0,1,2.")
+  return values
+
+
+def parse_overrides(text: str, flag: str) -> dict[str, float]:
+  """'msam=0.3,sam=0.05' -> {'msam': 0.3, 'sam': 0.05}; '' -> {}."""
+  overrides = {}
+  for item in (s.strip() for s in text.split(",")):
+    if not item:
+      continue
+    name, sep, value = item.partition("=")
+    name = name.strip()
+    if not sep or name not in OPTIMIZERS:
+      raise ValueError(f"{flag}: {item!r} is not optimizer=value with an optimizer from "
+                       f"{', '.join(OPTIMIZERS)}.")
+    try:
+      number = float(value)
+    except ValueError:
+      raise ValueError(f"{flag}: {item!r} has a value that is not a number.") from None
+    if not number >= 0:
+      raise ValueError(f"{flag}: {item!r} must be a non-negative number.")
+    overrides[name] = number
+  return overrides
+
+
+def load_config_module(path: str):
+  """The module of a config file (which defines `get_config()`), imported from its path."""
+  if not os.path.isfile(path):
+    raise ValueError(f"--config={path!r} is not a file; give a path such as configs/digits.py.")
+  spec = importlib.util.spec_from_file_location(f"compare_config_{abs(hash(path))}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ValueError(f"--config={path!r} defines no get_config().")
+  return module
+
+
+def _steps_per_epoch(config) -> int:
+  from msam_jax import data
+
+  info = data.dataset_info(config.dataset, image_size=config.image_size)
+  return data.steps_per_epoch(info, config.batch_size)
+
+
+def run_config(config_module, optimizer: str, seed: int, *, epochs=None, steps=None,
+               rho=None, learning_rate=None, weight_decay=None, sharpness=True):
+  """One run's config: the file's, with the comparison's fields and overrides set."""
+  config = config_module.get_config()
+  config.optimizer = optimizer
+  config.seed = seed
+  if epochs is not None:
+    config.num_epochs = epochs
+  if steps is not None:
+    config.num_train_steps = steps
+  if rho is not None:
+    config.rho = rho
+  if learning_rate is not None:
+    config.learning_rate = learning_rate
+  if weight_decay is not None:
+    config.weight_decay = weight_decay
+  config.eval_every_epochs = 1
+  # Train metrics averaged over each epoch, so `final_train_loss` is the last epoch's mean.
+  config.log_every_steps = _steps_per_epoch(config)
+  # Only the measurement at the end; off (0) skips the probes, whose compilation dominates short runs.
+  config.sharpness_every_steps = 2**31 - 1 if sharpness else 0
+  config.checkpoint_every_steps = 0  # only the final checkpoint, into a throw-away workdir
+  return config
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def steady_seconds_per_step(eval_history: list[dict]) -> float | None:
+  """Median over epochs of seconds per step, leaving out the first and the last epoch.
+
+  The first epoch holds the compilations, the last the final probes and the
+  checkpoint. None when there are fewer than three evaluations.
+  """
+  clean = zip(eval_history[:-2], eval_history[1:-1])  # (end of epoch k-1, end of epoch k)
+  rates = [(cur["seconds"] - prev["seconds"]) / (cur["step"] - prev["step"]) for prev, cur in clean]
+  return statistics.median(rates) if rates else None
+
+
+def training_seconds(eval_history: list[dict], seconds_per_step: float) -> list[float]:
+  """Seconds since training start at each evaluation, without the final probes' time.
+
+  The loop measures the sharpness probes of the last step (and their
+  compilation, often longer than a short run's training) inside its clock, so
+  the last evaluation's time is estimated as the one before plus the last
+  epoch's steps at the median step time.
+  """
+  seconds = [e["seconds"] for e in eval_history]
+  if len(eval_history) >= 2:
+    prev, last = eval_history[-2], eval_history[-1]
+    seconds[-1] = prev["seconds"] + (last["step"] - prev["step"]) * seconds_per_step
+  return seconds
+
+
+def train_one(config, mesh) -> dict:
+  """Trains in a fresh temporary workdir; the run's record for results.json."""
+  from msam_jax.training import train_and_evaluate
+
+  with tempfile.TemporaryDirectory(prefix="compare_optimizers_") as workdir:
+    start = time.time()
+    results = train_and_evaluate(config, workdir, mesh=mesh)
+    wall = time.time() - start
+  record = {"optimizer": config.optimizer, "seed": config.seed,
+            "rho": config.rho if config.optimizer in USES_RHO else None,
+            "learning_rate": config.learning_rate, "weight_decay": config.weight_decay}
+  record.update({k: results[k] for k in RUN_FIELDS if k in results})
+  record["seconds_per_step"] = steady_seconds_per_step(results["eval_history"])
+  if record["seconds_per_step"] is None:
+    record["seconds_per_step"] = results["seconds_per_step_excluding_compilation"]
+  record["wall_seconds_including_setup"] = wall
+  history = results["eval_history"]
+  record["eval_history"] = [
+      {**{k: e[k] for k in ("epoch", "step", "seconds", "accuracy", "loss")}, "training_seconds": t}
+      for e, t in zip(history, training_seconds(history, record["seconds_per_step"]))]
+  record["training_seconds"] = record["eval_history"][-1]["training_seconds"]
+  return record
+
+
+def print_run(index: int, total: int, record: dict) -> None:
+  name = f"{record['optimizer']} seed {record['seed']}"
+  for e in record["eval_history"]:
+    print(f"  [{index}/{total}] {name}  epoch {e['epoch']:g}/{record['epochs']:g}  "
+          f"test acc {100 * e['accuracy']:.2f}%  test loss {e['loss']:.4f}  ({e['training_seconds']:.1f} s)")
+  probes = (f"sam sharpness {record['final_sam_sharpness']:.4g}, hessian max eig "
+            f"{record['final_hessian_max_eigenvalue']:.4g}" if "final_sam_sharpness" in record
+            else "no sharpness probes")
+  print(f"  [{index}/{total}] {name} done: test acc {100 * record['final_eval_accuracy']:.2f}%, "
+        f"train loss {record['final_train_loss']:.4f}, {probes}, "
+        f"{1000 * record['seconds_per_step']:.1f} ms/step, {record['training_seconds']:.1f} s training "
+        f"({record['train_seconds']:.1f} s with the final probes, {record['wall_seconds_including_setup']:.1f} s "
+        "with setup)", flush=True)
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def _mean_std(values: list[float]) -> dict:
+  """Mean and sample standard deviation (ddof=1; 0 for one value) of the non-None values."""
+  values = [v for v in values if v is not None]
+  if not values:
+    return {"mean": None, "std": None, "n": 0, "values": []}
+  std = statistics.stdev(values) if len(values) > 1 else 0.0
+  return {"mean": statistics.fmean(values), "std": std, "n": len(values), "values": values}
+
+
+def add_time_ratios(runs: list[dict]) -> None:
+  """Sets each run's `time_per_step_vs_base`: its time per step over its base's in the same seed.
+
+  None when the base optimizer was not run with that seed.
+  """
+  step_time = {(r["optimizer"], r["seed"]): r["seconds_per_step"] for r in runs}
+  for r in runs:
+    base = step_time.get((BASE_OPTIMIZER[r["optimizer"]], r["seed"]))
+    r["time_per_step_vs_base"] = r["seconds_per_step"] / base if base else None
+
+
+def summarize(runs: list[dict], optimizers: list[str]) -> dict:
+  """optimizer -> metric -> {mean, std, n, values} over seeds."""
+  summary = {}
+  for name in optimizers:
+    own = [r for r in runs if r["optimizer"] == name]
+    if own:
+      summary[name] = {k: _mean_std([r.get(k) for r in own]) for k in SUMMARY_FIELDS}
+  return summary
+
+
+def _cell(stat: dict, fmt: str, scale: float = 1.0) -> str:
+  if stat["mean"] is None:
+    return "n/a"
+  if stat["n"] == 1:
+    return format(scale * stat["mean"], fmt)
+  return f"{format(scale * stat['mean'], fmt)} ± {format(scale * stat['std'], fmt)}"
+
+
+def markdown_table(summary: dict, runs: list[dict]) -> str:
+  """The README table: one row per optimizer, mean ± std over its seeds."""
+  header = ("| optimizer | rho | test accuracy (%) | final train loss | SAM sharpness | "
+            "Hessian max eigenvalue | training time (s) | time per step (ms) | time per step vs base |")
+  num_columns = header.count("|") - 1
+  lines = [header, "|---|" + "---:|" * (num_columns - 1)]
+  for name, stats in summary.items():
+    rhos = sorted({r["rho"] for r in runs if r["optimizer"] == name and r["rho"] is not None})
+    base = BASE_OPTIMIZER[name]
+    ratio = "1 (base)" if base == name else (
+        f"{_cell(stats['time_per_step_vs_base'], '.2f')} × {base}"
+        if stats["time_per_step_vs_base"]["mean"] is not None else f"n/a ({base} not run)")
+    lines.append("| " + " | ".join([
+        name, ", ".join(f"{v:g}" for v in rhos) or "–",
+        _cell(stats["final_eval_accuracy"], ".2f", 100),
+        _cell(stats["final_train_loss"], ".4f"),
+        _cell(stats["final_sam_sharpness"], ".4f"),
+        _cell(stats["final_hessian_max_eigenvalue"], ".2f"),
+        _cell(stats["training_seconds"], ".1f"),
+        _cell(stats["seconds_per_step"], ".1f", 1000),
+        ratio]) + " |")
+  return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _new_figure(width: float, height: float):
+  """A figure drawn by the Agg backend, without touching pyplot's global state."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+
+  figure = Figure(figsize=(width, height), layout="constrained")
+  FigureCanvasAgg(figure)
+  return figure
+
+
+def mean_curves(runs: list[dict], optimizers: list[str]) -> dict:
+  """optimizer -> {epoch, seconds, accuracy, accuracy_std} per evaluation, means over seeds.
+
+  Seeds of one optimizer evaluate at the same steps; a shorter history (a run
+  that stopped early) truncates the curve to the evaluations all seeds have.
+  """
+  curves = {}
+  for name in optimizers:
+    histories = [r["eval_history"] for r in runs if r["optimizer"] == name]
+    if not histories:
+      continue
+    length = min(len(h) for h in histories)
+    points = [[h[i] for h in histories] for i in range(length)]
+    curves[name] = {
+        "epoch": [p[0]["epoch"] for p in points],
+        "seconds": [statistics.fmean(e["training_seconds"] for e in p) for p in points],
+        "accuracy": [statistics.fmean(100 * e["accuracy"] for e in p) for p in points],
+        "accuracy_std": [statistics.stdev([100 * e["accuracy"] for e in p]) if len(p) > 1 else 0.0
+                         for p in points],
+    }
+  return curves
+
+
+def plot_accuracy(curves: dict, x: str, xlabel: str, title: str, path: str, dpi: int) -> None:
+  """Test accuracy (mean over seeds, band: ± std) against `x`; right panel zoomed on the end."""
+  figure = _new_figure(10, 3.8)
+  full, zoom = figure.subplots(1, 2)
+  for axes in (full, zoom):
+    for name, c in curves.items():
+      low = [m - s for m, s in zip(c["accuracy"], c["accuracy_std"])]
+      high = [m + s for m, s in zip(c["accuracy"], c["accuracy_std"])]
+      axes.plot(c[x], c["accuracy"], color=COLORS[name], label=name, linewidth=1.5)
+      axes.fill_between(c[x], low, high, color=COLORS[name], alpha=0.12, linewidth=0)
+    axes.set_xlabel(xlabel)
+    axes.grid(alpha=0.3)
+  full.set_ylabel("test accuracy (%)")
+  full.set_title(title)
+  full.legend(loc="lower right", fontsize=8)
+  # Zoom: the last two thirds of the evaluations, y fitted to the means there.
+  x_start = min(c[x][len(c[x]) // 3] for c in curves.values())
+  x_end = max(c[x][-1] for c in curves.values())
+  tail = [a for c in curves.values() for a in c["accuracy"][len(c[x]) // 3:]]
+  zoom.set_xlim(x_start, x_end + 0.01 * (x_end - x_start) + 1e-9)
+  zoom.set_ylim(min(tail) - 0.5, max(tail) + 0.5)
+  zoom.set_title(f"zoom: {x.replace('seconds', 'time')} from {x_start:.3g}")
+  figure.savefig(path, dpi=dpi)
+
+
+def plot_sharpness(runs: list[dict], summary: dict, sharpness_rho, path: str, dpi: int) -> None:
+  """Bars: mean over seeds (error bar: std), dots: the seeds; one colour per optimizer."""
+  figure = _new_figure(10, 3.6)
+  panels = (("final_sam_sharpness", f"SAM sharpness (rho={sharpness_rho})"),
+            ("final_hessian_max_eigenvalue", "Hessian max eigenvalue"))
+  names = list(summary)
+  for axes, (key, label) in zip(figure.subplots(1, 2), panels):
+    for i, name in enumerate(names):
+      stat = summary[name][key]
+      if stat["mean"] is None:
+        axes.text(i, 0, "not\nmeasured", ha="center", va="bottom", fontsize=8)
+        continue
+      axes.bar(i, stat["mean"], yerr=stat["std"], color=COLORS[name], capsize=3, alpha=0.85)
+      axes.plot([i] * stat["n"], stat["values"], "o", color="black", markersize=3)
+    axes.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    axes.set_title(f"{label} at the end of training")
+    axes.grid(axis="y", alpha=0.3)
+  figure.savefig(path, dpi=dpi)
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def environment() -> dict:
+  import jax
+
+  device = jax.devices()[0]
+  return {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+          "jax": jax.__version__, "platform": device.platform, "device": device.device_kind,
+          "cpu_count": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()}
+
+
+def write_json(path: str, payload: dict) -> None:
+  with open(path + ".tmp", "w") as f:
+    json.dump(payload, f, indent=1)
+  os.replace(path + ".tmp", path)
+
+
+def write_report(out: str, payload: dict, dpi: int = 80) -> None:
+  """table.md, results.json (with the summary) and the three PNGs from the runs in `payload`."""
+  runs, optimizers = payload["runs"], payload["optimizers"]
+  add_time_ratios(runs)
+  payload["summary"] = summarize(runs, optimizers)
+  write_json(os.path.join(out, "results.json"), payload)
+  table = markdown_table(payload["summary"], runs)
+  seeds = ", ".join(str(s) for s in payload["seeds"])
+  note = (f"\n{payload['config_name']}, {payload['epochs']:g} epochs, seeds {seeds}; mean ± std over seeds."
+          f" {payload['environment']['device']} ({payload['environment']['cpu_count']} cores),"
+          f" load average {payload['load_average_start'][0]:.1f} at the start.\n")
+  with open(os.path.join(out, "table.md"), "w") as f:
+    f.write(table + note)
+  curves = mean_curves(runs, optimizers)
+  plot_accuracy(curves, "epoch", "epoch", "test accuracy (mean over seeds)",
+                os.path.join(out, "accuracy_vs_epoch.png"), dpi)
+  plot_accuracy(curves, "seconds", "wall-clock seconds (compilation included)",
+                "test accuracy (mean over seeds)",
+                os.path.join(out, "accuracy_vs_time.png"), dpi)
+  plot_sharpness(runs, payload["summary"], payload["sharpness_rho"], os.path.join(out, "sharpness.png"), dpi)
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+  parser.add_argument("--config", default=DEFAULT_CONFIG, help="config file defining get_config()")
+  parser.add_argument("--optimizers", default=",".join(DEFAULT_OPTIMIZERS))
+  parser.add_argument("--seeds", default="0,1,2")
+  parser.add_argument("--epochs", type=int, default=None, help="overrides the config's num_epochs")
+  parser.add_argument("--steps", type=int, default=None, help="overrides the number of steps (quick checks)")
+  parser.add_argument("--out", default=DEFAULT_OUT)
+  parser.add_argument("--rho", default=DEFAULT_RHO, help="per optimizer, e.g. msam=0.3,sam=0.05")
+  parser.add_argument("--lr", default=DEFAULT_LR, help="per-optimizer learning rate")
+  parser.add_argument("--weight_decay", default=DEFAULT_WEIGHT_DECAY, help="per-optimizer weight decay")
+  parser.add_argument("--no_sharpness", action="store_true",
+                      help="skip the sharpness probes (quick checks: their compilation dominates short runs)")
+  parser.add_argument("--dpi", type=int, default=80)
+  args = parser.parse_args(argv)
+  try:
+    args.optimizers = parse_list(args.optimizers, "--optimizers", OPTIMIZERS)
+    args.seeds = parse_seeds(args.seeds)
+    args.rho = parse_overrides(args.rho, "--rho")
+    args.lr = parse_overrides(args.lr, "--lr")
+    args.weight_decay = parse_overrides(args.weight_decay, "--weight_decay")
+    for flag in ("epochs", "steps"):
+      if getattr(args, flag) is not None and getattr(args, flag) < 1:
+        raise ValueError(f"--{flag}={getattr(args, flag)} must be a positive integer.")
+    args.config_module = load_config_module(args.config)
+  except ValueError as e:
+    parser.error(str(e))
+  return args
+
+
+def main(argv=None) -> dict:
+  args = parse_args(argv)
+  import jax
+  from msam_jax.training import mesh as mesh_lib
+
+  mesh = mesh_lib.create_mesh(jax.devices()[:1])  # one device: times comparable across machines
+  os.makedirs(args.out, exist_ok=True)
+  configs = [run_config(args.config_module, name, seed, epochs=args.epochs, steps=args.steps,
+                        rho=args.rho.get(name), learning_rate=args.lr.get(name),
+                        weight_decay=args.weight_decay.get(name), sharpness=not args.no_sharpness)
+             for seed in args.seeds for name in args.optimizers]
+  first = configs[0]
+  payload = {
+      "config": os.path.relpath(os.path.abspath(args.config), os.getcwd()),
+      "config_name": os.path.basename(args.config), "optimizers": args.optimizers, "seeds": args.seeds,
+      "epochs": (first.num_train_steps / _steps_per_epoch(first) if first.num_train_steps > 0
+                 else first.num_epochs),
+      "sharpness_rho": None if args.no_sharpness else first.sharpness_rho, "sharpness_num_iters": first.sharpness_num_iters,
+      "overrides": {"rho": args.rho, "learning_rate": args.lr, "weight_decay": args.weight_decay},
+      "environment": environment(), "load_average_start": os.getloadavg(), "runs": []}
+  print(f"{len(configs)} runs ({len(args.optimizers)} optimizers x {len(args.seeds)} seeds), "
+        f"{payload['epochs']:g} epochs each, on {payload['environment']['device']}; writing {args.out}",
+        flush=True)
+  start = time.time()
+  for index, config in enumerate(configs, 1):
+    hparams = f"lr={config.learning_rate:g}, wd={config.weight_decay:g}" + (
+        f", rho={config.rho:g}" if config.optimizer in USES_RHO else "")
+    print(f"[{index}/{len(configs)}] {config.optimizer} seed {config.seed} ({hparams}): training...",
+          flush=True)
+    record = train_one(config, mesh)
+    payload["runs"].append(record)
+    write_json(os.path.join(args.out, "results.json"), payload)  # partial results survive a crash
+    print_run(index, len(configs), record)
+    elapsed = time.time() - start
+    print(f"  {elapsed / 60:.1f} min so far, about {elapsed / index * (len(configs) - index) / 60:.1f} min "
+          "to go (rough: SAM-family runs take longer)", flush=True)
+  payload["load_average_end"] = os.getloadavg()
+  payload["total_seconds"] = time.time() - start
+  write_report(args.out, payload, args.dpi)
+  print()
+  print(open(os.path.join(args.out, "table.md")).read())
+  return payload
+
+
+if __name__ == "__main__":
+  main()
