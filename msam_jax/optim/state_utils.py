@@ -45,7 +45,13 @@ def needs_loss_fn(tx_or_state, params=None) -> bool:
   """
   state = tx_or_state
   if isinstance(tx_or_state, optax.GradientTransformation):
-    state = jax.eval_shape(tx_or_state.init, _PROBE_PARAMS if params is None else params)
+    try:
+      state = jax.eval_shape(tx_or_state.init, _PROBE_PARAMS if params is None else params)
+    except Exception as error:  # e.g. a mask or label tree that needs the real params
+      if params is not None:
+        raise
+      raise ValueError("needs_loss_fn could not initialise the transformation on a probe "
+                       "parameter tree; pass params=(the model's params)") from error
   return bool(_find(state, _sam_family_states()))
 
 

@@ -1,0 +1,212 @@
+"""Step time of every optimizer relative to its base, on a small CNN and a small ViT.
+
+    python benchmarks/optimizer_overhead.py [--batch_size 16] [--repetitions 7]
+        [--steps 5] [--models cnn,vit] [--vit_depth 2]
+
+One jitted training step (forward, backward, optimizer update, apply; for the
+SAM family also its extra passes through `loss_fn`) per optimizer, with
+parameters, batch statistics and optimizer state donated. Repetitions are
+interleaved (every optimizer runs `--steps` steps in turn, in a rotating
+order), so each ratio compares times measured under the same machine load;
+the ratio column is the median over repetitions of (step time / base step
+time of the same repetition). MSAM's claim is "no overhead": its ratio to SGD
+should be about 1. "sgd, again" is a second, identical SGD run: its ratio to
+SGD shows how much of any ratio is measurement noise.
+
+Besides wall time, each ratio is also given in process CPU time (robust to
+other processes on a shared machine) and in XLA's static cost analysis of
+the compiled step (flops, bytes accessed: deterministic). A second table
+times the optimizer alone (update + apply on the model's parameters, buffers
+donated) to show where any difference comes from.
+"""
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import msam_jax
+from msam_jax import models
+from msam_jax.optim import needs_loss_fn
+
+NUM_CLASSES = 10
+IMAGE_SIZE = 32
+LABEL_SMOOTHING = 0.1
+
+
+def optimizers() -> dict[str, tuple[optax.GradientTransformation, str]]:
+  """name -> (transformation, name of its base), the original's defaults."""
+  sgd = lambda: msam_jax.sgd(0.05, momentum=0.9, weight_decay=5e-4)
+  adamw = lambda: msam_jax.adamw(1e-3, weight_decay=5e-2)
+  return {
+      "sgd": (sgd(), "sgd"),
+      "sgd, again": (sgd(), "sgd"),  # A/A control: the noise floor of the ratios
+      "msam": (msam_jax.msam(0.05, momentum=0.9, rho=0.3, weight_decay=5e-4), "sgd"),
+      "sam(sgd)": (msam_jax.sam(sgd(), rho=0.05), "sgd"),
+      "esam(sgd)": (msam_jax.esam(sgd(), rho=0.05), "sgd"),
+      "looksam(sgd)": (msam_jax.looksam(sgd(), rho=0.05), "sgd"),
+      "adamw": (adamw(), "adamw"),
+      "adamw_msam": (msam_jax.adamw_msam(1e-3, weight_decay=5e-2, rho=0.3), "adamw"),
+  }
+
+
+def build_model(name: str, vit_depth: int):
+  if name == "cnn":
+    return models.build("cnn", num_classes=NUM_CLASSES)
+  if name == "vit":
+    return models.build("vit", num_classes=NUM_CLASSES, size="Ti", patch_size=4,
+                        image_size=IMAGE_SIZE, depth=vit_depth)
+  raise ValueError(f"unknown model {name!r}; valid: cnn, vit")
+
+
+def make_train_step(model, tx):
+  """The jitted step (params, batch_stats, opt_state, images, labels) -> same + loss."""
+
+  def per_example_loss(params, batch_stats, images, labels):
+    if batch_stats is None:
+      logits, new_stats = model.apply({"params": params}, images, train=True), None
+    else:
+      logits, updated = model.apply({"params": params, "batch_stats": batch_stats}, images,
+                                    train=True, mutable=["batch_stats"])
+      new_stats = updated["batch_stats"]
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, NUM_CLASSES), LABEL_SMOOTHING)
+    return optax.softmax_cross_entropy(logits, targets), new_stats
+
+  def step(params, batch_stats, opt_state, images, labels):
+    def mean_loss(p):
+      losses, new_stats = per_example_loss(p, batch_stats, images, labels)
+      return losses.mean(), (losses, new_stats)
+
+    (loss, (losses, new_stats)), grads = jax.value_and_grad(mean_loss, has_aux=True)(params)
+    if needs_loss_fn(tx):
+      def loss_fn(p, indices=None):  # second passes: batch statistics discarded
+        x, y = (images, labels) if indices is None else (images[indices], labels[indices])
+        return per_example_loss(p, batch_stats, x, y)[0]
+      updates, opt_state = tx.update(grads, opt_state, params, loss_fn=loss_fn, losses=losses)
+    else:
+      updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), new_stats, opt_state, loss
+
+  return jax.jit(step, donate_argnums=(0, 1, 2))
+
+
+def benchmark_model(model_name: str, args) -> list[dict]:
+  model = build_model(model_name, args.vit_depth)
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.normal(size=(args.batch_size, IMAGE_SIZE, IMAGE_SIZE, 3)), jnp.float32)
+  labels = jnp.asarray(rng.integers(0, NUM_CLASSES, size=args.batch_size), jnp.int32)
+  variables = model.init(jax.random.key(0), images[:2], train=False)
+  num_params = sum(x.size for x in jax.tree.leaves(variables["params"]))
+
+  runs = {}
+  for name, (tx, base) in optimizers().items():
+    params = jax.tree.map(jnp.copy, variables["params"])
+    stats = jax.tree.map(jnp.copy, variables.get("batch_stats")) if "batch_stats" in variables else None
+    step = make_train_step(model, tx).lower(params, stats, tx.init(params), images,
+                                            labels).compile()
+    cost = step.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    carry = step(params, stats, tx.init(params), images, labels)  # first step
+    jax.block_until_ready(carry)
+    runs[name] = {"step": step, "carry": carry[:3], "base": base, "times": [], "cpu_times": [],
+                  "flops": cost.get("flops", float("nan")),
+                  "bytes": cost.get("bytes accessed", float("nan"))}
+
+  names = list(runs)
+  for rep in range(args.repetitions):
+    order = names[rep % len(names):] + names[:rep % len(names)]  # rotate: no fixed position
+    for name in order:
+      run = runs[name]
+      carry = run["carry"]
+      start, start_cpu = time.perf_counter(), time.process_time()
+      for _ in range(args.steps):
+        *carry, loss = run["step"](*carry, images, labels)
+      jax.block_until_ready((carry, loss))
+      run["times"].append((time.perf_counter() - start) / args.steps)
+      run["cpu_times"].append((time.process_time() - start_cpu) / args.steps)
+      run["carry"] = tuple(carry)
+
+  rows = []
+  update_ms = update_only_times(variables["params"], args)
+  for name, run in runs.items():
+    ratios = [t / b for t, b in zip(run["times"], runs[run["base"]]["times"])]
+    cpu_ratios = [t / b for t, b in zip(run["cpu_times"], runs[run["base"]]["cpu_times"])]
+    rows.append({"model": f"{model_name} ({num_params / 1e6:.2f}M params)", "optimizer": name,
+                 "base": run["base"], "ms": 1e3 * statistics.median(run["times"]),
+                 "ratio": statistics.median(ratios), "ratio_min": min(ratios),
+                 "ratio_max": max(ratios), "cpu_ratio": statistics.median(cpu_ratios),
+                 "flops_ratio": run["flops"] / runs[run["base"]]["flops"],
+                 "bytes_ratio": run["bytes"] / runs[run["base"]]["bytes"],
+                 "update_ms": update_ms.get(name)})
+  return rows
+
+
+def update_only_times(params, args) -> dict[str, float]:
+  """Median ms of `update` + `apply_updates` alone for the one-gradient optimizers."""
+  txs = {name: tx for name, (tx, _) in optimizers().items()
+         if not needs_loss_fn(tx) and name != "sgd, again"}
+  grads = jax.tree.map(lambda p: jnp.full_like(p, 1e-3), params)
+  steps, carries, times = {}, {}, {name: [] for name in txs}
+  for name, tx in txs.items():
+    def step(p, s, g, tx=tx):
+      updates, s = tx.update(g, s, p)
+      return optax.apply_updates(p, updates), s
+    steps[name] = jax.jit(step, donate_argnums=(0, 1))
+    p = jax.tree.map(jnp.copy, params)
+    carries[name] = jax.block_until_ready(steps[name](p, tx.init(p), grads))
+  for _ in range(args.repetitions):
+    for name in txs:
+      carry = carries[name]
+      start = time.perf_counter()
+      for _ in range(10 * args.steps):
+        carry = steps[name](*carry, grads)
+      jax.block_until_ready(carry)
+      times[name].append((time.perf_counter() - start) / (10 * args.steps))
+      carries[name] = carry
+  return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--batch_size", type=int, default=16)
+  parser.add_argument("--repetitions", type=int, default=7,
+                      help="interleaved rounds; medians are taken over them")
+  parser.add_argument("--steps", type=int, default=5,
+                      help="steps per optimizer per round (LookSAM: a multiple of k=5 averages "
+                           "its SAM and reuse steps)")
+  parser.add_argument("--models", default="cnn,vit")
+  parser.add_argument("--vit_depth", type=int, default=2,
+                      help="transformer blocks of the ViT-Ti/4 (the preset has 12)")
+  args = parser.parse_args()
+
+  print(f"jax {jax.__version__}, {jax.devices()[0].platform} x{jax.device_count()}, "
+        f"batch {args.batch_size}, {IMAGE_SIZE}x{IMAGE_SIZE} images, {args.repetitions} "
+        f"interleaved rounds of {args.steps} steps, buffers donated\n")
+  rows = [row for name in args.models.split(",") for row in benchmark_model(name, args)]
+  print("| model | optimizer | median step (ms) | ratio to base: median [min, max] "
+        "| CPU-time ratio | XLA flops ratio | XLA bytes ratio |")
+  print("|---|---|---:|---|---:|---:|---:|")
+  for r in rows:
+    if r["optimizer"] == r["base"]:
+      ratios = "- | - | - | -"
+    else:
+      ratios = (f"{r['ratio']:.3f} [{r['ratio_min']:.3f}, {r['ratio_max']:.3f}] vs {r['base']} | "
+                f"{r['cpu_ratio']:.3f} | {r['flops_ratio']:.4f} | {r['bytes_ratio']:.4f}")
+    print(f"| {r['model']} | {r['optimizer']} | {r['ms']:.1f} | {ratios} |")
+  print("\nCPU-time ratio: process CPU time, less disturbed by other processes than wall "
+        "time. XLA ratios: the compiled step's static cost analysis (deterministic; it counts "
+        "both branches of LookSAM's lax.cond).")
+  print("\nOptimizer alone (update + apply_updates, donated buffers):\n")
+  print("| model | optimizer | median update (ms) | share of its full step |")
+  print("|---|---|---:|---:|")
+  for r in rows:
+    if r["update_ms"] is not None:
+      print(f"| {r['model']} | {r['optimizer']} | {r['update_ms']:.2f} | "
+            f"{100 * r['update_ms'] / r['ms']:.1f}% |")
+
+
+if __name__ == "__main__":
+  main()
