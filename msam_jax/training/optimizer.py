@@ -1,8 +1,8 @@
 """From config fields to one optax transformation, schedules included.
 
-Every optimizer is wrapped in `optax.inject_hyperparams` so the loop can log the
-current learning rate and rho (`msam_jax.optim.current_hyperparams`) without
-knowing which optimizer it runs.
+Every optimizer is wrapped in `optax.inject_hyperparams` (learning rate and rho
+injected), so the loop can log their current values
+(`msam_jax.optim.current_hyperparams`) without knowing which optimizer it runs.
 """
 import ml_collections
 import optax
@@ -46,16 +46,25 @@ def _with_clipping(config, tx):
   return tx
 
 
+def _inject(factory, injected: dict, **static):
+  """`optax.inject_hyperparams` with only `injected` (learning rate, rho) as state.
+
+  Those are what schedules change and what the loop logs. Everything else stays
+  a Python constant, so the update compiles exactly as the plain optimizer's (no
+  float32 rounding of b2 in Adam's bias correction; a constant momentum lets
+  MSAM rebuild its old momentum instead of copying the donated buffer).
+  """
+  return optax.inject_hyperparams(factory, static_args=tuple(static))(**injected, **static)
+
+
 def build_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
   """The optimizer named by `config.optimizer`, as the original builds it."""
   lr = learning_rate_schedule(config, steps_per_epoch)
   rho = rho_schedule(config, steps_per_epoch)
-  inject = optax.inject_hyperparams
-  sgd = lambda: inject(msam_jax.sgd)(
-      learning_rate=lr, momentum=config.momentum, weight_decay=config.weight_decay,
-      nesterov=config.nesterov)
+  sgd_kwargs = dict(momentum=config.momentum, weight_decay=config.weight_decay, nesterov=config.nesterov)
   adam_kwargs = dict(b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay)
-  adamw = lambda: inject(msam_jax.adamw)(learning_rate=lr, **adam_kwargs)
+  sgd = lambda: _inject(msam_jax.sgd, {"learning_rate": lr}, **sgd_kwargs)
+  adamw = lambda: _inject(msam_jax.adamw, {"learning_rate": lr}, **adam_kwargs)
 
   name = config.optimizer
   if name == "sgd":
@@ -63,18 +72,17 @@ def build_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
   if name == "adamw":
     return _with_clipping(config, adamw())
   if name == "msam":
-    return _with_clipping(config, inject(msam_jax.msam)(
-        learning_rate=lr, momentum=config.momentum, rho=rho, weight_decay=config.weight_decay))
+    sgd_kwargs.pop("nesterov")
+    return _with_clipping(config, _inject(msam_jax.msam, {"learning_rate": lr, "rho": rho}, **sgd_kwargs))
   if name == "adamw_msam":
-    return _with_clipping(config, inject(msam_jax.adamw_msam)(learning_rate=lr, rho=rho, **adam_kwargs))
+    return _with_clipping(config, _inject(msam_jax.adamw_msam, {"learning_rate": lr, "rho": rho}, **adam_kwargs))
   if name in ("sam", "adamw_sam"):
     base = _with_clipping(config, sgd() if name == "sam" else adamw())
-    return inject(msam_jax.sam, static_args=("base",))(base=base, rho=rho)
+    return _inject(msam_jax.sam, {"rho": rho}, base=base)
   if name == "esam":
-    return inject(msam_jax.esam, static_args=("base", "gamma", "seed"))(
-        base=_with_clipping(config, sgd()), rho=rho, beta=config.esam_beta,
-        gamma=config.esam_gamma, seed=config.seed)
+    return _inject(msam_jax.esam, {"rho": rho}, base=_with_clipping(config, sgd()),
+                   beta=config.esam_beta, gamma=config.esam_gamma, seed=config.seed)
   if name == "looksam":
-    return inject(msam_jax.looksam, static_args=("base", "k"))(
-        base=_with_clipping(config, sgd()), rho=rho, k=config.looksam_k, alpha=config.looksam_alpha)
+    return _inject(msam_jax.looksam, {"rho": rho}, base=_with_clipping(config, sgd()),
+                   k=config.looksam_k, alpha=config.looksam_alpha)
   raise ValueError(f"unknown optimizer {name!r}")

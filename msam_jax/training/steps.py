@@ -66,7 +66,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
 
   (_, (losses, (logits, new_vars))), grads = jax.value_and_grad(mean_loss, has_aux=True)(state.params)
 
-  if needs_loss_fn(tx):
+  if needs_loss_fn(state.opt_state):
     def loss_fn(params, indices=None):
       images, labels = batch["image"], batch["label"]
       if indices is not None:

@@ -1,0 +1,81 @@
+"""Config -> optimizer: every name builds, follows its schedules, clips where the config says."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import msam_jax
+from msam_jax.optim import current_hyperparams, needs_loss_fn, schedules
+from msam_jax.training.config import OPTIMIZERS
+from msam_jax.training.optimizer import build_optimizer
+
+from conftest import load_config
+
+STEPS_PER_EPOCH = 4
+PARAMS = {"w": jnp.array([1.0, -2.0, 0.5]), "b": jnp.array(0.3)}
+TARGETS = jnp.array([[0.5, 1.0, -1.0], [1.0, 0.0, 2.0]])
+
+
+def loss_fn(params, indices=None):
+  targets = TARGETS if indices is None else TARGETS[indices]
+  return jnp.sum((params["w"] - targets) ** 2, axis=-1) + params["b"] ** 2
+
+
+def _run(tx, num_steps):
+  params, state = PARAMS, tx.init(PARAMS)
+  hypers = []
+  for _ in range(num_steps):
+    grads = jax.grad(lambda p: loss_fn(p).mean())(params)
+    extra = {"loss_fn": loss_fn, "losses": loss_fn(params)} if needs_loss_fn(state) else {}
+    updates, state = tx.update(grads, state, params, **extra)
+    params = optax.apply_updates(params, updates)
+    hypers.append({k: float(v) for k, v in current_hyperparams(state).items()})
+  return params, state, hypers
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_every_optimizer_follows_the_configured_schedules(name):
+  config = load_config("cifar100_wrn16_4", optimizer=name, num_epochs=3, rho=0.5,
+                       rho_schedule="start_ramp", rho_ramp_epochs=1.0, esam_gamma=1.0)
+  tx = build_optimizer(config, STEPS_PER_EPOCH)
+  assert needs_loss_fn(tx) == (name in ("sam", "esam", "looksam", "adamw_sam"))
+  params, state, hypers = _run(tx, 6)
+  lr = schedules.lr_start_ramp_cos(0.5, epochs=3, steps_per_epoch=STEPS_PER_EPOCH, ramp_epochs=1.0)
+  rho = schedules.rho_start_ramp(0.5, steps_per_epoch=STEPS_PER_EPOCH, ramp_epochs=1.0)
+  # The state after update n holds the hyper-parameters update n used (count n - 1).
+  np.testing.assert_allclose([h["learning_rate"] for h in hypers], [lr(n) for n in range(6)], rtol=1e-6)
+  if name not in ("sgd", "adamw"):
+    np.testing.assert_allclose([h["rho"] for h in hypers], [rho(n) for n in range(6)], rtol=1e-6)
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+  moved = msam_jax.eval_params(params, state)
+  assert (name in ("msam", "adamw_msam")) != all(
+      np.array_equal(a, b) for a, b in zip(jax.tree.leaves(moved), jax.tree.leaves(params)))
+
+
+def test_msam_from_config_equals_the_plain_optimizer():
+  config = load_config("cifar100_wrn16_4", optimizer="msam", lr_schedule="const", learning_rate=0.1,
+                       rho=0.2, weight_decay=1e-3)
+  expected, _, _ = _run(msam_jax.msam(0.1, momentum=0.9, rho=0.2, weight_decay=1e-3), 4)
+  got, _, _ = _run(build_optimizer(config, STEPS_PER_EPOCH), 4)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_vit_config_clips_gradients_before_adamw():
+  config = load_config("imagenet_vit", optimizer="adamw", lr_schedule="const")
+  big = {"w": jnp.array([300.0, -400.0, 0.0]), "b": jnp.array(0.0)}
+  tx = build_optimizer(config, STEPS_PER_EPOCH)
+  reference = optax.chain(optax.clip_by_global_norm(1.0), msam_jax.adamw(1e-3, weight_decay=0.1))
+  u1, _ = tx.update(big, tx.init(PARAMS), PARAMS)
+  u2, _ = reference.update(big, reference.init(PARAMS), PARAMS)
+  for a, b in zip(jax.tree.leaves(u1), jax.tree.leaves(u2)):
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_vit_rho_jumps_on_after_eight_epochs():
+  config = load_config("imagenet_vit", optimizer="adamw_msam")
+  tx = build_optimizer(config, 2)
+  _, _, hypers = _run(tx, 18)
+  rhos = [h["rho"] for h in hypers]
+  assert rhos[:15] == [0.0] * 15 and rhos[16:] == [10.0, 10.0]
