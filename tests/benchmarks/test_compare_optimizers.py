@@ -24,6 +24,7 @@ def _record(optimizer, seed, step_time, accuracy=0.9, sharpness=0.01, epochs=3):
               "training_seconds": 1.0 + e * 10 * step_time, "accuracy": accuracy - 0.1 / e, "loss": 0.5 / e}
              for e in range(1, epochs + 1)]
   return {"optimizer": optimizer, "seed": seed, "rho": 0.3 if optimizer != "sgd" else None,
+          "learning_rate": 0.1, "weight_decay": 5e-4,
           "final_eval_accuracy": accuracy, "final_eval_loss": 0.1, "final_train_loss": 0.2,
           "final_sam_sharpness": sharpness, "final_hessian_max_eigenvalue": 10 * sharpness,
           "training_seconds": history[-1]["training_seconds"], "train_seconds": 20.0,
@@ -98,9 +99,12 @@ def test_report_from_records(compare, tmp_path):
           for seed in (0, 1) for i, name in enumerate(("sgd", "msam", "adamw"))]
   payload = {"runs": runs, "optimizers": ["sgd", "msam", "adamw"], "seeds": [0, 1],
              "config_name": "digits.py", "epochs": 3, "sharpness_rho": 0.05,
-             "environment": {"device": "cpu", "cpu_count": 2}, "load_average_start": (1.0, 1.0, 1.0)}
+             "environment": {"device": "cpu", "platform": "cpu", "cpu_count": 2, "jax": "0"},
+             "load_average_start": (1.0, 1.0, 1.0)}
   compare.write_report(str(tmp_path), payload, dpi=40)
   _check_outputs(tmp_path, ["sgd", "msam", "adamw"], num_runs=6)
+  notes = (tmp_path / "table.md").read_text()
+  assert "sgd, msam, adamw: 0.1 / 0.0005" in notes and "rho = 0.05" in notes
   curves = compare.mean_curves(runs, ["sgd"])
   assert curves["sgd"]["accuracy"][-1] == pytest.approx(100 * (0.905 - 0.1 / 3))
   assert curves["sgd"]["accuracy_std"][-1] == pytest.approx(0.7071068, rel=1e-5)
