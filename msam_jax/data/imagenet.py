@@ -9,7 +9,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from msam_jax.data import augment
-from msam_jax.data.datasets import dataset_info, tfds_split
+from msam_jax.data.datasets import tfds_split
 
 NAME = "imagenet2012"
 TRAIN_SPLIT = "train"
@@ -31,15 +31,17 @@ def read(split, *, data_dir: str | None, shuffle_seed: int | None = None) -> tf.
 
 
 def split_sizes(data_dir: str | None) -> tuple[int, int]:
-  """(train, test) example counts of the prepared dataset, from its metadata (no reading).
+  """(train, test) example counts of the prepared dataset, from its metadata.
 
-  The canonical counts when the metadata does not know them (not prepared, or mocked).
+  Where the metadata does not know a split's size (a mocked or hand-made
+  dataset) its records are counted, without decoding: the canonical counts
+  would be wrong there, and evaluation would pad tens of thousands of batches.
   """
-  info = dataset_info(NAME)
   splits = tfds.builder(NAME, data_dir=data_dir).info.splits
   sizes = []
-  for split, default in ((TRAIN_SPLIT, info.num_train), (TEST_SPLIT, info.num_test)):
-    sizes.append(splits[split].num_examples if split in splits else default)
+  for split in (TRAIN_SPLIT, TEST_SPLIT):
+    known = splits[split].num_examples if split in splits else 0
+    sizes.append(known or int(read(split, data_dir=data_dir).reduce(0, lambda n, _: n + 1)))
   return sizes[0], sizes[1]
 
 
