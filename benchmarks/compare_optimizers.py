@@ -352,7 +352,7 @@ def plot_accuracy(curves: dict, x: str, xlabel: str, title: str, path: str, dpi:
   for axes in (full, zoom):
     for name, c in curves.items():
       low = [m - s for m, s in zip(c["accuracy"], c["accuracy_std"])]
-      high = [m + s for m, s in zip(c["accuracy"], c["accuracy_std"])]
+      high = [min(m + s, 100.0) for m, s in zip(c["accuracy"], c["accuracy_std"])]
       axes.plot(c[x], c["accuracy"], color=COLORS[name], label=name, linewidth=1.5)
       axes.fill_between(c[x], low, high, color=COLORS[name], alpha=0.12, linewidth=0)
     axes.set_xlabel(xlabel)
