@@ -4,6 +4,7 @@
         [--optimizers sgd,msam,sam,esam,looksam,adamw,adamw_msam] [--seeds 0,1,2]
         [--epochs N] [--steps N] [--out benchmarks/results/compare_digits]
         [--rho msam=1,sam=0.1,...] [--lr adamw=3e-3,...] [--weight_decay adamw=0.05,...]
+        [--no_sharpness] [--report_only] [--dpi 80]
 
 Each run calls `msam_jax.training.train_and_evaluate` in this process, in a
 fresh temporary workdir, on one device, evaluating every epoch and probing
