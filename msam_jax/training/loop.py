@@ -5,6 +5,7 @@ checkpoint; run jitted steps, logging, evaluating and checkpointing on a fixed
 cadence; finally recompute batch-norm statistics at the unperturbed point (MSAM
 family) and write `results.json`.
 """
+import contextlib
 import functools
 import json
 import os
@@ -42,6 +43,31 @@ def _accumulating_train_step(state, acc, first_bad, batch, rng, **kwargs):
   finite = jnp.isfinite(step_metrics.loss.total) & jnp.isfinite(step_metrics.grad_norm.total)
   first_bad = jnp.where((first_bad < 0) & ~finite, state.step, first_bad)
   return state, acc.merge(step_metrics), first_bad
+
+
+class _StepClock:
+  """Training seconds per step: without the first step (compilation) and side work.
+
+  Evaluation, sharpness probes and checkpointing are paused out; the device
+  queue is drained first, so queued training work still counts as training.
+  """
+
+  def __init__(self):
+    self.start, self.excluded = None, 0.0
+
+  def first_step_done(self, state) -> None:
+    jax.block_until_ready(state)
+    self.start = time.time()
+
+  @contextlib.contextmanager
+  def paused(self, state):
+    jax.block_until_ready(state)
+    begin = time.time()
+    yield
+    self.excluded += time.time() - begin
+
+  def seconds(self, end: float) -> float:
+    return end - self.start - self.excluded
 
 
 def _all_finite(tree) -> jax.Array:
@@ -149,16 +175,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   eval_history = []
   train_scalars = {}
   train_start = time.time()
-  # Time per step excludes the first step (compilation) and evaluation/checkpointing.
-  first_step_done, excluded_seconds = None, 0.0
+  clock = _StepClock()
+  sharpness = None
 
   try:  # an error (a non-finite loss, Ctrl-C) still lets the in-flight checkpoint finish
     for step in range(start_step + 1, num_steps + 1):
       batch = mesh_lib.global_batch(mesh, next(train_iter))
       state, acc, first_bad = train_fn(state, acc, first_bad, batch, dropout_rng)
-      if first_step_done is None:
-        jax.block_until_ready(state)
-        first_step_done = time.time()
+      if step == start_step + 1:
+        clock.first_step_done(state)
       for hook in hooks:
         hook(step)
       is_last = step == num_steps
@@ -168,27 +193,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         writer.write_scalars(step, {f"train_{k}": v for k, v in train_scalars.items()})
         acc = jax.device_put(train_collection.empty(), replicated)
       if sharpness_fn is not None and (step % config.sharpness_every_steps == 0 or is_last):
-        writer.write_scalars(step, mesh_lib.to_host(sharpness_fn(state)))
+        with clock.paused(state):
+          sharpness = mesh_lib.to_host(sharpness_fn(state))
+          writer.write_scalars(step, sharpness)
       epoch_end = step % steps_per_epoch == 0
       if (epoch_end and (step // steps_per_epoch) % config.eval_every_epochs == 0) or is_last:
-        jax.block_until_ready(state)  # queued training work counts as training
-        t_eval = time.time()
-        eval_metrics = _evaluate(eval_fn, config, mesh, state)
-        writer.write_scalars(step, {f"eval_{k}": v for k, v in eval_metrics.items()})
-        eval_history.append({"step": step, "epoch": step / steps_per_epoch,
-                             "seconds": time.time() - train_start, **eval_metrics})
-        excluded_seconds += time.time() - t_eval
+        with clock.paused(state):
+          eval_metrics = _evaluate(eval_fn, config, mesh, state)
+          writer.write_scalars(step, {f"eval_{k}": v for k, v in eval_metrics.items()})
+          eval_history.append({"step": step, "epoch": step / steps_per_epoch,
+                               "seconds": time.time() - train_start, **eval_metrics})
       if (config.checkpoint_every_steps > 0 and step % config.checkpoint_every_steps == 0) or is_last:
-        _check_finite(first_bad, last_good_checkpoint, state)
-        checkpoint.save(manager, step, state)
+        with clock.paused(state):
+          _check_finite(first_bad, last_good_checkpoint, state)
+          checkpoint.save(manager, step, state)
         last_good_checkpoint = step
     jax.block_until_ready(state)
+    train_end = time.time()
   finally:
     manager.wait_until_finished()
-  train_end = time.time()
   train_seconds = train_end - train_start
   timed_steps = num_steps - start_step - 1
-  timed_seconds = train_end - first_step_done - excluded_seconds if timed_steps > 0 else 0.0
+  timed_seconds = clock.seconds(train_end) if timed_steps > 0 else 0.0
 
   results = {
       "optimizer": config.optimizer, "dataset": config.dataset, "model": config.model,
@@ -217,7 +243,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if "accuracy_top5" in final:
     results["final_eval_accuracy_top5"] = final["accuracy_top5"]
   if sharpness_fn is not None:
-    results.update({f"final_{k}": float(v) for k, v in mesh_lib.to_host(sharpness_fn(state)).items()})
+    if start_step == num_steps:  # resumed after the last step
+      sharpness = mesh_lib.to_host(sharpness_fn(state))
+    results.update({f"final_{k}": float(v) for k, v in sharpness.items()})
   writer.flush()
   if is_primary:
     path = os.path.join(workdir, "results.json")

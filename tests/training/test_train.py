@@ -32,11 +32,15 @@ def test_digits_default_config_end_to_end(tmp_path, one_device_mesh):
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
 def test_every_optimizer_runs_on_digits(tmp_path, one_device_mesh, optimizer):
+  probe_sharpness = optimizer == "msam"  # the probes' logging path, once
   config = load_config("digits", optimizer=optimizer, num_train_steps=4, log_every_steps=2,
-                       bn_recompute_batches=2, rho=0.05)
+                       bn_recompute_batches=2, rho=0.05, sharpness_every_steps=2 if probe_sharpness else 0,
+                       sharpness_num_iters=3)
   results = training.train_and_evaluate(config, str(tmp_path), mesh=one_device_mesh)
   assert results["steps"] == 4
   assert np.isfinite(results["final_eval_loss"])
+  if probe_sharpness:
+    assert results["final_sam_sharpness"] > 0 and results["final_hessian_max_eigenvalue"] > 0
   _, state = final_checkpoint(str(tmp_path))
   assert all(np.isfinite(a).all() for a in tree_arrays(state["params"]))
 
