@@ -12,9 +12,17 @@ import jax
 import orbax.checkpoint as ocp
 
 
-def create_manager(workdir: str, max_to_keep: int) -> ocp.CheckpointManager:
+def create_manager(workdir: str, max_to_keep: int, asynchronous: bool = True) -> ocp.CheckpointManager:
+  """A manager of `workdir/checkpoints`.
+
+  Unfinished checkpoints of a crashed run stay behind as orbax temporary
+  directories; they are never restored. (Orbax's own clean-up of them runs in a
+  background thread, which races with anything that patches the file system,
+  such as `tfds.testing.mock_data`.) `asynchronous=False` writes each checkpoint
+  before training goes on.
+  """
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                         cleanup_tmp_directories=True)
+                                         enable_async_checkpointing=asynchronous)
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
 
 

@@ -59,6 +59,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_every_epochs = 1
   c.checkpoint_every_steps = 1000  # plus one at the end; 0: only at the end
   c.max_checkpoints_to_keep = 3
+  c.async_checkpointing = True  # False: write each checkpoint before training goes on
   # Batch-norm statistics recomputed at the unperturbed parameters after an MSAM-family
   # run: number of training batches, -1 = one epoch (as the original), 0 = off.
   c.bn_recompute_batches = -1

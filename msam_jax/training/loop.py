@@ -137,7 +137,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   replicated = mesh_lib.replicated(mesh)
   state = jax.jit(init, out_shardings=state_sharding)(init_rng)
 
-  manager = checkpoint.create_manager(workdir, config.max_checkpoints_to_keep)
+  manager = checkpoint.create_manager(workdir, config.max_checkpoints_to_keep, config.async_checkpointing)
   state = checkpoint.restore_latest(manager, state)
   start_step = int(mesh_lib.to_host(state.step))
   if start_step:

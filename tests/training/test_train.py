@@ -47,6 +47,8 @@ def test_every_optimizer_runs_on_digits(tmp_path, one_device_mesh, optimizer):
 
 @pytest.fixture
 def mock_tfds():
+  """Mocked TFDS. It patches file-system calls while it builds datasets, so the
+  runs under it checkpoint synchronously (no orbax thread may touch files then)."""
   with tfds.testing.mock_data(num_examples=64):
     yield
 
@@ -55,6 +57,7 @@ def mock_tfds():
 def test_every_optimizer_runs_on_mock_cifar100_tiny_wrn(tmp_path, one_device_mesh, mock_tfds, optimizer):
   config = load_config("cifar100_wrn16_4", optimizer=optimizer, num_train_steps=2, batch_size=16,
                        eval_batch_size=32, log_every_steps=1, bn_recompute_batches=1,
+                       async_checkpointing=False,
                        model_kwargs={"depth": 10, "width": 1})
   results = training.train_and_evaluate(config, str(tmp_path), mesh=one_device_mesh)
   assert results["steps"] == 2 and np.isfinite(results["final_eval_loss"])
@@ -66,7 +69,7 @@ def test_every_optimizer_runs_on_mock_cifar100_tiny_wrn(tmp_path, one_device_mes
 ])
 def test_imagenet_configs_run_two_steps_on_mock_data(tmp_path, one_device_mesh, mock_tfds, name, tiny_model):
   config = load_config(name, num_train_steps=2, batch_size=8, eval_batch_size=8, image_size=32,
-                       log_every_steps=1, model_kwargs=tiny_model)
+                       log_every_steps=1, async_checkpointing=False, model_kwargs=tiny_model)
   results = training.train_and_evaluate(config, str(tmp_path), mesh=one_device_mesh)
   assert results["steps"] == 2 and np.isfinite(results["final_eval_loss"])
   assert "final_eval_accuracy_top5" in results
