@@ -256,7 +256,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
 
 def _unperturbed_norm(state: TrainState) -> jax.Array:
-  return optax.global_norm(msam_jax.eval_params(state.params, state.opt_state))
+  return optax.tree.norm(msam_jax.eval_params(state.params, state.opt_state))
 
 
 def _sharpness(state: TrainState, *, model, batch, label_smoothing, rho, num_iters):

@@ -78,7 +78,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
 
   hyper = current_hyperparams(opt_state)
   step_metrics = metrics_collection(logits.shape[-1], train=True).single_from_model_output(
-      loss=losses, grad_norm=optax.global_norm(grads),
+      loss=losses, grad_norm=optax.tree.norm(grads),
       learning_rate=hyper.get("learning_rate", jnp.nan), rho=hyper.get("rho", jnp.nan),
       **_accuracies(logits, batch["label"]))
   new_state = state.replace(
