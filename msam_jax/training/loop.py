@@ -84,7 +84,7 @@ def _check_finite(first_bad, last_good_step: int | None, state: TrainState | Non
     where = (f"the last good checkpoint is step {last_good_step}" if last_good_step is not None
              else "no checkpoint was written")
     raise NonFiniteLossError(
-        f"Training loss became non-finite at step {bad}; {where}. Lower the learning rate or rho.")
+        f"Training loss (or state) became non-finite at step {bad}; {where}. Lower the learning rate or rho.")
 
 
 def _evaluate(eval_fn, config, mesh, state, batch_stats=None) -> dict[str, float]:
