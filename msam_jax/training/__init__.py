@@ -1,3 +1,5 @@
 """Training: train state, loss, jitted steps, mesh, checkpoints and the loop."""
 from msam_jax.training.config import ConfigError, base_config, validate
 from msam_jax.training.loop import NonFiniteLossError, train_and_evaluate
+
+__all__ = ["ConfigError", "NonFiniteLossError", "base_config", "train_and_evaluate", "validate"]

@@ -20,10 +20,9 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 
 import msam_jax
-from msam_jax import analysis, data, models
+from msam_jax import data, models
 from msam_jax.training import checkpoint, mesh as mesh_lib, steps
 from msam_jax.training.config import validate
-from msam_jax.training.loss import smoothed_kl_loss
 from msam_jax.training.optimizer import build_optimizer
 from msam_jax.training.train_state import TrainState, create_train_state
 
@@ -99,6 +98,13 @@ def _evaluate(eval_fn, config, mesh, state, batch_stats=None) -> dict[str, float
   return {k: float(v) for k, v in mesh_lib.to_host(acc.compute()).items()}
 
 
+def _train_iterator(config, mesh, *, seed: int, start_step: int = 0):
+  """This process's training batches; other seeds give the probe and batch-norm batches."""
+  return data.train_iterator(
+      config.dataset, global_batch_size=config.batch_size, seed=seed, start_step=start_step,
+      data_dir=config.data_dir, image_size=config.image_size, num_devices=mesh.size)
+
+
 def _recompute_batch_norm(bn_fn, config, mesh, state: TrainState, num_batches: int):
   """Running batch-norm statistics re-estimated at the unperturbed parameters.
 
@@ -106,9 +112,7 @@ def _recompute_batch_norm(bn_fn, config, mesh, state: TrainState, num_batches: i
   wrong point; like the original, rerun forward passes in training mode.
   """
   batch_stats = state.batch_stats
-  train_iter = data.train_iterator(
-      config.dataset, global_batch_size=config.batch_size, seed=config.seed + 1,
-      data_dir=config.data_dir, image_size=config.image_size, num_devices=mesh.size)
+  train_iter = _train_iterator(config, mesh, seed=config.seed + 1)
   for _ in range(num_batches):
     batch_stats = bn_fn(state, batch_stats, mesh_lib.global_batch(mesh, next(train_iter)))
   return batch_stats
@@ -158,16 +162,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   sharpness_fn = None
   if config.sharpness_every_steps > 0:
-    probe_batch = mesh_lib.global_batch(mesh, next(data.train_iterator(
-        config.dataset, global_batch_size=config.batch_size, seed=config.seed + 2,
-        data_dir=config.data_dir, image_size=config.image_size, num_devices=mesh.size)))
+    probe_batch = mesh_lib.global_batch(mesh, next(_train_iterator(config, mesh, seed=config.seed + 2)))
     sharpness_fn = jax.jit(functools.partial(
-        _sharpness, model=model, batch=probe_batch, label_smoothing=config.label_smoothing,
+        steps.sharpness_step, model=model, batch=probe_batch, label_smoothing=config.label_smoothing,
         rho=config.sharpness_rho, num_iters=config.sharpness_num_iters))
 
-  train_iter = data.train_iterator(
-      config.dataset, global_batch_size=config.batch_size, seed=config.seed, start_step=start_step,
-      data_dir=config.data_dir, image_size=config.image_size, num_devices=mesh.size)
+  train_iter = _train_iterator(config, mesh, seed=config.seed, start_step=start_step)
   hooks = [periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)] if is_primary else []
   acc = jax.device_put(train_collection.empty(), replicated)
   first_bad = jax.device_put(jnp.array(-1, jnp.int32), replicated)
@@ -258,20 +258,3 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 def _unperturbed_norm(state: TrainState) -> jax.Array:
   return optax.tree.norm(msam_jax.eval_params(state.params, state.opt_state))
 
-
-def _sharpness(state: TrainState, *, model, batch, label_smoothing, rho, num_iters):
-  """SAM sharpness and top Hessian eigenvalue of the training loss on a fixed batch.
-
-  At the unperturbed parameters, with batch statistics of the batch itself
-  (training-mode batch norm, statistics discarded), so the probed loss is a
-  function of the parameters alone.
-  """
-  params = msam_jax.eval_params(state.params, state.opt_state)
-
-  def loss_fn(p):
-    variables = {"params": p, "batch_stats": state.batch_stats} if state.batch_stats else {"params": p}
-    logits, _ = model.apply(variables, batch["image"], train=True, mutable=["batch_stats"],
-                            rngs={"dropout": jax.random.key(0)})
-    return smoothed_kl_loss(logits, batch["label"], label_smoothing).mean()
-
-  return analysis.sharpness_metrics(loss_fn, params, jax.random.key(1), rho=rho, num_iters=num_iters)

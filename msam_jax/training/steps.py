@@ -15,6 +15,7 @@ import optax
 from clu import metrics
 
 import msam_jax
+from msam_jax import analysis
 from msam_jax.optim import current_hyperparams, needs_loss_fn
 from msam_jax.training.loss import smoothed_kl_loss, top_k_correct
 from msam_jax.training.train_state import TrainState
@@ -113,3 +114,20 @@ def batch_norm_step(state: TrainState, batch_stats: Any, batch: dict[str, jax.Ar
                             mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
   return new_vars["batch_stats"]
 
+
+def sharpness_step(state: TrainState, *, model, batch, label_smoothing: float, rho: float,
+                   num_iters: int) -> dict[str, jax.Array]:
+  """SAM sharpness and top Hessian eigenvalue of the training loss on a fixed batch.
+
+  At the unperturbed parameters, with batch statistics of the batch itself
+  (training-mode batch norm, statistics discarded), so the probed loss is a
+  function of the parameters alone.
+  """
+  params = msam_jax.eval_params(state.params, state.opt_state)
+
+  def loss_fn(p):
+    logits, _ = model.apply(_variables(p, state.batch_stats), batch["image"], train=True,
+                            mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
+    return smoothed_kl_loss(logits, batch["label"], label_smoothing).mean()
+
+  return analysis.sharpness_metrics(loss_fn, params, jax.random.key(1), rho=rho, num_iters=num_iters)
