@@ -3,14 +3,17 @@
 * `sgd`, `adamw`: the original's baselines (`optax.GradientTransformation`).
 * `msam`, `adamw_msam`: Momentum-SAM; the model holds perturbed parameters,
   `eval_params(params, opt_state)` returns the unperturbed ones.
-* `sam`, `esam`, `looksam`: wrap any base; `optax.GradientTransformationExtraArgs`
+* `sam`, `asam`, `gsam`, `esam`, `looksam`: wrap any base; `optax.GradientTransformationExtraArgs`
   whose `update` takes ``loss_fn=`` (and optionally ``losses=``).
 * `needs_loss_fn`, `current_hyperparams`: what a training loop asks of any of them.
-* `schedules`: the original's learning-rate and rho schedules.
+* `all_but_biases`: the parameter mask of SamsungLabs/ASAM for Flax trees.
+* `schedules`: the original's learning-rate and rho schedules, and GSAM's rho.
 """
 from msam_jax.optim import schedules
+from msam_jax.optim.asam import all_but_biases, asam
 from msam_jax.optim.base import AdamWState, adamw, sgd
 from msam_jax.optim.esam import EsamState, esam
+from msam_jax.optim.gsam import gsam
 from msam_jax.optim.looksam import LookSamState, looksam
 from msam_jax.optim.msam import AdamWMsamState, MsamState, adamw_msam, eval_params, msam
 from msam_jax.optim.sam import SamState, ascent_perturbation, sam
@@ -18,6 +21,7 @@ from msam_jax.optim.state_utils import current_hyperparams, needs_loss_fn
 
 __all__ = [
     "AdamWMsamState", "AdamWState", "EsamState", "LookSamState", "MsamState", "SamState",
-    "adamw", "adamw_msam", "ascent_perturbation", "current_hyperparams", "esam",
-    "eval_params", "looksam", "msam", "needs_loss_fn", "sam", "schedules", "sgd",
+    "adamw", "adamw_msam", "all_but_biases", "asam", "ascent_perturbation",
+    "current_hyperparams", "esam", "eval_params", "gsam", "looksam", "msam", "needs_loss_fn",
+    "sam", "schedules", "sgd",
 ]

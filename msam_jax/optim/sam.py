@@ -14,6 +14,12 @@ per-example losses of the current batch, shape `[B]`, or of the examples at the
 integer positions `indices`, shape `[len(indices)]`; `losses` (optional) are the
 first pass's per-example losses, which ESAM uses and the others ignore. The
 transformation computes the further gradients itself.
+
+m-sharpness (`sam`, `asam`, `gsam` with ``group_size=m``; Foret et al. 2021,
+Section 4.1): the batch splits into consecutive groups of m examples, each
+group takes its own ascent from its own first-pass gradient, its second-pass
+gradient is taken at its own perturbed point, and the base steps with the mean
+of the groups' second-pass gradients.
 """
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -27,6 +33,9 @@ from msam_jax.optim._numerics import global_norm, value_at
 NORM_EPS = 1e-12  # the original's guard in rho / (||g|| + eps)
 
 LossFn = Callable[..., jax.Array]  # loss_fn(params, indices=None) -> per-example losses
+# direction(g1, params, grad_at) -> the gradient the base steps with; grad_at(point) is the
+# gradient of the mean loss (of the batch or of one group) at `point`.
+Direction = Callable[[optax.Updates, optax.Params, Callable], optax.Updates]
 
 
 class SamState(NamedTuple):
@@ -74,6 +83,51 @@ def mean_loss_grad(loss_fn: LossFn, params: optax.Params, indices=None) -> optax
   return jax.grad(lambda p: jnp.mean(loss_fn(p, indices)))(params)
 
 
+def check_group_size(group_size) -> None:
+  if group_size is not None:
+    _checks.positive_int("group_size", group_size)
+
+
+def batch_size_of(loss_fn: LossFn, params: optax.Params) -> int:
+  """The batch size `loss_fn` sees, from its output shape (traced, never run)."""
+  return jax.eval_shape(loss_fn, params).shape[0]
+
+
+def sam_family_gradient(direction: Direction, grads, params, loss_fn: LossFn,
+                        group_size: Optional[int]) -> optax.Updates:
+  """The gradient a SAM variant hands its base, for the batch or per group of examples.
+
+  ``group_size=None``: ``direction(grads, params, grad_at)`` with `grad_at` the
+  whole batch's gradient. ``group_size=m``: for each of the ``B / m`` groups of
+  consecutive examples, ``direction(g1_i, params, grad_at_i)`` with `g1_i` the
+  group's own first-pass gradient at `params` and `grad_at_i` the group's
+  gradient; the results are averaged. Groups are vmapped, so each evaluates
+  `loss_fn` twice on its m examples (two gradients per example in all) and
+  `grads` is not used; under `jax.jit` a whole-batch first pass computed only
+  to be passed here is dead code that XLA drops. One group (``m = B``) is the
+  ``None`` case, `grads` included.
+  """
+  whole_batch = lambda point: mean_loss_grad(loss_fn, point)
+  if group_size is None:
+    return direction(grads, params, whole_batch)
+  batch_size = batch_size_of(loss_fn, params)
+  if batch_size % group_size:
+    raise ValueError(f"group_size must divide the batch size, got group_size={group_size} "
+                     f"for a batch of {batch_size}")
+  if group_size == batch_size:
+    if grads is None:
+      grads = whole_batch(params)
+    return direction(grads, params, whole_batch)
+
+  def one_group(indices):
+    grad_at = lambda point: mean_loss_grad(loss_fn, point, indices)
+    return direction(grad_at(params), params, grad_at)
+
+  groups = jnp.arange(batch_size).reshape(batch_size // group_size, group_size)
+  per_group = jax.vmap(one_group)(groups)
+  return jax.tree.map(lambda h: jnp.mean(h, axis=0), per_group)
+
+
 def check_base(base) -> None:
   if not isinstance(base, optax.GradientTransformation):
     raise ValueError(f"base must be an optax.GradientTransformation, got {type(base).__name__}")
@@ -84,8 +138,8 @@ def base_update(base: optax.GradientTransformation, grads, state, params, extra:
   return optax.with_extra_args_support(base).update(grads, state, params, **extra)
 
 
-def sam(base: optax.GradientTransformation,
-        rho: optax.ScalarOrSchedule = 0.05) -> optax.GradientTransformationExtraArgs:
+def sam(base: optax.GradientTransformation, rho: optax.ScalarOrSchedule = 0.05,
+        group_size: Optional[int] = None) -> optax.GradientTransformationExtraArgs:
   """Sharpness-aware minimization: the base step with the gradient at ``p + e``.
 
   One update::
@@ -102,6 +156,11 @@ def sam(base: optax.GradientTransformation,
   Args:
     base: any optax transformation; it receives `g2` and the unperturbed params.
     rho: perturbation radius >= 0, a float or a schedule; 0 gives `base`.
+    group_size: m-sharpness (module docstring): None perturbs once from the whole
+      batch; m (dividing the batch size) perturbs each group of m consecutive
+      examples from its own first-pass gradient, `grads` then unused (it may be
+      None) unless m is the whole batch. Batch norm in `loss_fn` computes its
+      statistics per group there.
 
   Returns:
     An `optax.GradientTransformationExtraArgs`; `update(grads, state, params, *,
@@ -109,6 +168,7 @@ def sam(base: optax.GradientTransformation,
   """
   check_base(base)
   _checks.non_negative("rho", rho)
+  check_group_size(group_size)
 
   def init_fn(params):
     return SamState(count=jnp.zeros([], jnp.int32), base_state=base.init(params))
@@ -118,8 +178,12 @@ def sam(base: optax.GradientTransformation,
     del losses  # SAM recomputes nothing of the first pass
     if params is None:
       raise ValueError("sam needs the parameters: call update(grads, state, params, loss_fn=...)")
-    e = ascent_perturbation(grads, value_at(rho, state.count))
-    g2 = mean_loss_grad(loss_fn, perturb(params, e))
+    radius = value_at(rho, state.count)
+
+    def direction(g1, p, grad_at):
+      return grad_at(perturb(p, ascent_perturbation(g1, radius)))
+
+    g2 = sam_family_gradient(direction, grads, params, loss_fn, group_size)
     updates, base_state = base_update(base, g2, state.base_state, params, extra)
     return updates, SamState(count=optax.safe_increment(state.count), base_state=base_state)
 

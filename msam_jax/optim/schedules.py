@@ -8,6 +8,7 @@ at ``count + 1`` steps. A constant is a plain float.
 """
 import math
 
+import jax.numpy as jnp
 import optax
 
 from msam_jax.optim import _checks
@@ -86,3 +87,35 @@ def rho_start_jump(rho: float, *, steps_per_epoch: int, jump_epochs: float) -> o
   return optax.join_schedules(
       [optax.constant_schedule(0.0), optax.constant_schedule(rho)],
       [_first_count_after(jump_epochs, steps_per_epoch)])
+
+
+def gsam_rho(lr_schedule: optax.ScalarOrSchedule, lr_max: float, lr_min: float,
+             rho_max: float, rho_min: float) -> optax.Schedule:
+  """GSAM's rho, proportional to the learning rate, clamped to ``[rho_min, rho_max]``.
+
+  ``rho_t = rho_min + (rho_max - rho_min) (lr_t - lr_min) / (lr_max - lr_min)``,
+  `rho_max` when ``lr_max == lr_min``, with ``lr_t = lr_schedule(count)`` the
+  learning rate of the same update (pass the base optimizer's schedule).
+
+  Deliberate differences from big_vision's `gsam_gradient`: the clamp (there
+  rho goes below rho_min, even negative, whenever lr < lr_min, e.g. during a
+  warm-up from 0: big_vision issue 80), and the step: big_vision's trainer
+  evaluates the schedule at the 1-based step, i.e. the next update's learning
+  rate; ``lambda count: lr_schedule(count + 1)`` reproduces that.
+  """
+  for name, value in (("lr_max", lr_max), ("lr_min", lr_min), ("rho_max", rho_max),
+                      ("rho_min", rho_min)):
+    _checks.non_negative(name, value)
+  if rho_min > rho_max:
+    raise ValueError(f"rho_min must be <= rho_max, got rho_min={rho_min!r}, rho_max={rho_max!r}")
+  if lr_max < lr_min:
+    raise ValueError(f"lr_max must be >= lr_min, got lr_max={lr_max!r}, lr_min={lr_min!r}")
+  if lr_max == lr_min:
+    return optax.constant_schedule(rho_max)
+
+  def schedule(count):
+    lr = lr_schedule(count) if callable(lr_schedule) else lr_schedule
+    rho = rho_min + (rho_max - rho_min) * (lr - lr_min) / (lr_max - lr_min)
+    return jnp.clip(rho, rho_min, rho_max)
+
+  return schedule
