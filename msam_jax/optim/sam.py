@@ -25,6 +25,7 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from msam_jax.optim import _checks
@@ -84,8 +85,12 @@ def mean_loss_grad(loss_fn: LossFn, params: optax.Params, indices=None) -> optax
 
 
 def check_group_size(group_size) -> None:
-  if group_size is not None:
-    _checks.positive_int("group_size", group_size)
+  """None, or a static integer >= 1 (it fixes the groups' shapes)."""
+  if group_size is None:
+    return
+  if isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer)) \
+      or group_size < 1:
+    raise ValueError(f"group_size must be None or an integer >= 1, got {group_size!r}")
 
 
 def batch_size_of(loss_fn: LossFn, params: optax.Params) -> int:
