@@ -102,8 +102,8 @@ def asam(base: optax.GradientTransformation, rho: optax.ScalarOrSchedule = 0.5,
 
   Args:
     base: any optax transformation; it receives `g2` and the unperturbed params.
-    rho: perturbation radius >= 0, a float or a schedule (ASAM's radius is
-      larger than SAM's: the paper uses 0.5 to 2 on CIFAR).
+    rho: perturbation radius >= 0, a float or a schedule (larger than SAM's:
+      SamsungLabs/ASAM defaults to 0.5, davda54/sam suggests 2.0 for adaptive).
     eta: >= 0, keeps small weights perturbable.
     mask: None (every leaf), a pytree of bools shaped like the params, or a
       callable params -> such a pytree (e.g. `all_but_biases`); its structure is

@@ -3,7 +3,7 @@
 Foret, Kleiner, Mobahi & Neyshabur, "Sharpness-Aware Minimization for
 Efficiently Improving Generalization", ICLR 2021 (arXiv:2010.01412).
 
-The SAM family (`sam`, `esam`, `looksam`) are
+The SAM family (`sam`, `asam`, `gsam`, `esam`, `looksam`) are
 `optax.GradientTransformationExtraArgs` called as::
 
   updates, state = tx.update(grads, state, params, loss_fn=loss_fn, losses=losses)
@@ -165,7 +165,8 @@ def sam(base: optax.GradientTransformation, rho: optax.ScalarOrSchedule = 0.05,
       batch; m (dividing the batch size) perturbs each group of m consecutive
       examples from its own first-pass gradient, `grads` then unused (it may be
       None) unless m is the whole batch. Batch norm in `loss_fn` computes its
-      statistics per group there.
+      statistics per group there. A static int (with `optax.inject_hyperparams`,
+      list it in `static_args`).
 
   Returns:
     An `optax.GradientTransformationExtraArgs`; `update(grads, state, params, *,

@@ -130,3 +130,22 @@ def test_bad_hyperparameters_raise_naming_the_argument(make, argument):
 def test_good_edge_values_are_accepted():
   msam_jax.gsam(msam_jax.sgd(0.1), alpha=0.0)
   msam_jax.gsam(msam_jax.sgd(0.1), alpha=1.0, minimize_fp=False)
+
+
+@pytest.mark.parametrize("name", ["asam", "gsam"])
+def test_under_inject_hyperparams_and_seen_by_needs_loss_fn(x64, name):
+  """rho (and eta / alpha) injectable; same numbers; the training loop sees a loss_fn user."""
+  from msam_jax.optim import all_but_biases, current_hyperparams, needs_loss_fn
+  if name == "asam":
+    plain = msam_jax.asam(sgd(0.1), rho=0.4, eta=0.02, mask=all_but_biases)
+    injected = optax.inject_hyperparams(msam_jax.asam, static_args=("base", "mask"))(
+        base=sgd(0.1), rho=0.4, eta=0.02, mask=all_but_biases)
+  else:
+    plain = msam_jax.gsam(sgd(0.1), rho=0.05, alpha=0.3)
+    injected = optax.inject_hyperparams(msam_jax.gsam, static_args=("base", "minimize_fp"))(
+        base=sgd(0.1), rho=0.05, alpha=0.3)
+  assert needs_loss_fn(plain) and needs_loss_fn(injected)
+  for a, b in zip(jax.tree.leaves(vp.run(plain, steps=3)), jax.tree.leaves(vp.run(injected, steps=3))):
+    np.testing.assert_allclose(a, b, rtol=1e-13)
+  state = injected.init(oracle.to_flax(oracle.problem()[0]))
+  assert "rho" in current_hyperparams(state)
