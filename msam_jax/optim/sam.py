@@ -111,6 +111,13 @@ def sam_family_gradient(direction: Direction, grads, params, loss_fn: LossFn,
   `grads` is not used; under `jax.jit` a whole-batch first pass computed only
   to be passed here is dead code that XLA drops. One group (``m = B``) is the
   ``None`` case, `grads` included.
+
+  Memory: the vmapped groups hold ``B / m`` perturbed copies of the parameters
+  and of their gradients at once. Sharding: with the batch sharded and
+  automatic partitioning, XLA does not split the groups over the devices (the
+  gather ``x[indices]`` inside `loss_fn` makes it collect the batch on every
+  device); groups of the per-device batch without communication need a
+  `loss_fn` that slices the local batch (e.g. under `shard_map`).
   """
   whole_batch = lambda point: mean_loss_grad(loss_fn, point)
   if group_size is None:
