@@ -62,7 +62,7 @@ def _reconstructs_old(decay) -> bool:
 
 def msam(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9,
          rho: optax.ScalarOrSchedule = 0.3,
-         weight_decay: float = 0.0) -> optax.GradientTransformation:
+         weight_decay: float = 0.0) -> optax.GradientTransformationExtraArgs:
   """Momentum-SAM on SGD with momentum (the original's `MSAM`).
 
   `params` (and the gradients) are the perturbed parameters ``p~``. One update::
@@ -101,8 +101,8 @@ def msam(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9,
     weight_decay: coupled (L2) decay coefficient, applied at the perturbed point.
 
   Returns:
-    An `optax.GradientTransformation`; `update` needs `params` unless the
-    weight decay is the constant 0.
+    An `optax.GradientTransformationExtraArgs` (extra update arguments are
+    ignored); `update` needs `params` unless the weight decay is the constant 0.
   """
   _checks.non_negative("learning_rate", learning_rate)
   _checks.in_interval("momentum", momentum, 0.0, 1.0, low_closed=True, high_closed=False)
@@ -114,7 +114,8 @@ def msam(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9,
                      momentum=optax.tree.zeros_like(params),
                      offset_scale=jnp.zeros([], wide_dtype(params)))
 
-  def update_fn(grads, state, params=None):
+  def update_fn(grads, state, params=None, **extra):
+    del extra  # optax's convention: extra arguments meant for others are ignored
     lr = value_at(learning_rate, state.count)
     rho_now = value_at(rho, state.count)
     if isinstance(weight_decay, (int, float)) and weight_decay == 0:
@@ -142,12 +143,12 @@ def msam(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9,
     return updates, MsamState(count=optax.safe_increment(state.count), momentum=new_v,
                               offset_scale=c_new)
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def adamw_msam(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
                eps: float = 1e-8, weight_decay: float = 1e-2,
-               rho: optax.ScalarOrSchedule = 0.3) -> optax.GradientTransformation:
+               rho: optax.ScalarOrSchedule = 0.3) -> optax.GradientTransformationExtraArgs:
   """Momentum-SAM on AdamW (the original's `AdamW_MSAM`), ascent along ``-m``.
 
   `params` are the perturbed parameters ``p~``. One update (t = 1-based step)::
@@ -171,8 +172,8 @@ def adamw_msam(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float
     rho: perturbation radius >= 0, a float or a schedule; 0 gives `adamw`.
 
   Returns:
-    An `optax.GradientTransformation`; `update` needs `params` unless the
-    weight decay is the constant 0.
+    An `optax.GradientTransformationExtraArgs` (extra update arguments are
+    ignored); `update` needs `params` unless the weight decay is the constant 0.
   """
   base.check_adam_args(learning_rate, b1, b2, eps, weight_decay)
   _check_rho(rho)
@@ -182,7 +183,8 @@ def adamw_msam(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float
     return AdamWMsamState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu,
                           offset_scale=jnp.zeros([], wide_dtype(params)))
 
-  def update_fn(grads, state, params=None):
+  def update_fn(grads, state, params=None, **extra):
+    del extra  # optax's convention: extra arguments meant for others are ignored
     lr = value_at(learning_rate, state.count)
     rho_now = value_at(rho, state.count)
     count = optax.safe_increment(state.count)
@@ -210,7 +212,7 @@ def adamw_msam(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float
                            decayed, mu, grads)
     return updates, AdamWMsamState(count=count, mu=mu, nu=nu, offset_scale=c_new)
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def _is_msam_state(x) -> bool:
