@@ -10,6 +10,7 @@ optimizer state carries `v` (which SGD/Adam keep anyway) and the scalar `c`;
 `eval_params` adds ``c v`` back to give the unperturbed parameters for
 evaluation and export.
 """
+import sys
 from typing import NamedTuple
 
 import jax
@@ -223,6 +224,12 @@ def _ascent_direction(state):
   return state.momentum if isinstance(state, MsamState) else state.mu
 
 
+def _as_pure(tree):
+  """NNX `Variable` leaves replaced by their values (no-op unless Flax NNX is in use)."""
+  nnx = sys.modules.get("flax.nnx")  # never imported here: the core install has no Flax
+  return tree if nnx is None else nnx.as_pure(tree)
+
+
 def eval_params(params: optax.Params, opt_state: optax.OptState) -> optax.Params:
   """The unperturbed parameters ``p~ + c v`` behind MSAM-family parameters.
 
@@ -230,8 +237,11 @@ def eval_params(params: optax.Params, opt_state: optax.OptState) -> optax.Params
   `optax.chain`, `optax.inject_hyperparams`, `optax.MultiSteps`,
   `optax.multi_transform`, ...) and undoes its perturbation; with no such state
   it returns `params` unchanged, so a training loop can always call it.
-  Leaves keep their dtypes; jittable.
+  Leaves keep their dtypes; jittable. Flax NNX states (`nnx.state(model,
+  nnx.Param)`, `nnx.Optimizer.opt_state`) are accepted as they are; the result
+  is then a pure `nnx.State` for `nnx.update(model, ...)`.
   """
+  params, opt_state = _as_pure(params), _as_pure(opt_state)
   states = [s for s in jax.tree.leaves(opt_state, is_leaf=_is_msam_state) if _is_msam_state(s)]
   masked = lambda x: isinstance(x, optax.MaskedNode)
   for state in states:
