@@ -8,10 +8,10 @@ at `msam_jax.eval_params(state.params, state.opt_state)` (a no-op for SAM).
 
     python examples/train_state.py
 """
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-import flax.linen as nn
 from flax.training import train_state
 
 import msam_jax

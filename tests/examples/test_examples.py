@@ -28,6 +28,7 @@ def test_msam_and_sam_train_and_evaluate_at_the_unperturbed_point(name):
 
 def test_nnx_eval_params_takes_nnx_states_and_undoes_the_perturbation():
   from flax import nnx
+
   import msam_jax
   example = load("nnx_msam")
   x, y = example.two_moons()

@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from optimizer_zoo import MSAM_FAMILY, OPTIMIZERS, make
 
 import msam_jax
-from optimizer_zoo import MSAM_FAMILY, OPTIMIZERS, make
 
 NAMES = sorted(OPTIMIZERS)
 # Hyper-parameters that fix static shapes (ESAM's sub-batch size) stay Python numbers.
