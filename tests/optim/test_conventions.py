@@ -174,3 +174,18 @@ def test_multi_steps_equals_one_step_on_the_mean_gradient(name, x64):
                  msam_jax.eval_params(acc_params, acc_state),
                  msam_jax.eval_params(ref_params, ref_state))
   assert float(ref_state.offset_scale) > 0
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if "base" in OPTIMIZERS[n][1]])
+def test_sam_family_forwards_unused_extra_args_to_its_base(name):
+  """As optax.chain does: the base receives what the wrapper does not consume."""
+  fn, kwargs = OPTIMIZERS[name]
+  plateau = optax.contrib.reduce_on_plateau(patience=1, factor=0.5, accumulation_size=1)
+  tx = fn(**{**kwargs, "base": optax.chain(kwargs["base"], plateau)})
+  params, loss_fn, _ = least_squares()
+  grads = jax.grad(lambda p: loss_fn(p).mean())(params)
+  state = tx.init(params)
+  for value in (1.0, 2.0, 3.0):  # a rising loss: the plateau halves the scale
+    _, state = tx.update(grads, state, params, loss_fn=loss_fn, value=jnp.asarray(value))
+  plateau_state = state.base_state[1]
+  assert float(plateau_state.best_value) == 1.0 and float(plateau_state.scale) < 1.0
