@@ -227,7 +227,11 @@ def _ascent_direction(state):
 def _as_pure(tree):
   """NNX `Variable` leaves replaced by their values (no-op unless Flax NNX is in use)."""
   nnx = sys.modules.get("flax.nnx")  # never imported here: the core install has no Flax
-  return tree if nnx is None else nnx.as_pure(tree)
+  if nnx is None:
+    return tree
+  is_variable = lambda x: isinstance(x, nnx.Variable)
+  has_variables = any(is_variable(x) for x in jax.tree.leaves(tree, is_leaf=is_variable))
+  return nnx.as_pure(tree) if has_variables else tree
 
 
 def eval_params(params: optax.Params, opt_state: optax.OptState) -> optax.Params:
