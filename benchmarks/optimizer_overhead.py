@@ -81,13 +81,10 @@ def make_train_step(model, tx):
       return losses.mean(), (losses, new_stats)
 
     (loss, (losses, new_stats)), grads = jax.value_and_grad(mean_loss, has_aux=True)(params)
-    if needs_loss_fn(tx):
-      def loss_fn(p, indices=None):  # second passes: batch statistics discarded
-        x, y = (images, labels) if indices is None else (images[indices], labels[indices])
-        return per_example_loss(p, batch_stats, x, y)[0]
-      updates, opt_state = tx.update(grads, opt_state, params, loss_fn=loss_fn, losses=losses)
-    else:
-      updates, opt_state = tx.update(grads, opt_state, params)
+    def loss_fn(p, indices=None):  # SAM family's second passes: batch statistics discarded
+      x, y = (images, labels) if indices is None else (images[indices], labels[indices])
+      return per_example_loss(p, batch_stats, x, y)[0]
+    updates, opt_state = tx.update(grads, opt_state, params, loss_fn=loss_fn, losses=losses)
     return optax.apply_updates(params, updates), new_stats, opt_state, loss
 
   return jax.jit(step, donate_argnums=(0, 1, 2))

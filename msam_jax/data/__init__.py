@@ -3,6 +3,10 @@
     info = data.dataset_info("cifar100")
     for batch in data.train_iterator("cifar100", global_batch_size=128, seed=0): ...
 """
+from msam_jax._extras import require
+
+require("data")
+
 import tensorflow as tf
 
 # tf.data only runs on the host; keep TensorFlow off any accelerator JAX owns.

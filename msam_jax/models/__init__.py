@@ -10,6 +10,10 @@ arguments are the model's options; adding a family is one line in `_BUILDERS`.
 Every builder takes `dtype` (the computation dtype; parameters stay float32,
 logits come out float32).
 """
+from msam_jax._extras import require
+
+require("models")
+
 import inspect
 
 import flax.linen as nn

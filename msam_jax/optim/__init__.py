@@ -1,10 +1,13 @@
 """Optimizers of Momentum-SAM and its baselines as optax transformations.
 
-* `sgd`, `adamw`: the original's baselines (`optax.GradientTransformation`).
+All are `optax.GradientTransformationExtraArgs` whose `update` ignores extra
+arguments it does not use, so one training step can pass ``loss_fn=`` to any.
+
+* `sgd`, `adamw`: the original's baselines.
 * `msam`, `adamw_msam`: Momentum-SAM; the model holds perturbed parameters,
   `eval_params(params, opt_state)` returns the unperturbed ones.
-* `sam`, `asam`, `gsam`, `esam`, `looksam`: wrap any base; `optax.GradientTransformationExtraArgs`
-  whose `update` takes ``loss_fn=`` (and optionally ``losses=``).
+* `sam`, `asam`, `gsam`, `esam`, `looksam`: wrap any base; `update` needs ``loss_fn=``
+  (and optionally takes ``losses=``) and forwards other extra arguments to the base.
 * `needs_loss_fn`, `current_hyperparams`: what a training loop asks of any of them.
 * `all_but_biases`: the parameter mask of SamsungLabs/ASAM for Flax trees.
 * `schedules`: the original's learning-rate and rho schedules, and GSAM's rho.

@@ -26,7 +26,7 @@ NO_PARAMS_MSG = "weight decay needs the parameters: call update(grads, state, pa
 
 
 def sgd(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9,
-        weight_decay: float = 0.0, nesterov: bool = False) -> optax.GradientTransformation:
+        weight_decay: float = 0.0, nesterov: bool = False) -> optax.GradientTransformationExtraArgs:
   """SGD with torch-style momentum and coupled (L2) weight decay.
 
   Args:
@@ -36,7 +36,8 @@ def sgd(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9,
     nesterov: torch's Nesterov variant ``d + mu * buf``.
 
   Returns:
-    An `optax.GradientTransformation`; `update` needs `params` (weight decay).
+    An `optax.GradientTransformationExtraArgs` (a chain: extra update arguments
+    are ignored); `update` needs `params` (weight decay).
   """
   _checks.non_negative("learning_rate", learning_rate)
   _checks.in_interval("momentum", momentum, 0.0, 1.0, low_closed=True, high_closed=False)
@@ -94,7 +95,7 @@ def adam_descent(mu, nu, count, learning_rate, b1, b2, eps):
 
 
 def adamw(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
-          eps: float = 1e-8, weight_decay: float = 1e-2) -> optax.GradientTransformation:
+          eps: float = 1e-8, weight_decay: float = 1e-2) -> optax.GradientTransformationExtraArgs:
   """AdamW as the original runs it: decoupled decay after the Adam step.
 
   Update (t the 1-based step count)::
@@ -112,8 +113,8 @@ def adamw(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float = 0.
     weight_decay: decoupled decay coefficient (multiplied by the learning rate).
 
   Returns:
-    An `optax.GradientTransformation`; `update` needs `params` unless the
-    weight decay is the constant 0.
+    An `optax.GradientTransformationExtraArgs` (extra update arguments are
+    ignored); `update` needs `params` unless the weight decay is the constant 0.
   """
   check_adam_args(learning_rate, b1, b2, eps, weight_decay)
 
@@ -121,7 +122,8 @@ def adamw(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float = 0.
     mu, nu = init_adam_moments(params)
     return AdamWState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu)
 
-  def update_fn(grads, state, params=None):
+  def update_fn(grads, state, params=None, **extra):
+    del extra  # optax's convention: extra arguments meant for others are ignored
     lr = value_at(learning_rate, state.count)
     count = optax.safe_increment(state.count)
     mu, nu = update_adam_moments(grads, state.mu, state.nu, b1, b2)
@@ -137,4 +139,4 @@ def adamw(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float = 0.
     updates = optax.tree.cast_like(updates, grads)
     return updates, AdamWState(count=count, mu=mu, nu=nu)
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

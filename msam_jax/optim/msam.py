@@ -10,6 +10,7 @@ optimizer state carries `v` (which SGD/Adam keep anyway) and the scalar `c`;
 `eval_params` adds ``c v`` back to give the unperturbed parameters for
 evaluation and export.
 """
+import sys
 from typing import NamedTuple
 
 import jax
@@ -62,7 +63,7 @@ def _reconstructs_old(decay) -> bool:
 
 def msam(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9,
          rho: optax.ScalarOrSchedule = 0.3,
-         weight_decay: float = 0.0) -> optax.GradientTransformation:
+         weight_decay: float = 0.0) -> optax.GradientTransformationExtraArgs:
   """Momentum-SAM on SGD with momentum (the original's `MSAM`).
 
   `params` (and the gradients) are the perturbed parameters ``p~``. One update::
@@ -101,8 +102,8 @@ def msam(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9,
     weight_decay: coupled (L2) decay coefficient, applied at the perturbed point.
 
   Returns:
-    An `optax.GradientTransformation`; `update` needs `params` unless the
-    weight decay is the constant 0.
+    An `optax.GradientTransformationExtraArgs` (extra update arguments are
+    ignored); `update` needs `params` unless the weight decay is the constant 0.
   """
   _checks.non_negative("learning_rate", learning_rate)
   _checks.in_interval("momentum", momentum, 0.0, 1.0, low_closed=True, high_closed=False)
@@ -114,7 +115,8 @@ def msam(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9,
                      momentum=optax.tree.zeros_like(params),
                      offset_scale=jnp.zeros([], wide_dtype(params)))
 
-  def update_fn(grads, state, params=None):
+  def update_fn(grads, state, params=None, **extra):
+    del extra  # optax's convention: extra arguments meant for others are ignored
     lr = value_at(learning_rate, state.count)
     rho_now = value_at(rho, state.count)
     if isinstance(weight_decay, (int, float)) and weight_decay == 0:
@@ -142,12 +144,12 @@ def msam(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9,
     return updates, MsamState(count=optax.safe_increment(state.count), momentum=new_v,
                               offset_scale=c_new)
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def adamw_msam(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
                eps: float = 1e-8, weight_decay: float = 1e-2,
-               rho: optax.ScalarOrSchedule = 0.3) -> optax.GradientTransformation:
+               rho: optax.ScalarOrSchedule = 0.3) -> optax.GradientTransformationExtraArgs:
   """Momentum-SAM on AdamW (the original's `AdamW_MSAM`), ascent along ``-m``.
 
   `params` are the perturbed parameters ``p~``. One update (t = 1-based step)::
@@ -171,8 +173,8 @@ def adamw_msam(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float
     rho: perturbation radius >= 0, a float or a schedule; 0 gives `adamw`.
 
   Returns:
-    An `optax.GradientTransformation`; `update` needs `params` unless the
-    weight decay is the constant 0.
+    An `optax.GradientTransformationExtraArgs` (extra update arguments are
+    ignored); `update` needs `params` unless the weight decay is the constant 0.
   """
   base.check_adam_args(learning_rate, b1, b2, eps, weight_decay)
   _check_rho(rho)
@@ -182,7 +184,8 @@ def adamw_msam(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float
     return AdamWMsamState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu,
                           offset_scale=jnp.zeros([], wide_dtype(params)))
 
-  def update_fn(grads, state, params=None):
+  def update_fn(grads, state, params=None, **extra):
+    del extra  # optax's convention: extra arguments meant for others are ignored
     lr = value_at(learning_rate, state.count)
     rho_now = value_at(rho, state.count)
     count = optax.safe_increment(state.count)
@@ -210,7 +213,7 @@ def adamw_msam(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float
                            decayed, mu, grads)
     return updates, AdamWMsamState(count=count, mu=mu, nu=nu, offset_scale=c_new)
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def _is_msam_state(x) -> bool:
@@ -221,6 +224,16 @@ def _ascent_direction(state):
   return state.momentum if isinstance(state, MsamState) else state.mu
 
 
+def _as_pure(tree):
+  """NNX `Variable` leaves replaced by their values (no-op unless Flax NNX is in use)."""
+  nnx = sys.modules.get("flax.nnx")  # never imported here: the core install has no Flax
+  if nnx is None:
+    return tree
+  is_variable = lambda x: isinstance(x, nnx.Variable)
+  has_variables = any(is_variable(x) for x in jax.tree.leaves(tree, is_leaf=is_variable))
+  return nnx.as_pure(tree) if has_variables else tree
+
+
 def eval_params(params: optax.Params, opt_state: optax.OptState) -> optax.Params:
   """The unperturbed parameters ``p~ + c v`` behind MSAM-family parameters.
 
@@ -228,8 +241,11 @@ def eval_params(params: optax.Params, opt_state: optax.OptState) -> optax.Params
   `optax.chain`, `optax.inject_hyperparams`, `optax.MultiSteps`,
   `optax.multi_transform`, ...) and undoes its perturbation; with no such state
   it returns `params` unchanged, so a training loop can always call it.
-  Leaves keep their dtypes; jittable.
+  Leaves keep their dtypes; jittable. Flax NNX states (`nnx.state(model,
+  nnx.Param)`, `nnx.Optimizer.opt_state`) are accepted as they are; the result
+  is then a pure `nnx.State` for `nnx.update(model, ...)`.
   """
+  params, opt_state = _as_pure(params), _as_pure(opt_state)
   states = [s for s in jax.tree.leaves(opt_state, is_leaf=_is_msam_state) if _is_msam_state(s)]
   masked = lambda x: isinstance(x, optax.MaskedNode)
   for state in states:

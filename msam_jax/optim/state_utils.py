@@ -33,8 +33,13 @@ def _find(tree, types) -> list[Any]:
 def needs_loss_fn(tx_or_state, params=None) -> bool:
   """Whether `update` wants ``loss_fn=`` (and ``losses=``): the SAM family does.
 
+  A training step need not ask: every optimizer here accepts and ignores extra
+  arguments, so passing ``loss_fn=`` always is fine. This answers "does the
+  step have to build one" (e.g. to pick `TrainState.apply_gradients` or not).
+
   Args:
-    tx_or_state: an optax transformation, however wrapped, or its state.
+    tx_or_state: an optax transformation, however wrapped (`optax.MultiSteps`
+      included, which is not a `GradientTransformation`), or its state.
     params: params (or `jax.ShapeDtypeStruct`s) to initialise `tx` with,
       abstractly; by default a small probe, which serves every transformation
       that accepts any parameter tree.
@@ -44,6 +49,8 @@ def needs_loss_fn(tx_or_state, params=None) -> bool:
     Costs no computation (`jax.eval_shape`); usable inside `jax.jit`.
   """
   state = tx_or_state
+  if isinstance(tx_or_state, optax.MultiSteps):
+    tx_or_state = tx_or_state.gradient_transformation()
   if isinstance(tx_or_state, optax.GradientTransformation):
     try:
       state = jax.eval_shape(tx_or_state.init, _PROBE_PARAMS if params is None else params)

@@ -1,4 +1,8 @@
 """Training: train state, loss, jitted steps, mesh, checkpoints and the loop."""
+from msam_jax._extras import require
+
+require("training")
+
 from msam_jax.training.config import ConfigError, base_config, validate
 from msam_jax.training.loop import NonFiniteLossError, train_and_evaluate
 

@@ -2,7 +2,8 @@
 
 One training step serves every optimizer. The MSAM family is a plain
 one-gradient step (the model holds the perturbed parameters and the optimizer
-moves them); the SAM family additionally receives `loss_fn`, which reruns the
+moves them); every optimizer receives `loss_fn` (the SAM family uses it, the
+others ignore it, as optax's extra arguments go), which reruns the
 forward pass in training mode but throws its batch-norm statistics away, so the
 running statistics are updated by the first pass only (as the original does).
 """
@@ -16,7 +17,7 @@ from clu import metrics
 
 import msam_jax
 from msam_jax import analysis
-from msam_jax.optim import current_hyperparams, needs_loss_fn
+from msam_jax.optim import current_hyperparams
 from msam_jax.training.loss import smoothed_kl_loss, top_k_correct
 from msam_jax.training.train_state import TrainState
 
@@ -67,15 +68,12 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
 
   (_, (losses, (logits, new_vars))), grads = jax.value_and_grad(mean_loss, has_aux=True)(state.params)
 
-  if needs_loss_fn(state.opt_state):
-    def loss_fn(params, indices=None):
-      images, labels = batch["image"], batch["label"]
-      if indices is not None:
-        images, labels = images[indices], labels[indices]
-      return forward(params, images, labels)[0]  # batch statistics discarded
-    updates, opt_state = tx.update(grads, state.opt_state, state.params, loss_fn=loss_fn, losses=losses)
-  else:
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  def loss_fn(params, indices=None):  # the SAM family's further passes; others ignore it
+    images, labels = batch["image"], batch["label"]
+    if indices is not None:
+      images, labels = images[indices], labels[indices]
+    return forward(params, images, labels)[0]  # batch statistics discarded
+  updates, opt_state = tx.update(grads, state.opt_state, state.params, loss_fn=loss_fn, losses=losses)
 
   hyper = current_hyperparams(opt_state)
   step_metrics = metrics_collection(logits.shape[-1], train=True).single_from_model_output(

@@ -113,15 +113,12 @@ def mean_loss_and_grad(params, x, y):
 
 
 def train_step(tx, params, opt_state, x, y, *, pass_losses=True, log=None):
-  """One step as the lead's training loop does it (loss_fn only for the SAM family)."""
+  """One step as the training loop does it (loss_fn always; only the SAM family uses it)."""
   losses, grads = mean_loss_and_grad(params, x, y)
-  if msam_jax.optim.needs_loss_fn(tx):
-    extra = {"loss_fn": make_loss_fn(x, y, log)}
-    if pass_losses:
-      extra["losses"] = losses
-    updates, opt_state = tx.update(grads, opt_state, params, **extra)
-  else:
-    updates, opt_state = tx.update(grads, opt_state, params)
+  extra = {"loss_fn": make_loss_fn(x, y, log)}
+  if pass_losses:
+    extra["losses"] = losses
+  updates, opt_state = tx.update(grads, opt_state, params, **extra)
   return optax.apply_updates(params, updates), opt_state, losses
 
 

@@ -172,8 +172,7 @@ def run_quadratic(tx, w0=1.0, steps=2):
   out = []
   for _ in range(steps):
     grads = jax.grad(lambda p: loss_fn(p).mean())(params)
-    extra = {"loss_fn": loss_fn} if needs_loss_fn(tx) else {}
-    updates, state = tx.update(grads, state, params, **extra)
+    updates, state = tx.update(grads, state, params, loss_fn=loss_fn)
     params = optax.apply_updates(params, updates)
     out.append((float(params["w"]), float(msam_jax.eval_params(params, state)["w"])))
   return out

@@ -43,8 +43,7 @@ def make_step(tx):
       return per_example_loss(p, x, y) if indices is None else per_example_loss(
           p, x[indices], y[indices])
     grads = jax.grad(lambda p: loss_fn(p).mean())(params)
-    extra = {"loss_fn": loss_fn, "losses": loss_fn(params)} if msam_jax.optim.needs_loss_fn(tx) else {}
-    updates, state = tx.update(grads, state, params, **extra)
+    updates, state = tx.update(grads, state, params, loss_fn=loss_fn, losses=loss_fn(params))
     return optax.apply_updates(params, updates), state
   return step
 

@@ -27,8 +27,7 @@ def _run(tx, num_steps):
   hypers = []
   for _ in range(num_steps):
     grads = jax.grad(lambda p: loss_fn(p).mean())(params)
-    extra = {"loss_fn": loss_fn, "losses": loss_fn(params)} if needs_loss_fn(state) else {}
-    updates, state = tx.update(grads, state, params, **extra)
+    updates, state = tx.update(grads, state, params, loss_fn=loss_fn, losses=loss_fn(params))
     params = optax.apply_updates(params, updates)
     hypers.append({k: float(v) for k, v in current_hyperparams(state).items()})
   return params, state, hypers
