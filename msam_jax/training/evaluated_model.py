@@ -27,6 +27,8 @@ def _manager(workdir: epath.Path, create: bool) -> ocp.CheckpointManager:
 def save(workdir: epath.Path, step: int, variables: dict) -> epath.Path:
   """Writes `variables` ({"params", "batch_stats"?}) as the evaluated model of `step`; returns its path."""
   manager = _manager(workdir, create=True)
+  if step in manager.all_steps():  # a run that stopped after saving it and before results.json
+    manager.delete(step)
   manager.save(step, args=ocp.args.StandardSave(variables), force=True)
   manager.wait_until_finished()
   manager.close()
