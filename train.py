@@ -142,10 +142,9 @@ def main(argv):
     _fail(e)
   except (training.NonFiniteLossError, training.CheckpointError) as e:
     _fail(e, status=1)
-  if jax.process_index() == 0:
-    print(f"final eval accuracy: {results['final_eval_accuracy']:.4f} "
-          f"(loss {results['final_eval_loss']:.4f}), parameter norm {results['final_param_norm']!r}; "
-          f"results in {run_record.as_path(FLAGS.workdir) / run_record.RESULTS_FILE}")
+  print(f"final eval accuracy: {results['final_eval_accuracy']:.4f} "
+        f"(loss {results['final_eval_loss']:.4f}), parameter norm {results['final_param_norm']!r}; "
+        f"results in {run_record.as_path(FLAGS.workdir) / run_record.RESULTS_FILE}")
 
 
 if __name__ == "__main__":

@@ -133,12 +133,12 @@ def _check_prepared(config, mesh) -> None:
 
 def _summary(config, info, steps_per_epoch: int, num_steps: int, start_step: int, state, mesh) -> str:
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
-  start = f"resuming at step {start_step}" if start_step else "starting"
+  start = f"Resuming from the checkpoint of step {start_step}" if start_step else "Starting"
   return (f"{config.model} ({num_params:,} parameters) on {config.dataset} "
           f"({info.num_train:,} train / {info.num_test:,} test examples, batch {config.batch_size}); "
           f"{config.optimizer} lr {config.learning_rate:g} ({config.lr_schedule}) rho {config.rho:g} "
           f"({config.rho_schedule}); {mesh.size} devices, {jax.process_count()} processes; "
-          f"{num_steps} steps ({num_steps / steps_per_epoch:g} epochs of {steps_per_epoch}), {start}.")
+          f"{num_steps} steps ({num_steps / steps_per_epoch:g} epochs of {steps_per_epoch}). {start}.")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
