@@ -237,6 +237,12 @@ def validate_fields(config: ml_collections.ConfigDict) -> None:
         isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool)):
       raise ConfigError(f"config.model_kwargs.{option}={value!r} must be a {type(default).__name__} "
                         f"like its default {default!r}.")
+  from msam_jax import models  # noqa: PLC0415 (Flax; no TensorFlow)
+  try:  # the builders check their options' values (e.g. a WRN's depth is 6n+4); nothing is initialised
+    models.build(config.model, 2, dtype=config.dtype, **{k: v for k, v in model_kwargs.items() if v is not None})
+  except (ValueError, TypeError) as e:
+    raise ConfigError(f"config.model_kwargs of model {config.model!r}: {e}; set valid "
+                      f"--config.model_kwargs.* values.") from None
   _at_least(config, "learning_rate", 0.0, strict=True)
   for field in ("rho", "weight_decay", "grad_clip_norm", "lr_ramp_epochs", "lr_warmup_epochs",
                 "rho_ramp_epochs", "rho_jump_epochs", "checkpoint_every_steps", "sharpness_every_steps"):

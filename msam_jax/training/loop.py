@@ -179,11 +179,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
   replicated = mesh_lib.replicated(mesh)
   state = jax.jit(init, out_shardings=state_sharding)(init_rng)
 
-  if is_primary:
-    run_record.record_config(workdir, config)
   manager = checkpoint.create_manager(workdir, config.max_checkpoints_to_keep, config.async_checkpointing)
   state = checkpoint.restore_latest(manager, state)
   start_step = int(mesh_lib.to_host(state.step))
+  if start_step > num_steps:
+    raise config_lib.ConfigError(
+        f"config.num_train_steps={config.num_train_steps} ends the run at step {num_steps}, but {workdir} "
+        f"already holds a checkpoint of step {start_step}; set --config.num_train_steps to at least {start_step}.")
+  if is_primary:
+    run_record.record_config(workdir, config)
   if is_primary:
     log.info("%s", _summary(config, info, steps_per_epoch, num_steps, start_step, state, mesh))
 

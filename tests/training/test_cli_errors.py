@@ -44,6 +44,8 @@ CASES = [
     ("unknown option after switching", ["--config", DIGITS, "--config.model=wrn", "--config.model_kwargs.depth=10",
                                         "--config.model_kwargs.heads=2", "--workdir", "{tmp}/run"],
      "config.model_kwargs.heads"),
+    ("bad option value", ["--config", DIGITS, "--config.model=wrn", "--config.model_kwargs.depth=11",
+                          "--workdir", "{tmp}/run"], "wrn depth must be 6n + 4"),
     ("workdir is a file", ["--config", DIGITS, "--workdir", "{tmp}/afile"], "afile is a file"),
     ("workdir under a file", ["--config", DIGITS, "--workdir", "{tmp}/afile/run"], "which is a file"),
     ("dataset not prepared", ["--config", DIGITS, "--config.dataset=cifar10", "--config.data_dir={tmp}/tfds",
