@@ -191,3 +191,13 @@ def test_a_non_local_workdir_goes_through_epath(tmp_path, monkeypatch):
 
 def test_a_local_workdir_expands_the_home_directory():
   assert run_record.as_path("~/runs/a") == epath.Path(os.path.expanduser("~/runs/a"))
+
+
+@pytest.mark.slow
+def test_stopping_before_the_latest_checkpoint_is_a_clear_error(finished_run, tmp_path, one_device_mesh):
+  workdir, _ = finished_run
+  copy = tmp_path / "run"
+  shutil.copytree(workdir, copy)
+  with pytest.raises(training.ConfigError, match="already holds a checkpoint of step 6"):
+    training.train_and_evaluate(load_config("digits", **{**SHORT, "num_train_steps": 4}), str(copy),
+                                mesh=one_device_mesh)
