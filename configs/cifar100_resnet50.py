@@ -1,12 +1,11 @@
 """ResNet-50 (CIFAR stem) on CIFAR-100, the original's `CIFAR100_ResNet50.ini`."""
-from msam_jax.training import base_config
+from msam_jax.training import base_config, set_model
 
 
 def get_config():
   config = base_config()
   config.dataset = "cifar100"
-  config.model = "resnet_cifar"
-  config.model_kwargs = {"depth": 50}
+  set_model(config, "resnet_cifar", depth=50)
   config.num_epochs = 200
   config.batch_size = 256
   config.optimizer = "sgd"

@@ -2,14 +2,13 @@
 
 MSAM: `--config.optimizer=msam --config.rho=3`; SAM: `--config.optimizer=sam --config.rho=0.2`.
 """
-from msam_jax.training import base_config
+from msam_jax.training import base_config, set_model
 
 
 def get_config():
   config = base_config()
   config.dataset = "cifar100"
-  config.model = "wrn"
-  config.model_kwargs = {"depth": 16, "width": 4}
+  set_model(config, "wrn", depth=16, width=4)
   config.num_epochs = 200
   config.batch_size = 256
   config.optimizer = "sgd"

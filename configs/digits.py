@@ -3,14 +3,13 @@
 Runs offline on a laptop CPU in about a minute:
 `python train.py --config configs/digits.py --workdir runs/digits`.
 """
-from msam_jax.training import base_config
+from msam_jax.training import base_config, set_model
 
 
 def get_config():
   config = base_config()
   config.dataset = "digits"
-  config.model = "cnn"
-  config.model_kwargs = {}
+  set_model(config, "cnn")
   config.num_epochs = 30
   config.batch_size = 64
   config.eval_batch_size = 128

@@ -1,13 +1,12 @@
 """ResNet-50 on ImageNet-2012, the original's `ImageNet_ResNet50.ini` (SAM paper's setup, batch 1024)."""
-from msam_jax.training import base_config
+from msam_jax.training import base_config, set_model
 
 
 def get_config():
   config = base_config()
   config.dataset = "imagenet2012"
   config.image_size = 224
-  config.model = "resnet"
-  config.model_kwargs = {"depth": 50}
+  set_model(config, "resnet", depth=50)
   config.num_epochs = 100
   config.batch_size = 1024
   config.eval_batch_size = 1024

@@ -2,15 +2,14 @@
 
 MSAM: `--config.optimizer=adamw_msam --config.rho=3`; SAM: `--config.optimizer=adamw_sam --config.rho=0.2`.
 """
-from msam_jax.training import base_config
+from msam_jax.training import base_config, set_model
 
 
 def get_config():
   config = base_config()
   config.dataset = "imagenet2012"
   config.image_size = 224
-  config.model = "vit"
-  config.model_kwargs = {"size": "S", "patch_size": 32, "image_size": 224}
+  set_model(config, "vit", size="S", patch_size=32)  # its image_size is config.image_size
   config.num_epochs = 90
   config.batch_size = 1024
   config.eval_batch_size = 1024

@@ -39,6 +39,13 @@ def options(name: str) -> dict:
   return {key: p.default for key, p in parameters.items() if p.kind is p.KEYWORD_ONLY}
 
 
+def option_types(name: str) -> dict:
+  """The annotated types of `options(name)` (`int | None` for an option that defaults to None)."""
+  _check_name(name)
+  parameters = inspect.signature(_BUILDERS[name]).parameters
+  return {key: p.annotation for key, p in parameters.items() if p.kind is p.KEYWORD_ONLY}
+
+
 def build(name: str, num_classes: int, **kwargs) -> nn.Module:
   """The model `name` with `num_classes` outputs; raises ValueError on any bad argument."""
   valid = options(name)
@@ -70,4 +77,4 @@ def _float_dtype(dtype) -> jnp.dtype:
   return parsed
 
 
-__all__ = ["MODELS", "build", "options"]
+__all__ = ["MODELS", "build", "option_types", "options"]

@@ -2,8 +2,16 @@
 
 Config files in `configs/` start from `base_config()` and only choose values, so
 a field exists in every config and can be overridden from the command line
-(`--config.rho=3`). `validate` checks a config before anything is compiled.
+(`--config.rho=3`). `set_model` fills `model_kwargs` with every option of the
+model and its default, so any option can be set from the command line
+(`--config.model_kwargs.depth=28`). `validate_fields` checks a config without
+TensorFlow or devices; `validate` adds the device and dataset checks. Neither
+compiles anything.
 """
+import math
+import types
+import typing
+
 import ml_collections
 
 OPTIMIZERS = ("sgd", "msam", "sam", "esam", "looksam", "adamw", "adamw_msam", "adamw_sam")
@@ -26,7 +34,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Model: `msam_jax.models.build(model, num_classes, **model_kwargs)`.
   c.model = "wrn"
-  c.model_kwargs = ml_collections.ConfigDict({"depth": 16, "width": 4})
+  c.model_kwargs = ml_collections.ConfigDict()
   c.dtype = "float32"  # computation dtype; parameters stay float32
 
   # Optimizer.
@@ -68,11 +76,123 @@ def base_config() -> ml_collections.ConfigDict:
   c.sharpness_every_steps = 0  # 0: off
   c.sharpness_rho = 0.05
   c.sharpness_num_iters = 20
+  set_model(c, "wrn", depth=16, width=4)
   return c
+
+
+# Fields that may differ when a run resumes: how often it logs, evaluates,
+# probes and checkpoints, where the data lives, and where it stops
+# (`num_train_steps` only cuts the run short or lets it go on; the schedules
+# depend on `num_epochs`, so that one may not change).
+RESUMABLE_FIELDS = ("data_dir", "num_train_steps", "log_every_steps", "eval_every_epochs",
+                    "checkpoint_every_steps", "max_checkpoints_to_keep", "async_checkpointing",
+                    "sharpness_every_steps")
 
 
 class ConfigError(ValueError):
   """A config field has a value the run cannot use."""
+
+
+def model_options(name: str) -> dict:
+  """The options of model `name` that `model_kwargs` holds (`dtype` is `config.dtype`)."""
+  from msam_jax import models
+
+  if name not in models.MODELS:
+    raise ConfigError(f"config.model={name!r} is not valid; choose one of {', '.join(models.MODELS)}.")
+  return {k: v for k, v in models.options(name).items() if k != "dtype"}
+
+
+def _field_type(name: str, option: str):
+  """The non-None type of an option whose default is None (`depth: int | None = None`)."""
+  from msam_jax import models
+
+  annotation = models.option_types(name)[option]
+  if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+    others = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if len(others) == 1:
+      return others[0]
+  return object
+
+
+def set_model(config: ml_collections.ConfigDict, name: str, **kwargs) -> None:
+  """Chooses model `name`: `model_kwargs` = all its options, defaults updated by `kwargs`.
+
+  A model's `image_size` option is `config.image_size` itself (one
+  FieldReference), so `--config.image_size=160` resizes data and model together.
+  """
+  options = model_options(name)
+  unknown = sorted(set(kwargs) - set(options))
+  if unknown:
+    raise ConfigError(
+        f"config.model_kwargs.{unknown[0]} is not an option of model {name!r}; "
+        f"its options are {', '.join(options)}.")
+  if "image_size" in options:
+    size = kwargs.pop("image_size", None)
+    if size is not None and config.image_size is not None and size != config.image_size:
+      raise ConfigError(
+          f"config.model_kwargs.image_size={size!r} differs from config.image_size="
+          f"{config.image_size!r}; set only config.image_size.")
+    if config.image_size is None:
+      config.image_size = options["image_size"] if size is None else size
+  was_locked = config.is_locked
+  config.unlock()
+  config.model = name
+  model_kwargs = ml_collections.ConfigDict()
+  for option, default in options.items():
+    if option == "image_size":
+      model_kwargs[option] = config.get_ref("image_size")
+      continue
+    value = kwargs.get(option, default)
+    if value is None:  # typed, so the command line can set it
+      value = ml_collections.FieldReference(None, field_type=_field_type(name, option))
+    model_kwargs[option] = value
+  config.model_kwargs = model_kwargs
+  if was_locked:
+    config.lock()
+
+
+def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of `config` whose `model_kwargs` hold every option of `config.model`.
+
+  Keeps the options `config.model_kwargs` sets; raises ConfigError naming an
+  option the model does not have.
+  """
+  resolved = ml_collections.ConfigDict(config.to_dict())
+  given = dict(resolved.model_kwargs) if resolved.model_kwargs is not None else {}
+  set_model(resolved, resolved.model, **given)
+  return resolved
+
+
+def _fail(field: str, value, requirement: str):
+  raise ConfigError(f"config.{field}={value!r} {requirement}; set --config.{field} to a valid value.")
+
+
+def _check_types(config) -> None:
+  """Every field exists in `base_config()` and holds the type of its default (floats finite)."""
+  defaults = base_config()
+  unknown = sorted(set(config) - set(defaults))
+  if unknown:
+    raise ConfigError(f"config.{unknown[0]} is not a config field; the fields are those of "
+                      "msam_jax.training.base_config() (see msam_jax/training/config.py).")
+  for field in defaults:
+    if field == "model_kwargs":
+      continue
+    value, default = config[field], defaults[field]
+    if field in ("data_dir", "image_size"):
+      kind = str if field == "data_dir" else int
+      if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+        _fail(field, value, f"must be {'a path' if kind is str else 'an integer'} or None")
+    elif isinstance(default, bool):
+      if not isinstance(value, bool):
+        _fail(field, value, "must be True or False")
+    elif isinstance(default, int):
+      if not isinstance(value, int) or isinstance(value, bool):
+        _fail(field, value, "must be an integer")
+    elif isinstance(default, float):
+      if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        _fail(field, value, "must be a finite number")
+    elif isinstance(default, str) and not isinstance(value, str):
+      _fail(field, value, "must be a string")
 
 
 def _choice(config, field, choices):
@@ -88,33 +208,81 @@ def _at_least(config, field, low, strict=False):
     raise ConfigError(f"config.{field}={value!r} must be {relation} {low}.")
 
 
-def validate(config: ml_collections.ConfigDict, *, num_devices: int, process_count: int = 1) -> None:
-  """Raises `ConfigError` naming the first bad field; cheap, compiles nothing."""
-  from msam_jax import data, models  # deferred: heavy imports
+def _in_unit(config, field, *, low_open=False, high_open=True):
+  value = config[field]
+  if (value < 0 or (low_open and value == 0)) or (value > 1 or (high_open and value == 1)):
+    interval = f"{'(' if low_open else '['}0, 1{')' if high_open else ']'}"
+    raise ConfigError(f"config.{field}={value!r} must be in {interval}.")
 
+
+def validate_fields(config: ml_collections.ConfigDict) -> None:
+  """Raises `ConfigError` naming the first bad field; imports no TensorFlow, touches no device."""
+  _check_types(config)
   _choice(config, "optimizer", OPTIMIZERS)
-  _choice(config, "model", models.MODELS)
-  _choice(config, "dataset", data.DATASETS)
   _choice(config, "lr_schedule", LR_SCHEDULES)
   _choice(config, "rho_schedule", RHO_SCHEDULES)
   _choice(config, "dtype", DTYPES)
+  options = model_options(config.model)
+  model_kwargs = config.model_kwargs if config.model_kwargs is not None else {}
+  unknown = sorted(set(model_kwargs) - set(options))
+  if unknown:
+    raise ConfigError(
+        f"config.model_kwargs.{unknown[0]} is not an option of model {config.model!r}; "
+        f"its options are {', '.join(options)}.")
+  for option, value in model_kwargs.items():
+    default = options[option]
+    if isinstance(value, float) and not math.isfinite(value):
+      raise ConfigError(f"config.model_kwargs.{option}={value!r} must be a finite number.")
+    if default is not None and value is not None and type(value) is not type(default) and not (
+        isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool)):
+      raise ConfigError(f"config.model_kwargs.{option}={value!r} must be a {type(default).__name__} "
+                        f"like its default {default!r}.")
+  from msam_jax import models  # noqa: PLC0415 (Flax; no TensorFlow)
+  try:  # the builders check their options' values (e.g. a WRN's depth is 6n+4); nothing is initialised
+    models.build(config.model, 2, dtype=config.dtype, **{k: v for k, v in model_kwargs.items() if v is not None})
+  except (ValueError, TypeError) as e:
+    raise ConfigError(f"config.model_kwargs of model {config.model!r}: {e}; set valid "
+                      f"--config.model_kwargs.* values.") from None
   _at_least(config, "learning_rate", 0.0, strict=True)
-  _at_least(config, "rho", 0.0)
-  _at_least(config, "weight_decay", 0.0)
-  _at_least(config, "grad_clip_norm", 0.0)
-  _at_least(config, "label_smoothing", 0.0)
-  if not 0.0 <= config.momentum < 1.0:
-    raise ConfigError(f"config.momentum={config.momentum!r} must be in [0, 1).")
-  if not 0.0 < config.esam_gamma <= 1.0:
-    raise ConfigError(f"config.esam_gamma={config.esam_gamma!r} must be in (0, 1].")
-  if not 0.0 < config.esam_beta <= 1.0:
-    raise ConfigError(f"config.esam_beta={config.esam_beta!r} must be in (0, 1].")
-  _at_least(config, "looksam_k", 1)
-  for field in ("batch_size", "eval_batch_size"):
+  for field in ("rho", "weight_decay", "grad_clip_norm", "lr_ramp_epochs", "lr_warmup_epochs",
+                "rho_ramp_epochs", "rho_jump_epochs", "checkpoint_every_steps", "sharpness_every_steps"):
+    _at_least(config, field, 0)
+  _in_unit(config, "label_smoothing")
+  _in_unit(config, "momentum")
+  _in_unit(config, "b1")
+  _in_unit(config, "b2")
+  _in_unit(config, "looksam_alpha", high_open=False)
+  _in_unit(config, "esam_gamma", low_open=True, high_open=False)
+  _in_unit(config, "esam_beta", low_open=True, high_open=False)
+  _at_least(config, "eps", 0.0, strict=True)
+  _at_least(config, "sharpness_rho", 0.0, strict=True)
+  for field in ("looksam_k", "log_every_steps", "eval_every_epochs", "max_checkpoints_to_keep",
+                "sharpness_num_iters", "batch_size", "eval_batch_size"):
     _at_least(config, field, 1)
+  _at_least(config, "bn_recompute_batches", -1)
+  if config.image_size is not None:
+    _at_least(config, "image_size", 1)
+  if config.num_train_steps <= 0:
+    _at_least(config, "num_epochs", 1)
+
+
+def validate(config: ml_collections.ConfigDict, *, num_devices: int, process_count: int = 1) -> None:
+  """`validate_fields`, then the device count and the dataset; raises `ConfigError`.
+
+  Imports the input pipelines (TensorFlow), so the command line runs
+  `validate_fields` first.
+  """
+  from msam_jax import data
+
+  validate_fields(config)
+  _choice(config, "dataset", data.DATASETS)
+  for field in ("batch_size", "eval_batch_size"):
     if config[field] % num_devices or config[field] % process_count:
       raise ConfigError(
           f"config.{field}={config[field]} is not divisible by the {num_devices} devices"
           f" ({process_count} processes); choose a multiple of {num_devices}.")
-  if config.num_train_steps <= 0:
-    _at_least(config, "num_epochs", 1)
+  try:
+    info = data.dataset_info(config.dataset, image_size=config.image_size)
+    data.steps_per_epoch(info, config.batch_size)
+  except ValueError as e:
+    raise ConfigError(f"config.dataset={config.dataset!r}: {e}") from None

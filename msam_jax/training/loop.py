@@ -1,14 +1,15 @@
 """The training loop: `train_and_evaluate(config, workdir)`.
 
-Flat on purpose: build data, model, optimizer and state; restore the latest
-checkpoint; run jitted steps, logging, evaluating and checkpointing on a fixed
-cadence; finally recompute batch-norm statistics at the unperturbed point (MSAM
-family) and write `results.json`.
+Flat on purpose: validate everything (config, workdir, dataset) before any
+side effect; build data, model, optimizer and state; restore the newest
+readable checkpoint; run jitted steps, logging, evaluating and checkpointing on
+a fixed cadence; finally recompute batch-norm statistics at the unperturbed
+point (MSAM family), save that evaluated model and write `results.json`. What
+the workdir records (run identity, evaluation history) is `run_record`'s.
 """
 import contextlib
 import functools
-import json
-import os
+import logging as std_logging
 import time
 from typing import Any
 
@@ -16,17 +17,22 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from absl import logging
 from clu import metric_writers, periodic_actions
 
 import msam_jax
 from msam_jax import data, models
-from msam_jax.training import checkpoint, mesh as mesh_lib, steps
+from msam_jax.training import checkpoint, evaluated_model, run_record, steps
+from msam_jax.training import config as config_lib
+from msam_jax.training import mesh as mesh_lib
 from msam_jax.training.config import validate
 from msam_jax.training.optimizer import build_optimizer
 from msam_jax.training.train_state import TrainState, create_train_state
 
 MSAM_FAMILY = ("msam", "adamw_msam")
+
+# The run's own lines (startup summary, evaluations, result); the command line
+# keeps them at INFO while library internals (orbax, absl) stay at WARNING.
+log = std_logging.getLogger("msam_jax.training")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -118,19 +124,51 @@ def _recompute_batch_norm(bn_fn, config, mesh, state: TrainState, num_batches: i
   return batch_stats
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+def _check_prepared(config, mesh) -> None:
+  """Raises data.DatasetNotFoundError unless the test split can be read (training data lives beside it)."""
+  next(iter(data.eval_iterator(config.dataset, global_batch_size=config.eval_batch_size,
+                               data_dir=config.data_dir, image_size=config.image_size,
+                               num_devices=mesh.size)))
+
+
+def _summary(config, info, steps_per_epoch: int, num_steps: int, start_step: int, state, mesh) -> str:
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  start = f"Resuming from the checkpoint of step {start_step}" if start_step else "Starting"
+  return (f"{config.model} ({num_params:,} parameters) on {config.dataset} "
+          f"({info.num_train:,} train / {info.num_test:,} test examples, batch {config.batch_size}); "
+          f"{config.optimizer} lr {config.learning_rate:g} ({config.lr_schedule}) rho {config.rho:g} "
+          f"({config.rho_schedule}); {mesh.size} devices, {jax.process_count()} processes; "
+          f"{num_steps} steps ({num_steps / steps_per_epoch:g} epochs of {steps_per_epoch}). {start}.")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
                        mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
   """Trains as `config` says, resuming from `workdir` if it holds a checkpoint.
+
+  Everything is checked before the workdir is touched or anything compiled:
+  the config (ConfigError), the workdir (run_record.WorkdirError), the run it
+  may hold (run_record.RunMismatchError), the dataset (data.DatasetNotFoundError).
+  A finished run is not rerun: its stored results are returned, nothing written.
+  `workdir` may be local (`~` expanded) or remote (`gs://`).
 
   Returns the results dict that is also written to `workdir/results.json`.
   """
   mesh = mesh_lib.create_mesh() if mesh is None else mesh
+  config = config_lib.resolve(config)  # model_kwargs: every option of the model
   validate(config, num_devices=mesh.size, process_count=jax.process_count())
+  workdir = run_record.check_workdir(workdir)
+  if config.data_dir is not None:
+    config.data_dir = str(run_record.as_path(config.data_dir))
   is_primary = jax.process_index() == 0
 
   info = data.dataset_info(config.dataset, image_size=config.image_size)
   steps_per_epoch = data.steps_per_epoch(info, config.batch_size)
   num_steps = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
+  finished = run_record.check_run(workdir, config, num_steps)
+  if finished is not None:
+    log.info("%s holds this run finished; nothing to do.", workdir)
+    return finished
+  _check_prepared(config, mesh)
   model = models.build(config.model, info.num_classes, dtype=jnp.dtype(config.dtype),
                        **config.model_kwargs)
   tx = build_optimizer(config, steps_per_epoch)
@@ -144,10 +182,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   manager = checkpoint.create_manager(workdir, config.max_checkpoints_to_keep, config.async_checkpointing)
   state = checkpoint.restore_latest(manager, state)
   start_step = int(mesh_lib.to_host(state.step))
-  if start_step:
-    logging.info("Resuming from the checkpoint of step %d.", start_step)
+  if start_step > num_steps:
+    raise config_lib.ConfigError(
+        f"config.num_train_steps={config.num_train_steps} ends the run at step {num_steps}, but {workdir} "
+        f"already holds a checkpoint of step {start_step}; set --config.num_train_steps to at least {start_step}.")
+  if is_primary:
+    run_record.record_config(workdir, config)
+  if is_primary:
+    log.info("%s", _summary(config, info, steps_per_epoch, num_steps, start_step, state, mesh))
 
-  writer = metric_writers.create_default_writer(workdir, just_logging=not is_primary)
+  writer = metric_writers.create_default_writer(str(workdir), just_logging=not is_primary)
   if start_step == 0:
     writer.write_hparams({k: v for k, v in config.to_dict().items() if not isinstance(v, dict)})
 
@@ -172,7 +216,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   acc = jax.device_put(train_collection.empty(), replicated)
   first_bad = jax.device_put(jnp.array(-1, jnp.int32), replicated)
   last_good_checkpoint = manager.latest_step()
-  eval_history = []
+  eval_history = run_record.load_history(workdir, start_step)
   train_scalars = {}
   train_start = time.time()
   clock = _StepClock()
@@ -190,19 +234,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       if step % config.log_every_steps == 0 or is_last:
         _check_finite(first_bad, last_good_checkpoint)
         train_scalars = mesh_lib.to_host(acc.compute())
-        writer.write_scalars(step, {f"train_{k}": v for k, v in train_scalars.items()})
+        writer.write_scalars(step, {f"train/{k}": v for k, v in train_scalars.items()})
         acc = jax.device_put(train_collection.empty(), replicated)
       if sharpness_fn is not None and (step % config.sharpness_every_steps == 0 or is_last):
         with clock.paused(state):
           sharpness = mesh_lib.to_host(sharpness_fn(state))
-          writer.write_scalars(step, sharpness)
+          writer.write_scalars(step, {f"train/{k}": v for k, v in sharpness.items()})
       epoch_end = step % steps_per_epoch == 0
       if (epoch_end and (step // steps_per_epoch) % config.eval_every_epochs == 0) or is_last:
         with clock.paused(state):
           eval_metrics = _evaluate(eval_fn, config, mesh, state)
-          writer.write_scalars(step, {f"eval_{k}": v for k, v in eval_metrics.items()})
+          writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
           eval_history.append({"step": step, "epoch": step / steps_per_epoch,
                                "seconds": time.time() - train_start, **eval_metrics})
+          if is_primary:
+            run_record.save_history(workdir, eval_history)
+            log.info("step %d (epoch %g): eval accuracy %.4f, loss %.4f", step, step / steps_per_epoch,
+                     eval_metrics["accuracy"], eval_metrics["loss"])
       if (config.checkpoint_every_steps > 0 and step % config.checkpoint_every_steps == 0) or is_last:
         with clock.paused(state):
           _check_finite(first_bad, last_good_checkpoint, state)
@@ -230,13 +278,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if final is None:  # resumed after the last step: evaluate the restored state
     final = _evaluate(eval_fn, config, mesh, state)
   bn_batches = steps_per_epoch if config.bn_recompute_batches < 0 else config.bn_recompute_batches
+  batch_stats = state.batch_stats
   if config.optimizer in MSAM_FAMILY and state.batch_stats and bn_batches > 0:
     bn_fn = jax.jit(functools.partial(steps.batch_norm_step, model=model))
     batch_stats = _recompute_batch_norm(bn_fn, config, mesh, state, bn_batches)
     results["eval_accuracy_before_bn_recompute"] = final["accuracy"]
     results["eval_loss_before_bn_recompute"] = final["loss"]
     final = _evaluate(eval_fn, config, mesh, state, batch_stats)
-    writer.write_scalars(num_steps, {f"eval_after_bn_recompute_{k}": v for k, v in final.items()})
+    writer.write_scalars(num_steps, {f"eval/{k}_after_bn_recompute": v for k, v in final.items()})
   results["final_param_norm"] = float(mesh_lib.to_host(jax.jit(_unperturbed_norm)(state)))
   results["final_eval_accuracy"] = final["accuracy"]
   results["final_eval_loss"] = final["loss"]
@@ -246,13 +295,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if start_step == num_steps:  # resumed after the last step
       sharpness = mesh_lib.to_host(sharpness_fn(state))
     results.update({f"final_{k}": float(v) for k, v in sharpness.items()})
+  variables = {"params": jax.jit(_unperturbed_params)(state)}
+  if batch_stats:
+    variables["batch_stats"] = batch_stats
+  results["evaluated_model"] = str(evaluated_model.save(workdir, num_steps, variables))
   writer.flush()
   if is_primary:
-    path = os.path.join(workdir, "results.json")
-    with open(path + ".tmp", "w") as f:
-      json.dump(results, f, indent=2)
-    os.replace(path + ".tmp", path)
+    run_record.write_results(workdir, results)
+    before = results.get("eval_accuracy_before_bn_recompute")
+    log.info("final eval accuracy %.4f%s; model saved in %s; results in %s", results["final_eval_accuracy"],
+             "" if before is None else f" ({before:.4f} before the batch-norm recomputation)",
+             results["evaluated_model"], workdir / run_record.RESULTS_FILE)
   return results
+
+
+def _unperturbed_params(state: TrainState):
+  return msam_jax.eval_params(state.params, state.opt_state)
 
 
 def _unperturbed_norm(state: TrainState) -> jax.Array:

@@ -1,0 +1,203 @@
+"""A run's life in its workdir: rerun when finished, resume with another config, damaged
+checkpoints, the saved evaluated model, and workdirs on a non-local file system."""
+import functools
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from etils import epath
+
+from msam_jax import training
+from msam_jax.training import evaluated_model, loop, run_record, steps
+from msam_jax.training.train_state import TrainState
+
+from conftest import REPO, final_checkpoint, load_config, tree_arrays
+
+SHORT = {"num_train_steps": 6, "log_every_steps": 2, "checkpoint_every_steps": 2, "max_checkpoints_to_keep": 5,
+         "bn_recompute_batches": 2, "async_checkpointing": False}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+  """A short msam run on digits (batch-norm statistics recomputed), finished."""
+  workdir = tmp_path_factory.mktemp("finished")
+  from msam_jax.training.mesh import create_mesh
+  results = training.train_and_evaluate(load_config("digits", **SHORT), str(workdir),
+                                        mesh=create_mesh(jax.devices()[:1]))
+  return workdir, results
+
+
+def _snapshot(directory):
+  return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_rerunning_a_finished_run_changes_nothing(finished_run, one_device_mesh):
+  workdir, results = finished_run
+  before = _snapshot(workdir)
+  again = training.train_and_evaluate(load_config("digits", **SHORT), str(workdir), mesh=one_device_mesh)
+  assert again == results
+  assert _snapshot(workdir) == before  # results.json byte-identical, no checkpoint or event file added
+  assert [e["step"] for e in results["eval_history"]] == [6]
+
+
+@pytest.mark.slow
+def test_train_py_on_a_finished_run_reports_it_and_exits_0(finished_run):
+  workdir, results = finished_run
+  before = (workdir / "results.json").read_bytes()
+  args = [f"--config.{k}={v}" for k, v in SHORT.items()]
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  proc = subprocess.run([sys.executable, os.path.join(REPO, "train.py"), "--config", os.path.join(REPO, "configs/digits.py"),
+                         "--workdir", str(workdir), *args], capture_output=True, text=True, env=env, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert f"final eval accuracy: {results['final_eval_accuracy']:.4f}" in proc.stdout
+  assert (workdir / "results.json").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_resuming_with_a_changed_field_names_it_and_leaves_checkpoints(finished_run, one_device_mesh):
+  workdir, _ = finished_run
+  before = _snapshot(workdir)
+  with pytest.raises(training.RunMismatchError, match=r"optimizer \('msam' -> 'sgd'\), rho \(0\.3 -> 0\.05\)"):
+    training.train_and_evaluate(load_config("digits", **SHORT, optimizer="sgd", rho=0.05), str(workdir),
+                                mesh=one_device_mesh)
+  assert _snapshot(workdir) == before
+
+
+def test_fields_that_may_change_on_resume_are_not_differences():
+  recorded = run_record.config_record(training.resolve(load_config("digits")))
+  current = run_record.config_record(training.resolve(load_config(
+      "digits", log_every_steps=7, num_train_steps=3, checkpoint_every_steps=5, data_dir="/elsewhere")))
+  assert run_record.differing_fields(recorded, current) == []
+  changed = run_record.config_record(training.resolve(load_config("digits", num_epochs=31)))
+  assert run_record.differing_fields(recorded, changed) == ["num_epochs"]
+
+
+def _damage(checkpoint_dir):
+  """Truncates every file, as a full disk leaves them."""
+  for path in checkpoint_dir.rglob("*"):
+    if path.is_file():
+      path.write_bytes(b"")
+
+
+@pytest.mark.slow
+def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_run_resumes_from_the_previous(
+    finished_run, tmp_path, one_device_mesh, caplog):
+  workdir, _ = finished_run
+  undamaged, damaged = tmp_path / "undamaged", tmp_path / "damaged"
+  for copy in (undamaged, damaged):
+    shutil.copytree(workdir, copy)
+    for name in ("results.json", "evaluated_model"):
+      p = copy / name
+      shutil.rmtree(p) if p.is_dir() else p.unlink()
+  shutil.rmtree(undamaged / "checkpoints" / "6")  # an undamaged resume from step 4
+  _damage(damaged / "checkpoints" / "6")
+  expected = training.train_and_evaluate(load_config("digits", **SHORT), str(undamaged), mesh=one_device_mesh)
+  with caplog.at_level("WARNING"):
+    got = training.train_and_evaluate(load_config("digits", **SHORT), str(damaged), mesh=one_device_mesh)
+  assert any("step 6 cannot be read" in r.getMessage() for r in caplog.records)
+  assert (damaged / "damaged_checkpoints" / "6").is_dir()  # kept, not deleted
+  for key in ("final_eval_accuracy", "final_eval_loss", "final_param_norm", "eval_history"):
+    if key == "eval_history":
+      strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]
+      assert strip(got[key]) == strip(expected[key])
+    else:
+      assert got[key] == expected[key], key
+  for a, b in zip(tree_arrays(final_checkpoint(str(damaged))[1]), tree_arrays(final_checkpoint(str(undamaged))[1])):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_only_unreadable_checkpoints_is_an_error_not_a_fresh_start(finished_run, tmp_path, one_device_mesh):
+  workdir, _ = finished_run
+  copy = tmp_path / "run"
+  shutil.copytree(workdir, copy)
+  (copy / "results.json").unlink()
+  for step_dir in (copy / "checkpoints").iterdir():
+    _damage(step_dir)
+  with pytest.raises(training.CheckpointError, match="can be read"):
+    training.train_and_evaluate(load_config("digits", **SHORT), str(copy), mesh=one_device_mesh)
+  assert sorted(p.name for p in (copy / "checkpoints").iterdir()) == ["2", "4", "6"]
+
+
+@pytest.mark.slow
+def test_the_saved_model_reproduces_the_reported_accuracy(finished_run, one_device_mesh):
+  workdir, results = finished_run
+  assert "eval_accuracy_before_bn_recompute" in results  # the recomputed statistics are the ones saved
+  model, variables, config = training.load_for_eval(str(workdir))
+  assert results["evaluated_model"] == str(workdir / evaluated_model.MODEL_DIR / "6")
+  assert config.optimizer == "msam" and set(variables) == {"params", "batch_stats"}
+  state = TrainState(step=np.int32(6), params=variables["params"], batch_stats=variables["batch_stats"],
+                     opt_state=())
+  eval_fn = jax.jit(functools.partial(steps.eval_step, model=model, label_smoothing=config.label_smoothing))
+  metrics = loop._evaluate(eval_fn, config, one_device_mesh, state)
+  assert metrics["accuracy"] == results["final_eval_accuracy"]
+  assert metrics["loss"] == results["final_eval_loss"]
+
+
+def test_image_size_is_one_field_shared_with_the_model():
+  config = load_config("imagenet_vit")
+  config.image_size = 160
+  assert config.model_kwargs.image_size == 160
+  assert training.resolve(config).model_kwargs.image_size == 160
+
+
+def test_model_kwargs_hold_every_option_with_its_default():
+  config = load_config("cifar100_wrn16_4")
+  assert dict(config.model_kwargs) == {"depth": 16, "width": 4, "dropout": 0.0}
+  training.set_model(config, "vit", depth=2)
+  assert config.model_kwargs.depth == 2 and config.model_kwargs.size == "S"
+  config.model_kwargs.heads = 3  # a None default is typed, so it can be set
+  with pytest.raises(training.ConfigError, match="config.model_kwargs.foo is not an option of model 'cnn'"):
+    training.set_model(config, "cnn", foo=1)
+
+
+def test_a_non_local_workdir_goes_through_epath(tmp_path, monkeypatch):
+  """gs:// paths, mapped onto a local directory by epath's test backend (no network)."""
+  from etils.epath import gpath
+  monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)  # else gs:// goes to tf.io.gfile
+  root = "gs://bucket"
+  local = lambda p: os.fspath(p).replace(root, str(tmp_path))
+
+  def mapped(fn_name):
+    def fn(original, path, *args, **kwargs):
+      if fn_name in ("rename", "replace", "copy"):
+        args = (local(args[0]), *args[1:])
+      return original(local(path), *args, **kwargs)
+    return fn
+
+  names = ("open", "exists", "isdir", "listdir", "makedirs", "mkdir", "remove", "rename", "replace", "stat",
+           "glob", "rmtree")
+  config = training.resolve(load_config("digits"))
+  with epath.testing.mock_epath(**{n: mapped(n) for n in names}):
+    workdir = run_record.check_workdir(f"{root}/runs/a")
+    assert os.fspath(workdir) == f"{root}/runs/a"
+    assert run_record.check_run(workdir, config, 10) is None
+    run_record.record_config(workdir, config)
+    run_record.save_history(workdir, [{"step": 5, "accuracy": 0.5}, {"step": 10, "accuracy": 0.7}])
+    assert run_record.load_history(workdir, 7) == [{"step": 5, "accuracy": 0.5}]
+    run_record.write_results(workdir, {"steps": 10})
+    assert run_record.check_run(workdir, config, 10) == {"steps": 10}
+    (epath.Path(root) / "afile").write_text("")
+    with pytest.raises(training.WorkdirError, match="is under gs://bucket/afile, which is a file"):
+      run_record.check_workdir(f"{root}/afile/run")
+  assert (tmp_path / "runs" / "a" / "config.json").exists()
+
+
+def test_a_local_workdir_expands_the_home_directory():
+  assert run_record.as_path("~/runs/a") == epath.Path(os.path.expanduser("~/runs/a"))
+
+
+@pytest.mark.slow
+def test_stopping_before_the_latest_checkpoint_is_a_clear_error(finished_run, tmp_path, one_device_mesh):
+  workdir, _ = finished_run
+  copy = tmp_path / "run"
+  shutil.copytree(workdir, copy)
+  with pytest.raises(training.ConfigError, match="already holds a checkpoint of step 6"):
+    training.train_and_evaluate(load_config("digits", **{**SHORT, "num_train_steps": 4}), str(copy),
+                                mesh=one_device_mesh)
