@@ -42,6 +42,9 @@ def main(argv):
   except training.NonFiniteLossError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
+  except training.Preempted as e:  # SIGTERM: checkpoint saved; rerun to resume
+    print(f"stopped: {e}", file=sys.stderr)
+    sys.exit(training.preemption.EXIT_CODE)
   logging.info("final eval accuracy %.4f", results["final_eval_accuracy"])
   print(f"final eval accuracy: {results['final_eval_accuracy']:.4f} "
         f"(loss {results['final_eval_loss']:.4f}), parameter norm {results['final_param_norm']!r}; results in {FLAGS.workdir}/results.json")

@@ -13,7 +13,9 @@ training step computes anyway); `loss_fn(params, indices=None)` returns the
 per-example losses of the current batch, shape `[B]`, or of the examples at the
 integer positions `indices`, shape `[len(indices)]`; `losses` (optional) are the
 first pass's per-example losses, which ESAM uses and the others ignore. The
-transformation computes the further gradients itself.
+transformation computes the further gradients itself, or (`sam`, `looksam`)
+with the optional ``grad_fn(params)``: the gradient of the mean loss over the
+whole batch, which a training loop that accumulates micro-batches passes.
 """
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -27,6 +29,7 @@ from msam_jax.optim._numerics import global_norm, value_at
 NORM_EPS = 1e-12  # the original's guard in rho / (||g|| + eps)
 
 LossFn = Callable[..., jax.Array]  # loss_fn(params, indices=None) -> per-example losses
+GradFn = Callable[[optax.Params], optax.Updates]  # grad_fn(params) -> grad of the mean loss
 
 
 class SamState(NamedTuple):
@@ -67,8 +70,13 @@ def perturb(params: optax.Params, e: optax.Updates) -> optax.Params:
   return jax.tree.map(lambda p, d: (p + d).astype(p.dtype), params, e)
 
 
-def mean_loss_grad(loss_fn: LossFn, params: optax.Params, indices=None) -> optax.Updates:
-  """Gradient of the mean of `loss_fn`'s per-example losses."""
+def mean_loss_grad(loss_fn: LossFn, params: optax.Params, indices=None,
+                   grad_fn: Optional[GradFn] = None) -> optax.Updates:
+  """Gradient of the mean of `loss_fn`'s per-example losses; `grad_fn(params)` when given."""
+  if grad_fn is not None:
+    if indices is not None:
+      raise ValueError("grad_fn gives the whole batch's gradient; it cannot select examples")
+    return grad_fn(params)
   if indices is None:
     return jax.grad(lambda p: jnp.mean(loss_fn(p)))(params)
   return jax.grad(lambda p: jnp.mean(loss_fn(p, indices)))(params)
@@ -105,7 +113,7 @@ def sam(base: optax.GradientTransformation,
 
   Returns:
     An `optax.GradientTransformationExtraArgs`; `update(grads, state, params, *,
-    loss_fn, losses=None)` (see the module docstring).
+    loss_fn, losses=None, grad_fn=None)` (see the module docstring).
   """
   check_base(base)
   _checks.non_negative("rho", rho)
@@ -114,12 +122,12 @@ def sam(base: optax.GradientTransformation,
     return SamState(count=jnp.zeros([], jnp.int32), base_state=base.init(params))
 
   def update_fn(grads, state, params=None, *, loss_fn: LossFn,
-                losses: Optional[jax.Array] = None, **extra):
+                losses: Optional[jax.Array] = None, grad_fn: Optional[GradFn] = None, **extra):
     del losses  # SAM recomputes nothing of the first pass
     if params is None:
       raise ValueError("sam needs the parameters: call update(grads, state, params, loss_fn=...)")
     e = ascent_perturbation(grads, value_at(rho, state.count))
-    g2 = mean_loss_grad(loss_fn, perturb(params, e))
+    g2 = mean_loss_grad(loss_fn, perturb(params, e), grad_fn=grad_fn)
     updates, base_state = base_update(base, g2, state.base_state, params, extra)
     return updates, SamState(count=optax.safe_increment(state.count), base_state=base_state)
 

@@ -68,6 +68,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.sharpness_every_steps = 0  # 0: off
   c.sharpness_rho = 0.05
   c.sharpness_num_iters = 20
+
+  # Pod scale (mesh.py, accumulation.py, preemption.py).
+  c.sharding = "replicate"  # or "fsdp": parameters and optimizer state split over devices
+  c.fsdp_min_bytes = 1 << 20  # fsdp: smaller leaves stay replicated
+  c.grad_accum_steps = 1  # the global batch in this many micro-batches per step
+  c.checkpoint_on_preemption = True  # SIGTERM: finish the step, checkpoint, exit with status 75
   return c
 
 
@@ -118,3 +124,24 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, process_cou
           f" ({process_count} processes); choose a multiple of {num_devices}.")
   if config.num_train_steps <= 0:
     _at_least(config, "num_epochs", 1)
+  _validate_pod(config, num_devices)
+
+
+def _validate_pod(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Sharding, gradient accumulation and preemption fields."""
+  from msam_jax.training.mesh import SHARDINGS  # noqa: PLC0415
+
+  _choice(config, "sharding", SHARDINGS)
+  _at_least(config, "fsdp_min_bytes", 0)
+  _at_least(config, "grad_accum_steps", 1)
+  k, per_device = config.grad_accum_steps, config.batch_size // num_devices
+  if per_device % k:
+    raise ConfigError(
+        f"config.grad_accum_steps={k} does not divide the per-device batch {per_device}"
+        f" (batch_size {config.batch_size} / {num_devices} devices); choose a divisor of {per_device}.")
+  if k > 1 and config.optimizer == "esam":
+    raise ConfigError(
+        f"config.grad_accum_steps={k} is not supported with esam (it picks examples by sharpness"
+        " over the whole batch); use grad_accum_steps=1 or another optimizer.")
+  if not isinstance(config.checkpoint_on_preemption, bool):
+    raise ConfigError(f"config.checkpoint_on_preemption={config.checkpoint_on_preemption!r} must be True or False.")
