@@ -8,7 +8,8 @@ visited by `lax.scan`, so only one micro-batch's activations are alive at a time
 All micro-batches have the same size, so the mean of their mean-loss gradients
 is the gradient of the mean loss over the whole batch.
 """
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -23,7 +23,8 @@ def create_manager(workdir: str, max_to_keep: int, asynchronous: bool = True) ->
   """
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                          enable_async_checkpointing=asynchronous)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
+  root = workdir if "://" in str(workdir) else os.path.abspath(workdir)  # gs:// stays a URL
+  return ocp.CheckpointManager(os.path.join(root, "checkpoints"), options=options)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state) -> None:

@@ -8,7 +8,6 @@ family) and write `results.json`.
 import contextlib
 import functools
 import json
-import os
 import time
 from typing import Any
 
@@ -18,6 +17,7 @@ import ml_collections
 import optax
 from absl import logging
 from clu import metric_writers, periodic_actions
+from etils import epath
 
 import msam_jax
 from msam_jax import data, models
@@ -261,10 +261,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     results.update({f"final_{k}": float(v) for k, v in sharpness.items()})
   writer.flush()
   if is_primary:
-    path = os.path.join(workdir, "results.json")
-    with open(path + ".tmp", "w") as f:
-      json.dump(results, f, indent=2)
-    os.replace(path + ".tmp", path)
+    path = epath.Path(workdir) / "results.json"  # epath: also gs:// (TPU VMs)
+    (tmp := path.with_name("results.json.tmp")).write_text(json.dumps(results, indent=2))
+    tmp.rename(path)
   return results
 
 

@@ -5,15 +5,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import final_checkpoint, load_config, tree_arrays
 from jax.sharding import PartitionSpec as P
 
 from msam_jax import models, training
-from msam_jax.training import accumulation, mesh as mesh_lib, preemption, steps
+from msam_jax.training import accumulation, preemption, steps
+from msam_jax.training import mesh as mesh_lib
 from msam_jax.training.config import ConfigError, validate
 from msam_jax.training.optimizer import build_optimizer
 from msam_jax.training.train_state import create_train_state
-
-from conftest import final_checkpoint, load_config, tree_arrays
 
 
 @pytest.mark.parametrize("shape,itemsize,min_bytes,expected", [

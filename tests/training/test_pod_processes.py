@@ -1,12 +1,10 @@
 """train.py under pod conditions: SIGTERM mid-run, and 2 processes with fsdp and accumulation."""
-import os
 import signal
 import subprocess
 import time
 
 import numpy as np
 import pytest
-
 from conftest import REPO, final_checkpoint, tree_arrays
 from test_processes import _env, _finalised_checkpoints, _free_port, _run, _train_cmd
 
