@@ -4,10 +4,12 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from conftest import final_checkpoint, load_config, tree_arrays
 from jax.sharding import PartitionSpec as P
 
+import msam_jax
 from msam_jax import models, training
 from msam_jax.training import accumulation, preemption, steps
 from msam_jax.training import mesh as mesh_lib
@@ -138,3 +140,25 @@ def test_fsdp_equals_replicated_and_checkpoints_restore_across_layouts(tmp_path,
     assert step == 6
     for a, b in zip(tree_arrays(r), tree_arrays(o), strict=True):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_sam_and_looksam_take_the_second_gradient_from_grad_fn():
+  """Hand case: loss = |w|^2, so g = 2w, e = rho g/|g|, g2 = 2(w + e); sgd(0.1) gives -0.1 g2."""
+  params = {"w": jnp.array([1.0, -2.0])}
+
+  def loss_fn(p, indices=None):
+    return jnp.full(3, jnp.sum(p["w"] ** 2))
+
+  def unusable_loss_fn(p, indices=None):
+    raise AssertionError("loss_fn called although grad_fn was given")
+
+  grad_fn = jax.grad(lambda p: loss_fn(p).mean())
+  grads = grad_fn(params)
+  e = 0.5 * grads["w"] / jnp.sqrt(20.0)
+  expected = -0.1 * 2 * (params["w"] + e)
+  for tx in (msam_jax.sam(optax.sgd(0.1), 0.5), msam_jax.looksam(optax.sgd(0.1), 0.5, k=1)):
+    state = tx.init(params)
+    plain, _ = tx.update(grads, state, params, loss_fn=loss_fn)
+    via, _ = tx.update(grads, state, params, loss_fn=unusable_loss_fn, grad_fn=grad_fn)
+    np.testing.assert_allclose(plain["w"], expected, rtol=1e-6)
+    np.testing.assert_allclose(via["w"], expected, rtol=1e-6)
