@@ -74,3 +74,28 @@ def test_two_processes_with_fsdp_and_accumulation_equal_one_replicated_process(t
   assert step_m == 4
   for a, b in zip(tree_arrays(multi_state), tree_arrays(single_state), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_sigterm_to_one_of_two_processes_stops_both_after_the_same_step(tmp_path):
+  """JAX's preemption sync manager spreads the notice; both checkpoint one agreed step and exit 75."""
+  flags = ("--config.num_train_steps=400", "--config.checkpoint_every_steps=20",
+           "--config.log_every_steps=50", "--config.eval_every_epochs=100", "--config.bn_recompute_batches=1")
+  port = _free_port()
+  workdir = tmp_path / "multi"
+  procs = [subprocess.Popen(
+      _train_cmd(workdir, *flags, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                 f"--process_id={i}"),
+      env=_env(1), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  deadline = time.time() + 300
+  while not _finalised_checkpoints(workdir) and procs[0].poll() is None and time.time() < deadline:
+    time.sleep(0.02)
+  assert procs[0].poll() is None, "the run finished before it could be preempted"
+  procs[0].send_signal(signal.SIGTERM)
+  errs = [p.communicate(timeout=120)[1] for p in procs]
+  steps = []
+  for p, err in zip(procs, errs):
+    assert p.returncode == EXIT_CODE, err[-3000:]
+    message = [line for line in err.splitlines() if line.startswith("stopped: preempted")]
+    assert len(message) == 1, err[-3000:]
+    steps.append(int(message[0].split("checkpoint of step ")[1].split(";")[0]))
+  assert steps[0] == steps[1] == final_checkpoint(str(workdir))[0] < 400
