@@ -35,7 +35,9 @@ class Preempted(Exception):
 class Preemption:
   """Watches for a preemption notice between `start()` and `stop()`.
 
-  `enabled=False` leaves SIGTERM's default (immediate termination) in place.
+  `enabled=False` leaves SIGTERM's handling as it was: termination in a single
+  process; with `jax.distributed`, JAX's sync manager still catches the signal
+  (its own behaviour), and the loop ignores it.
   """
 
   def __init__(self, enabled: bool = True):
