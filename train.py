@@ -134,6 +134,7 @@ def main(argv):
     jax.distributed.initialize()
 
   from msam_jax import data  # noqa: PLC0415 (TensorFlow)
+  from msam_jax.training import preemption  # noqa: PLC0415
 
   try:
     results = training.train_and_evaluate(config, FLAGS.workdir)
@@ -142,6 +143,9 @@ def main(argv):
     _fail(e)
   except (training.NonFiniteLossError, training.CheckpointError) as e:
     _fail(e, status=1)
+  except preemption.Preempted as e:  # SIGTERM: checkpoint saved; rerun to resume
+    print(f"stopped: {e}", file=sys.stderr)
+    sys.exit(preemption.EXIT_CODE)
   print(f"final eval accuracy: {results['final_eval_accuracy']:.4f} "
         f"(loss {results['final_eval_loss']:.4f}), parameter norm {results['final_param_norm']!r}; "
         f"results in {run_record.as_path(FLAGS.workdir) / run_record.RESULTS_FILE}")

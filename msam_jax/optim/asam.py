@@ -21,7 +21,7 @@ import optax
 
 from msam_jax.optim import _checks
 from msam_jax.optim._numerics import global_norm, value_at, wide_dtype
-from msam_jax.optim.sam import (LossFn, SamState, ascent_perturbation, base_update,
+from msam_jax.optim.sam import (GradFn, LossFn, SamState, ascent_perturbation, base_update,
                                 check_base, check_group_size, perturb, sam_family_gradient)
 
 Mask = Union[Any, Callable[[optax.Params], Any], None]
@@ -113,7 +113,7 @@ def asam(base: optax.GradientTransformation, rho: optax.ScalarOrSchedule = 0.5,
 
   Returns:
     An `optax.GradientTransformationExtraArgs`; `update(grads, state, params, *,
-    loss_fn, losses=None)` as documented in `msam_jax.optim.sam`.
+    loss_fn, losses=None, grad_fn=None)` as documented in `msam_jax.optim.sam`.
   """
   check_base(base)
   _checks.non_negative("rho", rho)
@@ -124,7 +124,8 @@ def asam(base: optax.GradientTransformation, rho: optax.ScalarOrSchedule = 0.5,
     return SamState(count=jnp.zeros([], jnp.int32), base_state=base.init(params))
 
   def update_fn(grads, state, params=None, *, loss_fn: LossFn,
-                losses: Optional[jax.Array] = None, **extra):
+                losses: Optional[jax.Array] = None, grad_fn: Optional[GradFn] = None,
+                **extra):
     del losses
     if params is None:
       raise ValueError("asam needs the parameters: call update(grads, state, params, loss_fn=...)")
@@ -134,7 +135,7 @@ def asam(base: optax.GradientTransformation, rho: optax.ScalarOrSchedule = 0.5,
     def direction(g1, p, grad_at):
       return grad_at(perturb(p, adaptive_perturbation(g1, p, radius, eta, flags)))
 
-    g2 = sam_family_gradient(direction, grads, params, loss_fn, group_size)
+    g2 = sam_family_gradient(direction, grads, params, loss_fn, group_size, grad_fn)
     updates, base_state = base_update(base, g2, state.base_state, params, extra)
     return updates, SamState(count=optax.safe_increment(state.count), base_state=base_state)
 

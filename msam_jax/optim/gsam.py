@@ -14,7 +14,7 @@ import optax
 
 from msam_jax.optim import _checks
 from msam_jax.optim._numerics import global_norm, value_at, vdot, wide_dtype
-from msam_jax.optim.sam import (LossFn, SamState, ascent_perturbation, base_update,
+from msam_jax.optim.sam import (GradFn, LossFn, SamState, ascent_perturbation, base_update,
                                 check_base, check_group_size, perturb, sam_family_gradient)
 
 
@@ -78,7 +78,7 @@ def gsam(base: optax.GradientTransformation, rho: optax.ScalarOrSchedule = 0.05,
 
   Returns:
     An `optax.GradientTransformationExtraArgs`; `update(grads, state, params, *,
-    loss_fn, losses=None)` as documented in `msam_jax.optim.sam`.
+    loss_fn, losses=None, grad_fn=None)` as documented in `msam_jax.optim.sam`.
   """
   check_base(base)
   _checks.non_negative("rho", rho)
@@ -91,7 +91,8 @@ def gsam(base: optax.GradientTransformation, rho: optax.ScalarOrSchedule = 0.05,
     return SamState(count=jnp.zeros([], jnp.int32), base_state=base.init(params))
 
   def update_fn(grads, state, params=None, *, loss_fn: LossFn,
-                losses: Optional[jax.Array] = None, **extra):
+                losses: Optional[jax.Array] = None, grad_fn: Optional[GradFn] = None,
+                **extra):
     del losses
     if params is None:
       raise ValueError("gsam needs the parameters: call update(grads, state, params, loss_fn=...)")
@@ -101,7 +102,7 @@ def gsam(base: optax.GradientTransformation, rho: optax.ScalarOrSchedule = 0.05,
       gr = grad_at(perturb(p, ascent_perturbation(g, radius)))
       return surrogate_gap_gradient(g, gr, alpha, minimize_fp)
 
-    h = sam_family_gradient(direction, grads, params, loss_fn, group_size)
+    h = sam_family_gradient(direction, grads, params, loss_fn, group_size, grad_fn)
     updates, base_state = base_update(base, h, state.base_state, params, extra)
     return updates, SamState(count=optax.safe_increment(state.count), base_state=base_state)
 

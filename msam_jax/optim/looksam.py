@@ -11,8 +11,8 @@ import optax
 
 from msam_jax.optim import _checks
 from msam_jax.optim._numerics import global_norm, value_at, vdot
-from msam_jax.optim.sam import (NORM_EPS, LossFn, ascent_perturbation, base_update, check_base,
-                                mean_loss_grad, perturb)
+from msam_jax.optim.sam import (NORM_EPS, GradFn, LossFn, ascent_perturbation, base_update,
+                                check_base, mean_loss_grad, perturb)
 
 
 class LookSamState(NamedTuple):
@@ -48,7 +48,7 @@ def looksam(base: optax.GradientTransformation, rho: optax.ScalarOrSchedule = 0.
 
   Returns:
     An `optax.GradientTransformationExtraArgs`; `update(grads, state, params, *,
-    loss_fn, losses=None)` as documented in `msam_jax.optim.sam`.
+    loss_fn, losses=None, grad_fn=None)` as documented in `msam_jax.optim.sam`.
   """
   check_base(base)
   _checks.non_negative("rho", rho)
@@ -61,7 +61,7 @@ def looksam(base: optax.GradientTransformation, rho: optax.ScalarOrSchedule = 0.
                         base_state=base.init(params))
 
   def update_fn(grads, state, params=None, *, loss_fn: LossFn,
-                losses: Optional[jax.Array] = None, **extra):
+                losses: Optional[jax.Array] = None, grad_fn: Optional[GradFn] = None, **extra):
     del losses
     if params is None:
       raise ValueError("looksam needs the parameters: call update(grads, state, params, loss_fn=...)")
@@ -70,7 +70,7 @@ def looksam(base: optax.GradientTransformation, rho: optax.ScalarOrSchedule = 0.
 
     def sam_step(_):
       e = ascent_perturbation(grads, rho_now, norm=grad_norm)
-      g2 = mean_loss_grad(loss_fn, perturb(params, e))
+      g2 = mean_loss_grad(loss_fn, perturb(params, e), grad_fn=grad_fn)
       along = vdot(g2, grads) / (grad_norm ** 2 + NORM_EPS)
       gv = jax.tree.map(lambda a, b: a - along * b, g2, grads)
       gv_norm = global_norm(gv)

@@ -13,7 +13,10 @@ training step computes anyway); `loss_fn(params, indices=None)` returns the
 per-example losses of the current batch, shape `[B]`, or of the examples at the
 integer positions `indices`, shape `[len(indices)]`; `losses` (optional) are the
 first pass's per-example losses, which ESAM uses and the others ignore. The
-transformation computes the further gradients itself.
+transformation computes the further gradients itself, or (`sam`, `asam`,
+`gsam`, `looksam`) with the optional ``grad_fn(params)``: the gradient of the
+mean loss over the whole batch, which a training loop that accumulates
+micro-batches passes.
 
 m-sharpness (`sam`, `asam`, `gsam` with ``group_size=m``; Foret et al. 2021,
 Section 4.1): the batch splits into consecutive groups of m examples, each
@@ -37,6 +40,7 @@ LossFn = Callable[..., jax.Array]  # loss_fn(params, indices=None) -> per-exampl
 # direction(g1, params, grad_at) -> the gradient the base steps with; grad_at(point) is the
 # gradient of the mean loss (of the batch or of one group) at `point`.
 Direction = Callable[[optax.Updates, optax.Params, Callable], optax.Updates]
+GradFn = Callable[[optax.Params], optax.Updates]  # grad_fn(params) -> grad of the mean loss
 
 
 class SamState(NamedTuple):
@@ -77,8 +81,13 @@ def perturb(params: optax.Params, e: optax.Updates) -> optax.Params:
   return jax.tree.map(lambda p, d: (p + d).astype(p.dtype), params, e)
 
 
-def mean_loss_grad(loss_fn: LossFn, params: optax.Params, indices=None) -> optax.Updates:
-  """Gradient of the mean of `loss_fn`'s per-example losses."""
+def mean_loss_grad(loss_fn: LossFn, params: optax.Params, indices=None,
+                   grad_fn: Optional[GradFn] = None) -> optax.Updates:
+  """Gradient of the mean of `loss_fn`'s per-example losses; `grad_fn(params)` when given."""
+  if grad_fn is not None:
+    if indices is not None:
+      raise ValueError("grad_fn gives the whole batch's gradient; it cannot select examples")
+    return grad_fn(params)
   if indices is None:
     return jax.grad(lambda p: jnp.mean(loss_fn(p)))(params)
   return jax.grad(lambda p: jnp.mean(loss_fn(p, indices)))(params)
@@ -99,7 +108,8 @@ def batch_size_of(loss_fn: LossFn, params: optax.Params) -> int:
 
 
 def sam_family_gradient(direction: Direction, grads, params, loss_fn: LossFn,
-                        group_size: Optional[int]) -> optax.Updates:
+                        group_size: Optional[int],
+                        grad_fn: Optional[GradFn] = None) -> optax.Updates:
   """The gradient a SAM variant hands its base, for the batch or per group of examples.
 
   ``group_size=None``: ``direction(grads, params, grad_at)`` with `grad_at` the
@@ -118,10 +128,16 @@ def sam_family_gradient(direction: Direction, grads, params, loss_fn: LossFn,
   gather ``x[indices]`` inside `loss_fn` makes it collect the batch on every
   device); groups of the per-device batch without communication need a
   `loss_fn` that slices the local batch (e.g. under `shard_map`).
+
+  `grad_fn` (whole-batch gradients, e.g. accumulated over micro-batches)
+  replaces the whole batch's `loss_fn` gradient; it cannot serve groups.
   """
-  whole_batch = lambda point: mean_loss_grad(loss_fn, point)
+  whole_batch = lambda point: mean_loss_grad(loss_fn, point, grad_fn=grad_fn)
   if group_size is None:
     return direction(grads, params, whole_batch)
+  if grad_fn is not None:
+    raise ValueError("group_size cannot be combined with grad_fn (accumulated whole-batch "
+                     "gradients): each group needs its own gradients")
   batch_size = batch_size_of(loss_fn, params)
   if batch_size % group_size:
     raise ValueError(f"group_size must divide the batch size, got group_size={group_size} "
@@ -177,7 +193,7 @@ def sam(base: optax.GradientTransformation, rho: optax.ScalarOrSchedule = 0.05,
 
   Returns:
     An `optax.GradientTransformationExtraArgs`; `update(grads, state, params, *,
-    loss_fn, losses=None)` (see the module docstring).
+    loss_fn, losses=None, grad_fn=None)` (see the module docstring).
   """
   check_base(base)
   _checks.non_negative("rho", rho)
@@ -187,7 +203,8 @@ def sam(base: optax.GradientTransformation, rho: optax.ScalarOrSchedule = 0.05,
     return SamState(count=jnp.zeros([], jnp.int32), base_state=base.init(params))
 
   def update_fn(grads, state, params=None, *, loss_fn: LossFn,
-                losses: Optional[jax.Array] = None, **extra):
+                losses: Optional[jax.Array] = None, grad_fn: Optional[GradFn] = None,
+                **extra):
     del losses  # SAM recomputes nothing of the first pass
     if params is None:
       raise ValueError("sam needs the parameters: call update(grads, state, params, loss_fn=...)")
@@ -196,7 +213,7 @@ def sam(base: optax.GradientTransformation, rho: optax.ScalarOrSchedule = 0.05,
     def direction(g1, p, grad_at):
       return grad_at(perturb(p, ascent_perturbation(g1, radius)))
 
-    g2 = sam_family_gradient(direction, grads, params, loss_fn, group_size)
+    g2 = sam_family_gradient(direction, grads, params, loss_fn, group_size, grad_fn)
     updates, base_state = base_update(base, g2, state.base_state, params, extra)
     return updates, SamState(count=optax.safe_increment(state.count), base_state=base_state)
 

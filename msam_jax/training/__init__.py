@@ -18,9 +18,10 @@ _LAZY = {
     "WorkdirError": "msam_jax.training.run_record",
     "CheckpointError": "msam_jax.training.checkpoint",
     "load_for_eval": "msam_jax.training.evaluated_model",
+    "Preempted": "msam_jax.training.preemption",
 }
 
-__all__ = ["CheckpointError", "ConfigError", "NonFiniteLossError", "RunMismatchError", "WorkdirError",
+__all__ = ["CheckpointError", "ConfigError", "NonFiniteLossError", "Preempted", "RunMismatchError", "WorkdirError",
            "base_config", "load_for_eval", "resolve", "set_model", "train_and_evaluate", "validate",
            "validate_fields"]
 

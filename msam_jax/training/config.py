@@ -76,6 +76,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.sharpness_every_steps = 0  # 0: off
   c.sharpness_rho = 0.05
   c.sharpness_num_iters = 20
+
+  # Pod scale (mesh.py, accumulation.py, preemption.py).
+  c.sharding = "replicate"  # or "fsdp": parameters and optimizer state split over devices
+  c.fsdp_min_bytes = 1 << 20  # fsdp: smaller leaves stay replicated
+  c.grad_accum_steps = 1  # the global batch in this many micro-batches per step
+  c.checkpoint_on_preemption = True  # SIGTERM: finish the step, checkpoint, exit with status 75
   set_model(c, "wrn", depth=16, width=4)
   return c
 
@@ -286,3 +292,22 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, process_cou
     data.steps_per_epoch(info, config.batch_size)
   except ValueError as e:
     raise ConfigError(f"config.dataset={config.dataset!r}: {e}") from None
+  _validate_pod(config, num_devices)
+
+
+def _validate_pod(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Sharding, gradient accumulation and preemption fields."""
+  from msam_jax.training.mesh import SHARDINGS  # noqa: PLC0415
+
+  _choice(config, "sharding", SHARDINGS)
+  _at_least(config, "fsdp_min_bytes", 0)
+  _at_least(config, "grad_accum_steps", 1)
+  k, per_device = config.grad_accum_steps, config.batch_size // num_devices
+  if per_device % k:
+    raise ConfigError(
+        f"config.grad_accum_steps={k} does not divide the per-device batch {per_device}"
+        f" (batch_size {config.batch_size} / {num_devices} devices); choose a divisor of {per_device}.")
+  if k > 1 and config.optimizer == "esam":
+    raise ConfigError(
+        f"config.grad_accum_steps={k} is not supported with esam (it picks examples by sharpness"
+        " over the whole batch); use grad_accum_steps=1 or another optimizer.")

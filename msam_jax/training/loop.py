@@ -21,7 +21,7 @@ from clu import metric_writers, periodic_actions
 
 import msam_jax
 from msam_jax import data, models
-from msam_jax.training import checkpoint, evaluated_model, run_record, steps
+from msam_jax.training import checkpoint, evaluated_model, preemption, run_record, steps
 from msam_jax.training import config as config_lib
 from msam_jax.training import mesh as mesh_lib
 from msam_jax.training.config import validate
@@ -175,7 +175,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
 
   init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
   init = functools.partial(create_train_state, model, tx, image_shape=info.image_shape)
-  state_sharding = mesh_lib.state_sharding(mesh, jax.eval_shape(init, init_rng))
+  abstract_state = jax.eval_shape(init, init_rng)
+  state_sharding = mesh_lib.state_sharding(mesh, abstract_state, config.sharding, config.fsdp_min_bytes)
   replicated = mesh_lib.replicated(mesh)
   state = jax.jit(init, out_shardings=state_sharding)(init_rng)
 
@@ -195,7 +196,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
   if start_step == 0:
     writer.write_hparams({k: v for k, v in config.to_dict().items() if not isinstance(v, dict)})
 
-  train_kwargs = dict(model=model, tx=tx, label_smoothing=config.label_smoothing)
+  train_kwargs = dict(model=model, tx=tx, label_smoothing=config.label_smoothing,
+                      grad_accum_steps=config.grad_accum_steps)
   train_fn = jax.jit(
       functools.partial(_accumulating_train_step, **train_kwargs),
       in_shardings=(state_sharding, replicated, replicated, mesh_lib.batch_sharding(mesh), replicated),
@@ -222,6 +224,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
   clock = _StepClock()
   sharpness = None
 
+  preempt = preemption.Preemption(config.checkpoint_on_preemption).start()
   try:  # an error (a non-finite loss, Ctrl-C) still lets the in-flight checkpoint finish
     for step in range(start_step + 1, num_steps + 1):
       batch = mesh_lib.global_batch(mesh, next(train_iter))
@@ -256,9 +259,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
           _check_finite(first_bad, last_good_checkpoint, state)
           checkpoint.save(manager, step, state)
         last_good_checkpoint = step
+      if not is_last and preempt.reached(step):  # SIGTERM: checkpoint this step and stop
+        if last_good_checkpoint != step:
+          _check_finite(first_bad, last_good_checkpoint, state)
+          checkpoint.save(manager, step, state)
+        raise preemption.Preempted(step)
     jax.block_until_ready(state)
     train_end = time.time()
   finally:
+    preempt.stop()
     manager.wait_until_finished()
   train_seconds = train_end - train_start
   timed_steps = num_steps - start_step - 1
@@ -271,6 +280,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
       "steps_per_second": timed_steps / timed_seconds if timed_steps > 0 else float("nan"),
       "seconds_per_step_excluding_compilation": timed_seconds / timed_steps if timed_steps > 0 else float("nan"),
       "eval_history": eval_history,
+      "sharding": config.sharding, "grad_accum_steps": config.grad_accum_steps,
+      "params_bytes_per_device": mesh_lib.bytes_per_device(abstract_state.params, state_sharding.params),
+      "opt_state_bytes_per_device": mesh_lib.bytes_per_device(abstract_state.opt_state,
+                                                              state_sharding.opt_state),
   }
   # Averages over the last logging interval of this process's run.
   results.update({f"final_train_{k}": float(train_scalars[k]) for k in ("loss", "accuracy") if k in train_scalars})

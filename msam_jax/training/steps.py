@@ -6,6 +6,10 @@ moves them); every optimizer receives `loss_fn` (the SAM family uses it, the
 others ignore it, as optax's extra arguments go), which reruns the
 forward pass in training mode but throws its batch-norm statistics away, so the
 running statistics are updated by the first pass only (as the original does).
+
+With `grad_accum_steps = k > 1` both passes run over k micro-batches (see
+`accumulation`): the SAM family then also receives `grad_fn`, the accumulated
+gradient of the mean loss, for its second pass at the perturbed point.
 """
 import functools
 from typing import Any
@@ -18,6 +22,7 @@ from clu import metrics
 import msam_jax
 from msam_jax import analysis
 from msam_jax.optim import current_hyperparams
+from msam_jax.training import accumulation
 from msam_jax.training.loss import smoothed_kl_loss, top_k_correct
 from msam_jax.training.train_state import TrainState
 
@@ -52,11 +57,11 @@ def _accuracies(logits, labels):
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *, model, tx,
-               label_smoothing: float) -> tuple[TrainState, metrics.Collection]:
+               label_smoothing: float, grad_accum_steps: int = 1) -> tuple[TrainState, metrics.Collection]:
   """One optimizer step on one global batch; returns the new state and its metrics."""
   dropout_rng = jax.random.fold_in(rng, state.step)
 
-  def forward(params, images, labels):
+  def forward(params, images, labels, dropout_rng=dropout_rng):
     logits, new_vars = model.apply(
         _variables(params, state.batch_stats), images, train=True,
         mutable=["batch_stats"], rngs={"dropout": dropout_rng})
@@ -66,14 +71,20 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
     losses, aux = forward(params, batch["image"], batch["label"])
     return losses.mean(), (losses, aux)
 
-  (_, (losses, (logits, new_vars))), grads = jax.value_and_grad(mean_loss, has_aux=True)(state.params)
+  accumulated = {}  # grad_fn for the SAM family when accumulating
+  if grad_accum_steps == 1:
+    (_, (losses, (logits, new_vars))), grads = jax.value_and_grad(mean_loss, has_aux=True)(state.params)
+  else:
+    losses, logits, new_vars, grads, accumulated["grad_fn"] = _accumulated_first_pass(
+        forward, state.params, batch, grad_accum_steps, dropout_rng)
 
   def loss_fn(params, indices=None):  # the SAM family's further passes; others ignore it
     images, labels = batch["image"], batch["label"]
     if indices is not None:
       images, labels = images[indices], labels[indices]
     return forward(params, images, labels)[0]  # batch statistics discarded
-  updates, opt_state = tx.update(grads, state.opt_state, state.params, loss_fn=loss_fn, losses=losses)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params, loss_fn=loss_fn, losses=losses,
+                                 **accumulated)
 
   hyper = current_hyperparams(opt_state)
   step_metrics = metrics_collection(logits.shape[-1], train=True).single_from_model_output(
@@ -86,6 +97,31 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
       batch_stats=new_vars.get("batch_stats", state.batch_stats),
       opt_state=opt_state)
   return new_state, step_metrics
+
+
+def _accumulated_first_pass(forward, params, batch, k: int, dropout_rng):
+  """The first pass over k micro-batches, and `grad_fn` for a second pass over them.
+
+  Batch norm normalises each micro-batch with its own statistics. The running
+  statistics' update is linear in the batch statistics, so the mean of the k
+  micro-batches' updated statistics is one update with their mean statistics.
+  Dropout masks differ per micro-batch but are the same in both passes.
+  """
+  micro_batches = accumulation.split(batch, k)
+
+  def micro_loss(p, micro_batch, index):
+    losses, aux = forward(p, micro_batch["image"], micro_batch["label"],
+                          jax.random.fold_in(dropout_rng, index))
+    return losses.mean(), (losses, aux)
+
+  (losses, (logits, new_vars)), grads = accumulation.value_and_grad(micro_loss, params, micro_batches)
+  losses, logits = accumulation.merge((losses, logits))
+  new_vars = jax.tree.map(lambda x: x.mean(0), new_vars)
+
+  def grad_fn(p):  # batch statistics discarded, as in `loss_fn`
+    return accumulation.mean_grad(lambda q, b, i: micro_loss(q, b, i)[0], p, micro_batches)
+
+  return losses, logits, new_vars, grads, grad_fn
 
 
 def eval_step(state: TrainState, batch_stats: Any, batch: dict[str, jax.Array], *, model,
