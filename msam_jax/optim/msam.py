@@ -234,6 +234,41 @@ def _as_pure(tree):
   return nnx.as_pure(tree) if has_variables else tree
 
 
+def _contains_msam_state(tree) -> bool:
+  return any(_is_msam_state(x) for x in jax.tree.leaves(tree, is_leaf=_is_msam_state))
+
+
+def check_msam_is_last(opt_state: optax.OptState) -> None:
+  """Refuses an `optax.chain` in which something follows `msam` / `adamw_msam`.
+
+  The update of `msam` moves the parameters by the descent *and* by the change
+  of the perturbation ``c_old v_old - c v``; a transformation after it in a
+  chain (a learning-rate scale, `reduce_on_plateau`, update clipping, a trust
+  ratio) would transform both, so the stored parameters would no longer be
+  ``p - c v`` and `eval_params` would be wrong. A chain cannot show a
+  transformation what follows it, so this reads the state tree instead: an
+  `optax.chain` state is a plain tuple of its members' states, and a member
+  holding an MSAM-family state must be the last one.
+
+  Raises:
+    ValueError: naming the chain position of the transformation that follows.
+  """
+  if type(opt_state) is tuple:  # optax.chain (NamedTuple states are not chains)
+    for position, member in enumerate(opt_state[:-1]):
+      if _contains_msam_state(member):
+        raise ValueError(
+            f"msam/adamw_msam is member {position} of an optax.chain of {len(opt_state)} and "
+            f"{len(opt_state) - 1 - position} transformation(s) follow it; they would rescale its "
+            "perturbation and eval_params would be wrong. Put gradient transformations (clipping, "
+            "accumulation) before msam and schedule the learning rate inside msam(learning_rate=...).")
+  if _is_msam_state(opt_state):
+    return
+  children = (opt_state.values() if isinstance(opt_state, dict) else
+              opt_state if isinstance(opt_state, (tuple, list)) else ())
+  for child in children:
+    check_msam_is_last(child)
+
+
 def eval_params(params: optax.Params, opt_state: optax.OptState) -> optax.Params:
   """The unperturbed parameters ``p~ + c v`` behind MSAM-family parameters.
 
@@ -244,8 +279,13 @@ def eval_params(params: optax.Params, opt_state: optax.OptState) -> optax.Params
   Leaves keep their dtypes; jittable. Flax NNX states (`nnx.state(model,
   nnx.Param)`, `nnx.Optimizer.opt_state`) are accepted as they are; the result
   is then a pure `nnx.State` for `nnx.update(model, ...)`.
+
+  Raises:
+    ValueError: when a transformation follows `msam` in an `optax.chain`
+      (`check_msam_is_last`): the unperturbed point is then unknown.
   """
   params, opt_state = _as_pure(params), _as_pure(opt_state)
+  check_msam_is_last(opt_state)
   states = [s for s in jax.tree.leaves(opt_state, is_leaf=_is_msam_state) if _is_msam_state(s)]
   masked = lambda x: isinstance(x, optax.MaskedNode)
   for state in states:
