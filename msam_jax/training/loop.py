@@ -26,8 +26,6 @@ from msam_jax.training.config import validate
 from msam_jax.training.optimizer import build_optimizer
 from msam_jax.training.train_state import TrainState, create_train_state
 
-MSAM_FAMILY = ("msam", "adamw_msam")
-
 
 class NonFiniteLossError(RuntimeError):
   """The training loss became NaN or infinite."""
@@ -230,7 +228,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if final is None:  # resumed after the last step: evaluate the restored state
     final = _evaluate(eval_fn, config, mesh, state)
   bn_batches = steps_per_epoch if config.bn_recompute_batches < 0 else config.bn_recompute_batches
-  if config.optimizer in MSAM_FAMILY and state.batch_stats and bn_batches > 0:
+  if msam_jax.optim.perturbs_params(state.opt_state) and state.batch_stats and bn_batches > 0:
     bn_fn = jax.jit(functools.partial(steps.batch_norm_step, model=model))
     batch_stats = _recompute_batch_norm(bn_fn, config, mesh, state, bn_batches)
     results["eval_accuracy_before_bn_recompute"] = final["accuracy"]
