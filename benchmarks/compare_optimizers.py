@@ -38,27 +38,33 @@ import statistics
 import tempfile
 import time
 
-OPTIMIZERS = ("sgd", "msam", "sam", "esam", "looksam", "adamw", "adamw_msam", "adamw_sam")
-DEFAULT_OPTIMIZERS = ("sgd", "msam", "sam", "esam", "looksam", "adamw", "adamw_msam")
-BASE_OPTIMIZER = {
-    "sgd": "sgd", "msam": "sgd", "sam": "sgd", "esam": "sgd", "looksam": "sgd",
-    "adamw": "adamw", "adamw_msam": "adamw", "adamw_sam": "adamw",
-}
+from msam_jax.optim import registry
+
+OPTIMIZERS = registry.names()
+# The committed comparison's set: every optimizer but adamw_sam.
+DEFAULT_OPTIMIZERS = tuple(name for name in OPTIMIZERS if name != "adamw_sam")
+# The time ratio of each optimizer is taken to its base's (sgd or adamw).
+BASE_OPTIMIZER = {name: registry.get(name).base for name in OPTIMIZERS}
 # Optimizers that take a rho (the others ignore config.rho).
-USES_RHO = ("msam", "sam", "esam", "looksam", "adamw_msam", "adamw_sam")
-# Fixed, so an optimizer has the same colour in every plot and every output folder.
-COLORS = dict(zip(OPTIMIZERS, (
-    "#1f77b4", "#d62728", "#ff7f0e", "#bcbd22", "#8c564b", "#2ca02c", "#9467bd", "#e377c2")))
+USES_RHO = tuple(name for name in OPTIMIZERS if registry.get(name).uses_rho)
+# Fixed, so an optimizer has the same colour in every plot and every output folder
+# (registry order; optimizers beyond the palette reuse it from the start).
+PALETTE = ("#1f77b4", "#d62728", "#ff7f0e", "#bcbd22", "#8c564b", "#2ca02c", "#9467bd", "#e377c2",
+           "#7f7f7f", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896")
+COLORS = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(OPTIMIZERS)}
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "digits.py")
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "compare_digits")
 # Chosen for configs/digits.py by a small sweep (see benchmarks/results/compare_digits/README.md).
 # MSAM's rho is a distance along the normalised momentum in parameter space (the
 # digits CNN's parameter norm is about 19); SAM's is the usual gradient-ascent radius.
-DEFAULT_RHO = "msam=0.3,adamw_msam=0.3,sam=0.05,esam=0.05,looksam=0.05,adamw_sam=0.05"
-# The config's learning rate and weight decay are SGD's; AdamW needs its own.
-DEFAULT_LR = "adamw=3e-3,adamw_msam=3e-3,adamw_sam=3e-3"
-DEFAULT_WEIGHT_DECAY = "adamw=0.05,adamw_msam=0.05,adamw_sam=0.05"
+_FAMILY_RHO = {"msam": 0.3, "sam": 0.05}
+DEFAULT_RHO = ",".join(f"{name}={_FAMILY_RHO[registry.get(name).family]:g}"
+                       for name in OPTIMIZERS if registry.get(name).uses_rho)
+# The config's learning rate and weight decay are SGD's; the AdamW family needs its own.
+_ADAMW_FAMILY = [name for name in OPTIMIZERS if BASE_OPTIMIZER[name] == "adamw"]
+DEFAULT_LR = ",".join(f"{name}=3e-3" for name in _ADAMW_FAMILY)
+DEFAULT_WEIGHT_DECAY = ",".join(f"{name}=0.05" for name in _ADAMW_FAMILY)
 
 # Per-run numbers copied from the training library's results, and the summary's metrics.
 RUN_FIELDS = (

@@ -28,29 +28,34 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-import msam_jax
 from msam_jax import models
-from msam_jax.optim import needs_loss_fn
+from msam_jax.optim import needs_loss_fn, registry
 
 NUM_CLASSES = 10
 IMAGE_SIZE = 32
 LABEL_SMOOTHING = 0.1
 
 
+# The original's defaults for each base optimizer, and rho per family.
+HYPERPARAMS = {"sgd": dict(learning_rate=0.05, momentum=0.9, weight_decay=5e-4),
+               "adamw": dict(learning_rate=1e-3, weight_decay=5e-2)}
+RHO = {"base": None, "msam": 0.3, "sam": 0.05}
+
+
 def optimizers() -> dict[str, tuple[optax.GradientTransformation, str]]:
-  """name -> (transformation, name of its base), the original's defaults."""
-  sgd = lambda: msam_jax.sgd(0.05, momentum=0.9, weight_decay=5e-4)
-  adamw = lambda: msam_jax.adamw(1e-3, weight_decay=5e-2)
-  return {
-      "sgd": (sgd(), "sgd"),
-      "sgd, again": (sgd(), "sgd"),  # A/A control: the noise floor of the ratios
-      "msam": (msam_jax.msam(0.05, momentum=0.9, rho=0.3, weight_decay=5e-4), "sgd"),
-      "sam(sgd)": (msam_jax.sam(sgd(), rho=0.05), "sgd"),
-      "esam(sgd)": (msam_jax.esam(sgd(), rho=0.05), "sgd"),
-      "looksam(sgd)": (msam_jax.looksam(sgd(), rho=0.05), "sgd"),
-      "adamw": (adamw(), "adamw"),
-      "adamw_msam": (msam_jax.adamw_msam(1e-3, weight_decay=5e-2, rho=0.3), "adamw"),
-  }
+  """label -> (transformation, label of its base), every optimizer of the registry.
+
+  SAM-family labels name the base they wrap ("sam(sgd)") unless the name does.
+  """
+  runs = {}
+  for name in registry.names():
+    entry = registry.get(name)
+    tx = registry.build(name, **HYPERPARAMS[entry.base], rho=RHO[entry.family])
+    label = f"{name}({entry.base})" if entry.family == "sam" and entry.base not in name else name
+    runs[label] = (tx, entry.base)
+    if name == "sgd":  # A/A control: the noise floor of the ratios
+      runs["sgd, again"] = (registry.build("sgd", **HYPERPARAMS["sgd"]), "sgd")
+  return runs
 
 
 def build_model(name: str, vit_depth: int):

@@ -8,11 +8,13 @@ arguments it does not use, so one training step can pass ``loss_fn=`` to any.
   `eval_params(params, opt_state)` returns the unperturbed ones.
 * `sam`, `asam`, `gsam`, `esam`, `looksam`: wrap any base; `update` needs ``loss_fn=``
   (and optionally takes ``losses=``) and forwards other extra arguments to the base.
-* `needs_loss_fn`, `current_hyperparams`: what a training loop asks of any of them.
+* `needs_loss_fn`, `perturbs_params`, `current_hyperparams`: what a training loop
+  asks of any of them.
+* `registry`: every optimizer by name, its family and the config fields it reads.
 * `all_but_biases`: the parameter mask of SamsungLabs/ASAM for Flax trees.
 * `schedules`: the original's learning-rate and rho schedules, and GSAM's rho.
 """
-from msam_jax.optim import schedules
+from msam_jax.optim import registry, schedules
 from msam_jax.optim.asam import all_but_biases, asam
 from msam_jax.optim.base import AdamWState, adamw, sgd
 from msam_jax.optim.esam import EsamState, esam
@@ -20,11 +22,11 @@ from msam_jax.optim.gsam import gsam
 from msam_jax.optim.looksam import LookSamState, looksam
 from msam_jax.optim.msam import AdamWMsamState, MsamState, adamw_msam, eval_params, msam
 from msam_jax.optim.sam import SamState, ascent_perturbation, sam
-from msam_jax.optim.state_utils import current_hyperparams, needs_loss_fn
+from msam_jax.optim.state_utils import current_hyperparams, needs_loss_fn, perturbs_params
 
 __all__ = [
     "AdamWMsamState", "AdamWState", "EsamState", "LookSamState", "MsamState", "SamState",
     "adamw", "adamw_msam", "all_but_biases", "asam", "ascent_perturbation",
     "current_hyperparams", "esam", "eval_params", "gsam", "looksam", "msam", "needs_loss_fn",
-    "sam", "schedules", "sgd",
+    "perturbs_params", "registry", "sam", "schedules", "sgd",
 ]

@@ -83,7 +83,7 @@ def msam(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9,
   holds after its step; `eval_params(params, state)` gives the unperturbed ones.
   Storing ``c`` (rho included) makes a changing rho undo exactly the
   perturbation it made; the original stores ``1/||v||`` and undoes with the new
-  rho (ALGORITHMS.md).
+  rho (docs/algorithms.md).
 
   Chaining: `msam` must be the *last* transformation that changes the update.
   ``optax.chain(optax.clip_by_global_norm(1.0), msam(...))`` is fine: clipping

@@ -3,7 +3,7 @@
 The original steps its epoch-based schedulers before every update: update
 number `count` (0-based, the count optax passes to a schedule) runs at
 progress ``x = (count + 1) / steps_per_epoch`` epochs. Each schedule here is
-that formula (ALGORITHMS.md), assembled from optax's schedule pieces evaluated
+that formula (docs/algorithms.md), assembled from optax's schedule pieces evaluated
 at ``count + 1`` steps. A constant is a plain float.
 """
 import math

@@ -81,3 +81,19 @@ def current_hyperparams(opt_state) -> dict[str, jax.Array]:
 
   visit(opt_state)
   return found
+
+
+def _msam_family_states() -> tuple[type, ...]:
+  from msam_jax.optim.msam import AdamWMsamState, MsamState
+  return (MsamState, AdamWMsamState)
+
+
+def perturbs_params(opt_state) -> bool:
+  """Whether the parameters this optimizer returns are perturbed: the MSAM family's are.
+
+  True when an `msam` or `adamw_msam` state is part of the state tree (however
+  wrapped; abstract states from `jax.eval_shape` too). Then `eval_params` gives
+  the parameters to evaluate, and a batch-norm model's running statistics,
+  collected at the perturbed point, are worth recomputing at those.
+  """
+  return bool(_find(opt_state, _msam_family_states()))

@@ -14,7 +14,9 @@ import typing
 
 import ml_collections
 
-OPTIMIZERS = ("sgd", "msam", "sam", "esam", "looksam", "adamw", "adamw_msam", "adamw_sam")
+from msam_jax.optim import registry
+
+OPTIMIZERS = registry.names()  # one entry per optimizer in msam_jax/optim/registry.py
 LR_SCHEDULES = ("const", "start_ramp_cos", "cos_warmup")
 RHO_SCHEDULES = ("const", "start_ramp", "start_jump")
 DTYPES = ("float32", "bfloat16", "float16")

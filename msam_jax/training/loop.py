@@ -28,8 +28,6 @@ from msam_jax.training.config import validate
 from msam_jax.training.optimizer import build_optimizer
 from msam_jax.training.train_state import TrainState, create_train_state
 
-MSAM_FAMILY = ("msam", "adamw_msam")
-
 # The run's own lines (startup summary, evaluations, result); the command line
 # keeps them at INFO while library internals (orbax, absl) stay at WARNING.
 log = std_logging.getLogger("msam_jax.training")
@@ -292,7 +290,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
     final = _evaluate(eval_fn, config, mesh, state)
   bn_batches = steps_per_epoch if config.bn_recompute_batches < 0 else config.bn_recompute_batches
   batch_stats = state.batch_stats
-  if config.optimizer in MSAM_FAMILY and state.batch_stats and bn_batches > 0:
+  if msam_jax.optim.perturbs_params(state.opt_state) and state.batch_stats and bn_batches > 0:
     bn_fn = jax.jit(functools.partial(steps.batch_norm_step, model=model))
     batch_stats = _recompute_batch_norm(bn_fn, config, mesh, state, bn_batches)
     results["eval_accuracy_before_bn_recompute"] = final["accuracy"]

@@ -1,18 +1,18 @@
 """From config fields to one optax transformation, schedules included.
 
-Every optimizer is wrapped in `optax.inject_hyperparams` (learning rate and rho
-injected), so the loop can log their current values
-(`msam_jax.optim.current_hyperparams`) without knowing which optimizer it runs.
+Every optimizer of `msam_jax.optim.registry` is wrapped in
+`optax.inject_hyperparams` (learning rate and rho injected), so the loop can
+log their current values (`msam_jax.optim.current_hyperparams`) without
+knowing which optimizer it runs.
 """
 import ml_collections
 import optax
 
-import msam_jax
-from msam_jax.optim import schedules
+from msam_jax.optim import registry, schedules
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int):
-  """The original's learning-rate schedules (ALGORITHMS.md) as an optax schedule."""
+  """The original's learning-rate schedules (docs/algorithms.md) as an optax schedule."""
   if config.lr_schedule == "const":
     return config.learning_rate
   if config.lr_schedule == "start_ramp_cos":
@@ -27,7 +27,7 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: i
 
 
 def rho_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int):
-  """The original's rho schedules (ALGORITHMS.md) as an optax schedule."""
+  """The original's rho schedules (docs/algorithms.md) as an optax schedule."""
   if config.rho_schedule == "const":
     return config.rho
   if config.rho_schedule == "start_ramp":
@@ -58,31 +58,24 @@ def _inject(factory, injected: dict, **static):
 
 
 def build_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
-  """The optimizer named by `config.optimizer`, as the original builds it."""
-  lr = learning_rate_schedule(config, steps_per_epoch)
-  rho = rho_schedule(config, steps_per_epoch)
-  sgd_kwargs = dict(momentum=config.momentum, weight_decay=config.weight_decay, nesterov=config.nesterov)
-  adam_kwargs = dict(b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay)
-  sgd = lambda: _inject(msam_jax.sgd, {"learning_rate": lr}, **sgd_kwargs)
-  adamw = lambda: _inject(msam_jax.adamw, {"learning_rate": lr}, **adam_kwargs)
+  """The optimizer named by `config.optimizer`, as the original builds it.
 
-  name = config.optimizer
-  if name == "sgd":
-    return _with_clipping(config, sgd())
-  if name == "adamw":
-    return _with_clipping(config, adamw())
-  if name == "msam":
-    sgd_kwargs.pop("nesterov")
-    return _with_clipping(config, _inject(msam_jax.msam, {"learning_rate": lr, "rho": rho}, **sgd_kwargs))
-  if name == "adamw_msam":
-    return _with_clipping(config, _inject(msam_jax.adamw_msam, {"learning_rate": lr, "rho": rho}, **adam_kwargs))
-  if name in ("sam", "adamw_sam"):
-    base = _with_clipping(config, sgd() if name == "sam" else adamw())
-    return _inject(msam_jax.sam, {"rho": rho}, base=base)
-  if name == "esam":
-    return _inject(msam_jax.esam, {"rho": rho}, base=_with_clipping(config, sgd()),
-                   beta=config.esam_beta, gamma=config.esam_gamma, seed=config.seed)
-  if name == "looksam":
-    return _inject(msam_jax.looksam, {"rho": rho}, base=_with_clipping(config, sgd()),
-                   k=config.looksam_k, alpha=config.looksam_alpha)
-  raise ValueError(f"unknown optimizer {name!r}")
+  From its `msam_jax.optim.registry` entry: the learning rate and rho (as the
+  family takes them) injected and scheduled, the other hyper-parameters
+  constants from the config fields the entry names. Gradient clipping goes
+  before the optimizer that steps with the gradient: around the base and MSAM
+  families, inside the SAM family (around the base it wraps).
+  """
+  entry = registry.get(config.optimizer)
+  scheduled = {"learning_rate": learning_rate_schedule(config, steps_per_epoch),
+               "rho": rho_schedule(config, steps_per_epoch)}
+  return _build(entry, config, scheduled)
+
+
+def _build(entry: registry.Entry, config, scheduled: dict):
+  injected = {name: scheduled[name] for name in entry.injected}
+  static = registry.static_hyperparams(entry, config)
+  if entry.family == "sam":
+    base = _build(registry.get(entry.base), config, scheduled)
+    return _inject(entry.factory, injected, base=base, **static)
+  return _with_clipping(config, _inject(entry.factory, injected, **static))

@@ -10,15 +10,6 @@ from jax.flatten_util import ravel_pytree
 from msam_jax import analysis
 
 
-@pytest.fixture
-def x64():
-  """float64 for this test only, so tolerances can be tight."""
-  previous = jax.config.jax_enable_x64
-  jax.config.update("jax_enable_x64", True)
-  yield
-  jax.config.update("jax_enable_x64", previous)
-
-
 def _symmetric(eigenvalues, seed):
   """A symmetric matrix with the given eigenvalues and random eigenvectors."""
   n = len(eigenvalues)

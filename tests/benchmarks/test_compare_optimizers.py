@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from helpers import REPO
+
 SCRIPT = os.path.join(REPO, "benchmarks", "compare_optimizers.py")
 PNGS = ("accuracy_vs_epoch.png", "accuracy_vs_time.png", "sharpness.png")
 
@@ -143,6 +144,7 @@ def test_reads_the_names_the_sharpness_probes_write(compare):
   assert {f"final_{k}" for k in metrics} <= set(compare.RUN_FIELDS)
 
 
+@pytest.mark.slow
 def test_end_to_end_two_optimizers(compare, tmp_path, capsys):
   """Real training, a few steps; the probes are left out (their compilation takes longer than
   both runs), the probe names are checked above and the probes themselves in tests/analysis."""

@@ -2,11 +2,13 @@
 import jax
 import numpy as np
 import optax
+import pytest
 from sklearn.datasets import load_digits
 
 from msam_jax import models
 
 
+@pytest.mark.slow  # a training run to 95% accuracy
 def test_cnn_reaches_95_percent_test_accuracy_on_digits():
   digits = load_digits()
   images = (digits.images / 16.0).astype(np.float32)[..., None]  # (1797, 8, 8, 1)

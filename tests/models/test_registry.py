@@ -65,6 +65,7 @@ def test_dtype_may_be_given_by_name():
   assert models.build("cnn", 10, dtype="bfloat16").dtype == jnp.bfloat16
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_importing_models_does_not_import_tensorflow():
   code = "import sys, msam_jax.models; assert 'tensorflow' not in sys.modules, 'tensorflow'"
   subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

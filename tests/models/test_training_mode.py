@@ -45,6 +45,7 @@ def batch(image_shape, size=4, seed=0):
   return jnp.asarray(images), jnp.asarray(labels)
 
 
+@pytest.mark.slow  # trains every model for several jitted steps
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_jitted_training_steps_reduce_the_loss_and_update_batch_stats(name):
   make, image_shape = TINY[name]

@@ -1,4 +1,4 @@
-"""The oracle problem of tests/data (the original PyTorch code's trajectories).
+"""The oracle problem: the original PyTorch code's trajectories, beside this file.
 
 A tiny float64 MLP in torch layout, ``tanh(x @ W0.T + b0) @ W2.T + b2``, the
 original's label-smoothed KL loss, and a driver that runs an optax
@@ -16,7 +16,7 @@ import optax
 
 import msam_jax
 
-DATA = pathlib.Path(__file__).resolve().parents[1] / "data"
+DATA = pathlib.Path(__file__).resolve().parent
 META = json.loads((DATA / "trajectories.json").read_text())
 PROBLEM = META["problem"]
 PARAM_NAMES = PROBLEM["param_names"]

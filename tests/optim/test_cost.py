@@ -7,6 +7,7 @@ import pytest
 
 import msam_jax
 import optim_oracle as oracle
+from helpers import iter_eqns
 
 
 def tree_bytes(tree) -> int:
@@ -53,17 +54,6 @@ def test_msam_update_with_donated_buffers_needs_no_momentum_copy(name):
   big_copies = [line for line in hlo.as_text().splitlines()
                 if " copy(" in line and "f32[512,384]" in line.split("copy(")[0]]
   assert big_copies == []
-
-
-def iter_eqns(jaxpr):
-  """All equations of a jaxpr, nested ones (jit, cond branches, ...) included."""
-  for eqn in jaxpr.eqns:
-    yield eqn
-    for value in eqn.params.values():
-      for sub in value if isinstance(value, (list, tuple)) else [value]:
-        sub = getattr(sub, "jaxpr", sub)
-        if hasattr(sub, "eqns"):
-          yield from iter_eqns(sub)
 
 
 def mlp_problem(batch_size=16, hidden=12):

@@ -18,7 +18,7 @@ NAME = "MSAM/A"
 
 
 def original_msam(rhos):
-  """The original MSAM's rule (ALGORITHMS.md), rho given per step; numpy float64.
+  """The original MSAM's rule (docs/algorithms.md), rho given per step; numpy float64.
 
   Returns one record per step: the stored params, the unperturbed params (moved
   back with the rho in force), the momentum and 1/(||v|| + 1e-12).

@@ -8,6 +8,7 @@ import pytest
 import msam_jax
 from msam_jax.optim import current_hyperparams, needs_loss_fn
 import optim_oracle as oracle
+from helpers import assert_trees_close, assert_trees_equal
 
 
 def run_fixed_grads(tx, params, grads_seq, *, loss_fn=None):
@@ -34,16 +35,6 @@ def random_tree(key, dtype=jnp.float32):
 
 def random_grads(n, seed=1, dtype=jnp.float32):
   return [random_tree(k, dtype) for k in jax.random.split(jax.random.key(seed), n)]
-
-
-def assert_trees_equal(a, b):
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
-def assert_trees_close(a, b, rtol):
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=rtol)
 
 
 # ---------------------------------------------------------------- rho = 0 gives the base

@@ -7,17 +7,21 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import msam_jax
+from msam_jax.optim import registry
 from msam_jax.optim._numerics import global_norm
 
-OPTIMIZERS = {
-    "sgd": lambda: msam_jax.sgd(0.05, momentum=0.9, weight_decay=5e-3),
-    "msam": lambda: msam_jax.msam(0.05, momentum=0.9, rho=0.3, weight_decay=5e-3),
-    "adamw": lambda: msam_jax.adamw(0.01, weight_decay=5e-3),
-    "adamw_msam": lambda: msam_jax.adamw_msam(0.01, weight_decay=5e-3, rho=0.3),
-    "sam": lambda: msam_jax.sam(msam_jax.sgd(0.05, momentum=0.9), rho=0.2),
-    "esam": lambda: msam_jax.esam(msam_jax.sgd(0.05, momentum=0.9), rho=0.2, beta=0.5, gamma=0.5),
-    "looksam": lambda: msam_jax.looksam(msam_jax.sgd(0.05, momentum=0.9), rho=0.2, k=2),
-}
+from helpers import iter_eqns
+
+OPTIMIZERS = registry.names()
+
+
+def build(name):
+  """Every optimizer of the registry: SGD lr 0.05 (momentum 0.9), AdamW lr 0.01; weight decay
+  5e-3 except in the bases the SAM family wraps; rho 0.3 (MSAM family) or 0.2; LookSAM k=2."""
+  entry = registry.get(name)
+  return registry.build(name, learning_rate=0.05 if entry.base == "sgd" else 0.01, momentum=0.9,
+                        weight_decay=0.0 if entry.family == "sam" else 5e-3,
+                        rho=0.3 if entry.family == "msam" else 0.2, k=2)
 BATCH, IN, HIDDEN, CLASSES = 16, 6, 16, 8
 
 
@@ -48,9 +52,9 @@ def make_step(tx):
   return step
 
 
-@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("name", OPTIMIZERS)
 def test_update_is_one_jitted_function_without_host_transfers(name):
-  tx = OPTIMIZERS[name]()
+  tx = build(name)
   params, x, y = problem()
   state = tx.init(params)
   step = jax.jit(make_step(tx), donate_argnums=(0, 1))
@@ -66,7 +70,7 @@ def test_update_is_one_jitted_function_without_host_transfers(name):
   assert all(bool(jnp.all(jnp.isfinite(p))) for p in jax.tree.leaves(params))
 
 
-@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("name", OPTIMIZERS)
 def test_sharded_parameters_give_the_unsharded_result(x64, name):
   """Params, state and batch sharded over 8 devices along their leading dims."""
   assert jax.device_count() == 8, "tests/conftest.py provides 8 CPU devices"
@@ -74,7 +78,7 @@ def test_sharded_parameters_give_the_unsharded_result(x64, name):
   leading, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
   shard = lambda tree: jax.tree.map(
       lambda a: leading if a.ndim and a.shape[0] % 8 == 0 else replicated, tree)
-  tx = OPTIMIZERS[name]()
+  tx = build(name)
   params, x, y = problem(jnp.float64)
   state = tx.init(params)
   param_shardings, state_shardings = shard(params), shard(state)
@@ -112,10 +116,9 @@ def test_global_norm_accumulates_bfloat16_in_float32():
   assert sums and all(e.invars[0].aval.dtype == jnp.float32 for e in sums)
 
 
-@pytest.mark.parametrize("name", ["msam", "adamw_msam", "sam", "esam", "looksam"])
+@pytest.mark.parametrize("name", [n for n in OPTIMIZERS if registry.get(n).family != "base"])
 def test_norms_in_updates_are_float32_for_bfloat16_params(name):
-  from test_cost import iter_eqns
-  tx = OPTIMIZERS[name]()
+  tx = build(name)
   params, x, y = problem(jnp.bfloat16)
   x = x.astype(jnp.float32)
 
@@ -126,7 +129,7 @@ def test_norms_in_updates_are_float32_for_bfloat16_params(name):
 
   grads = jax.grad(lambda p: loss_fn(p).mean())(params)
   assert all(g.dtype == jnp.bfloat16 for g in jax.tree.leaves(grads))
-  extra = {"loss_fn": loss_fn, "losses": loss_fn(params)} if name not in ("msam", "adamw_msam") else {}
+  extra = {"loss_fn": loss_fn, "losses": loss_fn(params)} if registry.get(name).family == "sam" else {}
   state = tx.init(params)
   jaxpr = jax.make_jaxpr(lambda g, s, p: tx.update(g, s, p, **extra))(grads, state, params)
   reductions = [e for e in iter_eqns(jaxpr.jaxpr) if e.primitive.name in ("reduce_sum", "dot_general")]
@@ -134,7 +137,7 @@ def test_norms_in_updates_are_float32_for_bfloat16_params(name):
   assert all(v.aval.dtype != jnp.bfloat16 for e in reductions for v in e.invars), [
       str(e) for e in reductions if any(v.aval.dtype == jnp.bfloat16 for v in e.invars)]
 
-  if name in ("msam", "adamw_msam"):
+  if registry.get(name).family == "msam":
     updates, new_state = jax.jit(tx.update)(grads, state, params)
     assert all(u.dtype == jnp.bfloat16 for u in jax.tree.leaves(updates))
     assert new_state.offset_scale.dtype == jnp.float32

@@ -1,4 +1,4 @@
-"""The original's schedules (ALGORITHMS.md) against their formulas, step by step.
+"""The original's schedules (docs/algorithms.md) against their formulas, step by step.
 
 The formulas are written here as the original evaluates them: update `i`
 (0-based) of epoch `e` (1-based) runs at ``x = (e - 1) + (i + 1) / spe``; the

@@ -9,7 +9,9 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, final_checkpoint, tree_arrays
+from helpers import REPO, final_checkpoint, tree_arrays
+
+pytestmark = pytest.mark.slow  # every test here runs train.py in subprocesses
 
 DIGITS = os.path.join(REPO, "configs", "digits.py")
 

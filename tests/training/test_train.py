@@ -6,15 +6,15 @@ import re
 import jax
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 from msam_jax import training
 from msam_jax.training.config import OPTIMIZERS
 from msam_jax.training.mesh import create_mesh
 
-from conftest import final_checkpoint, load_config, tree_arrays
+from helpers import final_checkpoint, load_config, tree_arrays
 
 
+@pytest.mark.slow
 def test_digits_default_config_end_to_end(tmp_path, one_device_mesh):
   """The README's first command: msam on digits above 95%, with events, checkpoints, results."""
   results = training.train_and_evaluate(load_config("digits"), str(tmp_path), mesh=one_device_mesh)
@@ -30,6 +30,7 @@ def test_digits_default_config_end_to_end(tmp_path, one_device_mesh):
   assert step == results["steps"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
 def test_every_optimizer_runs_on_digits(tmp_path, one_device_mesh, optimizer):
   probe_sharpness = optimizer == "msam"  # the probes' logging path, once
@@ -45,14 +46,7 @@ def test_every_optimizer_runs_on_digits(tmp_path, one_device_mesh, optimizer):
   assert all(np.isfinite(a).all() for a in tree_arrays(state["params"]))
 
 
-@pytest.fixture
-def mock_tfds():
-  """Mocked TFDS. It patches file-system calls while it builds datasets, so the
-  runs under it checkpoint synchronously (no orbax thread may touch files then)."""
-  with tfds.testing.mock_data(num_examples=64):
-    yield
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
 def test_every_optimizer_runs_on_mock_cifar100_tiny_wrn(tmp_path, one_device_mesh, mock_tfds, optimizer):
   config = load_config("cifar100_wrn16_4", optimizer=optimizer, num_train_steps=2, batch_size=16,
@@ -63,6 +57,7 @@ def test_every_optimizer_runs_on_mock_cifar100_tiny_wrn(tmp_path, one_device_mes
   assert results["steps"] == 2 and np.isfinite(results["final_eval_loss"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,tiny_model", [
     ("imagenet_resnet50", {"depth": 18}),
     ("imagenet_vit", {"size": "Ti", "depth": 1, "patch_size": 16, "image_size": 32}),
@@ -75,6 +70,7 @@ def test_imagenet_configs_run_two_steps_on_mock_data(tmp_path, one_device_mesh, 
   assert "final_eval_accuracy_top5" in results
 
 
+@pytest.mark.slow
 def test_one_device_and_eight_devices_agree(tmp_path):
   config = load_config("digits", num_train_steps=6, log_every_steps=3, bn_recompute_batches=0)
   training.train_and_evaluate(config, str(tmp_path / "one"), mesh=create_mesh(jax.devices()[:1]))
