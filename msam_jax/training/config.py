@@ -91,10 +91,13 @@ def base_config() -> ml_collections.ConfigDict:
 # Fields that may differ when a run resumes: how often it logs, evaluates,
 # probes and checkpoints, where the data lives, and where it stops
 # (`num_train_steps` only cuts the run short or lets it go on; the schedules
-# depend on `num_epochs`, so that one may not change).
+# depend on `num_epochs`, so that one may not change), and how the work is laid
+# out on the hardware (a preempted pod slice may come back with another shape:
+# checkpoints restore into any sharding and device count).
 RESUMABLE_FIELDS = ("data_dir", "num_train_steps", "log_every_steps", "eval_every_epochs",
                     "checkpoint_every_steps", "max_checkpoints_to_keep", "async_checkpointing",
-                    "sharpness_every_steps")
+                    "sharpness_every_steps", "sharding", "fsdp_min_bytes", "grad_accum_steps",
+                    "checkpoint_on_preemption")
 
 
 class ConfigError(ValueError):

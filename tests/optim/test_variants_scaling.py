@@ -11,7 +11,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 import msam_jax
 from msam_jax.optim import all_but_biases, schedules
-from test_cost import iter_eqns
+from helpers import iter_eqns
 import variants_problem as vp
 
 BATCH, IN, HIDDEN, CLASSES = 16, 6, 16, 8

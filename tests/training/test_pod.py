@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import final_checkpoint, load_config, tree_arrays
+from helpers import final_checkpoint, load_config, tree_arrays
 from jax.sharding import PartitionSpec as P
 
 import msam_jax

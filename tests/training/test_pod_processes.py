@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import REPO, final_checkpoint, tree_arrays
+from helpers import REPO, final_checkpoint, tree_arrays
 from test_processes import _env, _finalised_checkpoints, _free_port, _run, _train_cmd
 
 from msam_jax.training.preemption import EXIT_CODE

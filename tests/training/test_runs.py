@@ -15,7 +15,7 @@ from msam_jax import training
 from msam_jax.training import evaluated_model, loop, run_record, steps
 from msam_jax.training.train_state import TrainState
 
-from conftest import REPO, final_checkpoint, load_config, tree_arrays
+from helpers import REPO, final_checkpoint, load_config, tree_arrays
 
 SHORT = {"num_train_steps": 6, "log_every_steps": 2, "checkpoint_every_steps": 2, "max_checkpoints_to_keep": 5,
          "bn_recompute_batches": 2, "async_checkpointing": False}
