@@ -14,38 +14,21 @@ Both are pure functions of ``params`` and jittable. The loss should be
 deterministic (a fixed batch, no dropout); for batch-norm models close over
 the batch and the batch statistics the caller wants to measure with.
 """
-from __future__ import annotations
-
-import numbers
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import optax.tree_utils as otu
+import optax
+
+from msam_jax import validation
+from msam_jax.optim.numerics import NORM_EPS, global_norm, vdot, wide_dtype, widen
 
 LossFn = Callable[[Any], jax.Array]
 
-# Same guard the original SAM adds to the gradient norm.
-_EPS = 1e-12
 
-
-def _widen(tree: Any) -> Any:
-  """Casts every leaf to float32, or keeps it if it is already wider."""
-  def widen(x):
-    x = jnp.asarray(x)
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+def _widened(tree: Any) -> Any:
+  """Every leaf in float32, or in its own dtype when that is wider."""
   return jax.tree.map(widen, tree)
-
-
-def _check_rho(rho: Any) -> None:
-  if isinstance(rho, numbers.Real) and not rho >= 0:
-    raise ValueError(f"rho must be a non-negative number, got {rho!r}.")
-
-
-def _check_num_iters(num_iters: Any) -> None:
-  if isinstance(num_iters, numbers.Number) and not (
-      isinstance(num_iters, numbers.Integral) and num_iters >= 1):
-    raise ValueError(f"num_iters must be an integer >= 1, got {num_iters!r}.")
 
 
 def sam_sharpness(loss_fn: LossFn, params: Any, rho: float | jax.Array
@@ -66,12 +49,11 @@ def sam_sharpness(loss_fn: LossFn, params: Any, rho: float | jax.Array
   Returns:
     A scalar, the loss increase at the perturbed parameters.
   """
-  _check_rho(rho)
+  validation.non_negative("rho", rho)
   loss, grads = jax.value_and_grad(loss_fn)(params)
-  wide_grads = _widen(grads)
-  scale = rho / (otu.tree_norm(wide_grads) + _EPS)
+  scale = rho / (global_norm(grads) + NORM_EPS)
   perturbed = jax.tree.map(
-      lambda p, g: (p + scale * g).astype(p.dtype), params, wide_grads)
+      lambda p, g: (p + scale * widen(g)).astype(p.dtype), params, grads)
   return loss_fn(perturbed) - loss
 
 
@@ -81,7 +63,7 @@ def hessian_vector_product(loss_fn: LossFn, params: Any, vector: Any) -> Any:
   ``vector`` is a pytree shaped like ``params``; the product costs about two
   gradient evaluations and the Hessian is never formed.
   """
-  vector = otu.tree_cast_like(vector, params)
+  vector = optax.tree.cast_like(vector, params)
   return jax.jvp(jax.grad(loss_fn), (params,), (vector,))[1]
 
 
@@ -120,20 +102,20 @@ def hessian_max_eigenvalue(loss_fn: LossFn, params: Any, rng: jax.Array,
   Returns:
     A scalar (float32, or float64 for float64 params), the eigenvalue estimate.
   """
-  _check_num_iters(num_iters)
+  validation.integer("num_iters", num_iters, static=False)
 
   def normalise(tree):
-    scale = 1.0 / (otu.tree_norm(tree) + _EPS)
+    scale = 1.0 / (global_norm(tree) + NORM_EPS)
     return jax.tree.map(lambda x: (scale * x).astype(x.dtype), tree)
 
   def power_step(_, carry):
     v, _ = carry
-    hv = _widen(hessian_vector_product(loss_fn, params, v))
-    rayleigh = otu.tree_vdot(v, hv)
+    hv = _widened(hessian_vector_product(loss_fn, params, v))
+    rayleigh = vdot(v, hv)
     return normalise(hv), rayleigh
 
-  start = normalise(otu.tree_random_like(rng, _widen(params)))
-  eigenvalue0 = jnp.zeros((), otu.tree_dtype(start, "highest"))
+  start = normalise(optax.tree.random_like(rng, _widened(params)))
+  eigenvalue0 = jnp.zeros((), wide_dtype(start))
   _, eigenvalue = jax.lax.fori_loop(0, num_iters, power_step,
                                     (start, eigenvalue0))
   return eigenvalue

@@ -16,7 +16,7 @@ arguments it does not use, so one training step can pass ``loss_fn=`` to any.
 """
 from msam_jax.optim import registry, schedules
 from msam_jax.optim.asam import all_but_biases, asam
-from msam_jax.optim.base import AdamWState, adamw, sgd
+from msam_jax.optim.baselines import AdamWState, adamw, sgd
 from msam_jax.optim.esam import EsamState, esam
 from msam_jax.optim.gsam import gsam
 from msam_jax.optim.looksam import LookSamState, looksam

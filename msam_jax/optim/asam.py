@@ -19,10 +19,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from msam_jax.optim import _checks
-from msam_jax.optim._numerics import global_norm, value_at, wide_dtype
-from msam_jax.optim.sam import (GradFn, LossFn, SamState, ascent_perturbation, base_update,
-                                check_base, check_group_size, perturb, sam_family_gradient)
+from msam_jax import validation
+from msam_jax.optim.numerics import global_norm, wide_dtype
+from msam_jax.optim.sam import ascent_perturbation, perturb, sam_variant
 
 Mask = Union[Any, Callable[[optax.Params], Any], None]
 
@@ -45,7 +44,7 @@ def all_but_biases(params: optax.Params) -> Any:
                                           params)
 
 
-def mask_flags(mask: Mask, params: optax.Params) -> list:
+def _mask_flags(mask: Mask, params: optax.Params) -> list:
   """One flag per leaf of `params` (a Python bool or a boolean scalar array)."""
   leaves = jax.tree.leaves(params)
   if mask is None:
@@ -57,8 +56,8 @@ def mask_flags(mask: Mask, params: optax.Params) -> list:
   return jax.tree.leaves(tree)
 
 
-def adaptive_perturbation(grads: optax.Updates, params: optax.Params, rho, eta,
-                          flags: list) -> optax.Updates:
+def _adaptive_perturbation(grads: optax.Updates, params: optax.Params, rho, eta,
+                           flags: list) -> optax.Updates:
   """ASAM's ascent ``e = rho T^2 g / (||T g|| + 1e-12)``, ``T = |w| + eta`` where flagged.
 
   The norm is over all leaves, in float32 or wider; `e` has the grads' dtypes.
@@ -115,28 +114,14 @@ def asam(base: optax.GradientTransformation, rho: optax.ScalarOrSchedule = 0.5,
     An `optax.GradientTransformationExtraArgs`; `update(grads, state, params, *,
     loss_fn, losses=None, grad_fn=None)` as documented in `msam_jax.optim.sam`.
   """
-  check_base(base)
-  _checks.non_negative("rho", rho)
-  _checks.non_negative("eta", eta)
-  check_group_size(group_size)
+  validation.non_negative("eta", eta)
 
-  def init_fn(params):
-    return SamState(count=jnp.zeros([], jnp.int32), base_state=base.init(params))
-
-  def update_fn(grads, state, params=None, *, loss_fn: LossFn,
-                losses: Optional[jax.Array] = None, grad_fn: Optional[GradFn] = None,
-                **extra):
-    del losses
-    if params is None:
-      raise ValueError("asam needs the parameters: call update(grads, state, params, loss_fn=...)")
-    flags = mask_flags(mask, params)
-    radius = value_at(rho, state.count)
+  def direction_at(radius, params):
+    flags = _mask_flags(mask, params)
 
     def direction(g1, p, grad_at):
-      return grad_at(perturb(p, adaptive_perturbation(g1, p, radius, eta, flags)))
+      return grad_at(perturb(p, _adaptive_perturbation(g1, p, radius, eta, flags)))
 
-    g2 = sam_family_gradient(direction, grads, params, loss_fn, group_size, grad_fn)
-    updates, base_state = base_update(base, g2, state.base_state, params, extra)
-    return updates, SamState(count=optax.safe_increment(state.count), base_state=base_state)
+    return direction
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return sam_variant("asam", base, rho, group_size, direction_at)

@@ -10,10 +10,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from msam_jax.optim import _checks
-from msam_jax.optim._numerics import value_at
-from msam_jax.optim.sam import (LossFn, ascent_perturbation, base_update, check_base,
-                                mean_loss_grad, perturb)
+from msam_jax import validation
+from msam_jax.optim.numerics import value_at
+from msam_jax.optim.sam import (UPDATE_CALL, LossFn, ascent_perturbation, base_update,
+                                check_base, mean_loss_grad, perturb)
 
 KEEP_ALL_GAMMA = 0.99  # the original keeps the whole batch from this gamma on
 
@@ -25,7 +25,7 @@ class EsamState(NamedTuple):
   base_state: optax.OptState
 
 
-def kept_examples(gamma: float, batch_size: int) -> int:
+def _kept_examples(gamma: float, batch_size: int) -> int:
   """How many examples the second backward pass uses: ``floor(gamma * B)``.
 
   All `B` when ``gamma >= 0.99`` (as the original). The original itself keeps
@@ -42,7 +42,7 @@ def kept_examples(gamma: float, batch_size: int) -> int:
 
 
 def _static_gamma(gamma) -> float:
-  value = _checks.concrete_value(gamma)
+  value = validation.concrete_value(gamma)
   if value is None:
     raise ValueError(
         "gamma must be a concrete float: it fixes the static size of the second pass's "
@@ -87,9 +87,9 @@ def esam(base: optax.GradientTransformation, rho: optax.ScalarOrSchedule = 0.05,
     loss_fn, losses=None)` as documented in `msam_jax.optim.sam`.
   """
   check_base(base)
-  _checks.non_negative("rho", rho)
-  _checks.in_interval("beta", beta, 0.0, 1.0, low_closed=False, high_closed=True)
-  _checks.in_interval("gamma", gamma, 0.0, 1.0, low_closed=False, high_closed=True)
+  validation.non_negative("rho", rho)
+  validation.in_interval("beta", beta, 0.0, 1.0, low_closed=False, high_closed=True)
+  validation.in_interval("gamma", gamma, 0.0, 1.0, low_closed=False, high_closed=True)
 
   def init_fn(params):
     return EsamState(count=jnp.zeros([], jnp.int32), key=jax.random.PRNGKey(seed),
@@ -97,8 +97,7 @@ def esam(base: optax.GradientTransformation, rho: optax.ScalarOrSchedule = 0.05,
 
   def update_fn(grads, state, params=None, *, loss_fn: LossFn,
                 losses: Optional[jax.Array] = None, **extra):
-    if params is None:
-      raise ValueError("esam needs the parameters: call update(grads, state, params, loss_fn=...)")
+    validation.require_params(params, "esam", UPDATE_CALL)
     key, draw = jax.random.split(state.key)
     num_tensors = len(jax.tree.leaves(grads))
     participating = list(jax.random.uniform(draw, (num_tensors,)) < beta)
@@ -111,7 +110,7 @@ def esam(base: optax.GradientTransformation, rho: optax.ScalarOrSchedule = 0.05,
     else:
       before = loss_fn(params) if losses is None else losses
       sharpness = jax.lax.stop_gradient(loss_fn(perturbed) - before)
-      k = kept_examples(g, sharpness.shape[0])
+      k = _kept_examples(g, sharpness.shape[0])
       _, kept = jax.lax.top_k(sharpness, k)
       g2 = mean_loss_grad(loss_fn, perturbed, jnp.sort(kept))
 

@@ -12,10 +12,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from msam_jax.optim import _checks
-from msam_jax.optim._numerics import global_norm, value_at, vdot, wide_dtype
-from msam_jax.optim.sam import (GradFn, LossFn, SamState, ascent_perturbation, base_update,
-                                check_base, check_group_size, perturb, sam_family_gradient)
+from msam_jax import validation
+from msam_jax.optim.numerics import global_norm, vdot, wide_dtype
+from msam_jax.optim.sam import ascent_perturbation, perturb, sam_variant
 
 
 def _unit(tree, dtype):
@@ -25,7 +24,7 @@ def _unit(tree, dtype):
   return jax.tree.map(lambda x: x.astype(dtype) / norm, tree)
 
 
-def surrogate_gap_gradient(g, gr, alpha, minimize_fp: bool = True) -> optax.Updates:
+def _surrogate_gap_gradient(g, gr, alpha, minimize_fp: bool = True) -> optax.Updates:
   """GSAM's descent direction from the clean gradient `g` and the perturbed one `gr`.
 
   ``minimize_fp``: ``gr - alpha (g - (g.u) u)``, ``u = gr / ||gr||``: descend on
@@ -80,30 +79,16 @@ def gsam(base: optax.GradientTransformation, rho: optax.ScalarOrSchedule = 0.05,
     An `optax.GradientTransformationExtraArgs`; `update(grads, state, params, *,
     loss_fn, losses=None, grad_fn=None)` as documented in `msam_jax.optim.sam`.
   """
-  check_base(base)
-  _checks.non_negative("rho", rho)
-  _checks.in_interval("alpha", alpha, 0.0, 1.0, low_closed=True, high_closed=True)
-  if not isinstance(minimize_fp, bool):
-    raise ValueError(f"minimize_fp must be a bool, got {minimize_fp!r}")
-  check_group_size(group_size)
+  validation.in_interval("alpha", alpha, 0.0, 1.0, low_closed=True, high_closed=True)
+  validation.boolean("minimize_fp", minimize_fp)
 
-  def init_fn(params):
-    return SamState(count=jnp.zeros([], jnp.int32), base_state=base.init(params))
-
-  def update_fn(grads, state, params=None, *, loss_fn: LossFn,
-                losses: Optional[jax.Array] = None, grad_fn: Optional[GradFn] = None,
-                **extra):
-    del losses
-    if params is None:
-      raise ValueError("gsam needs the parameters: call update(grads, state, params, loss_fn=...)")
-    radius = value_at(rho, state.count)
+  def direction_at(radius, params):
+    del params
 
     def direction(g, p, grad_at):
       gr = grad_at(perturb(p, ascent_perturbation(g, radius)))
-      return surrogate_gap_gradient(g, gr, alpha, minimize_fp)
+      return _surrogate_gap_gradient(g, gr, alpha, minimize_fp)
 
-    h = sam_family_gradient(direction, grads, params, loss_fn, group_size, grad_fn)
-    updates, base_state = base_update(base, h, state.base_state, params, extra)
-    return updates, SamState(count=optax.safe_increment(state.count), base_state=base_state)
+    return direction
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return sam_variant("gsam", base, rho, group_size, direction_at)

@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from msam_jax.optim import _checks
-from msam_jax.optim._numerics import global_norm, value_at, vdot
-from msam_jax.optim.sam import (NORM_EPS, GradFn, LossFn, ascent_perturbation, base_update,
+from msam_jax import validation
+from msam_jax.optim.numerics import NORM_EPS, global_norm, value_at, vdot
+from msam_jax.optim.sam import (UPDATE_CALL, GradFn, LossFn, ascent_perturbation, base_update,
                                 check_base, mean_loss_grad, perturb)
 
 
@@ -51,9 +51,9 @@ def looksam(base: optax.GradientTransformation, rho: optax.ScalarOrSchedule = 0.
     loss_fn, losses=None, grad_fn=None)` as documented in `msam_jax.optim.sam`.
   """
   check_base(base)
-  _checks.non_negative("rho", rho)
-  _checks.positive_int("k", k)
-  _checks.non_negative("alpha", alpha)
+  validation.non_negative("rho", rho)
+  validation.integer("k", k, static=False)
+  validation.non_negative("alpha", alpha)
 
   def init_fn(params):
     return LookSamState(count=jnp.zeros([], jnp.int32),
@@ -63,8 +63,7 @@ def looksam(base: optax.GradientTransformation, rho: optax.ScalarOrSchedule = 0.
   def update_fn(grads, state, params=None, *, loss_fn: LossFn,
                 losses: Optional[jax.Array] = None, grad_fn: Optional[GradFn] = None, **extra):
     del losses
-    if params is None:
-      raise ValueError("looksam needs the parameters: call update(grads, state, params, loss_fn=...)")
+    validation.require_params(params, "looksam", UPDATE_CALL)
     rho_now = value_at(rho, state.count)
     grad_norm = global_norm(grads)
 

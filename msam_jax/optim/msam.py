@@ -17,11 +17,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from msam_jax.optim import _checks
-from msam_jax.optim import base
-from msam_jax.optim._numerics import global_norm, value_at, wide_dtype
-
-NORM_EPS = 1e-12  # the original's guard in rho / (||v|| + eps)
+from msam_jax import validation
+from msam_jax.optim import baselines
+from msam_jax.optim.numerics import NORM_EPS, global_norm, value_at, wide_dtype, widen
 
 
 class MsamState(NamedTuple):
@@ -39,14 +37,6 @@ class AdamWMsamState(NamedTuple):
   offset_scale: jax.Array  # c = rho / (||mu|| + 1e-12), float32 or wider
 
 
-def _check_rho(rho) -> None:
-  _checks.non_negative("rho", rho)
-
-
-def _widen(x: jax.Array) -> jax.Array:
-  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
-
-
 # Undoing the old perturbation needs c_old * v_old, but the update also writes the new
 # momentum. With donated buffers (as in a training loop) XLA must then copy v_old before
 # overwriting it, an extra pass over the momentum. For a constant momentum mu >= 0.5,
@@ -57,7 +47,7 @@ _MIN_RECONSTRUCTING_DECAY = 0.5
 
 def _reconstructs_old(decay) -> bool:
   """Whether the old momentum is recomputed from the new one (see above)."""
-  value = _checks.concrete_value(decay)
+  value = validation.concrete_value(decay)
   return value is not None and value >= _MIN_RECONSTRUCTING_DECAY
 
 
@@ -105,10 +95,10 @@ def msam(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9,
     An `optax.GradientTransformationExtraArgs` (extra update arguments are
     ignored); `update` needs `params` unless the weight decay is the constant 0.
   """
-  _checks.non_negative("learning_rate", learning_rate)
-  _checks.in_interval("momentum", momentum, 0.0, 1.0, low_closed=True, high_closed=False)
-  _check_rho(rho)
-  _checks.non_negative("weight_decay", weight_decay)
+  validation.non_negative("learning_rate", learning_rate)
+  validation.in_interval("momentum", momentum, 0.0, 1.0, low_closed=True, high_closed=False)
+  validation.non_negative("rho", rho)
+  validation.non_negative("weight_decay", weight_decay)
 
   def init_fn(params):
     return MsamState(count=jnp.zeros([], jnp.int32),
@@ -119,11 +109,8 @@ def msam(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9,
     del extra  # optax's convention: extra arguments meant for others are ignored
     lr = value_at(learning_rate, state.count)
     rho_now = value_at(rho, state.count)
-    if isinstance(weight_decay, (int, float)) and weight_decay == 0:
-      d = grads
-    else:
-      if params is None:
-        raise ValueError(base.NO_PARAMS_MSG)
+    d = grads
+    if baselines.applies_weight_decay(weight_decay, params):
       d = jax.tree.map(lambda g, p: g + weight_decay * p, grads, params)
     new_v = jax.tree.map(lambda d_, v: (d_ + momentum * v).astype(v.dtype), d, state.momentum)
     c_old = state.offset_scale
@@ -133,12 +120,12 @@ def msam(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9,
       # c_old v_old = k (v - d) with k = c_old / mu: the update reads v, g, p~ but not v_old.
       k = c_old / momentum
       if d is grads:
-        update = lambda v, nv, g, p: -k * _widen(g) + (k - step) * _widen(nv)
+        update = lambda v, nv, g, p: -k * widen(g) + (k - step) * widen(nv)
       else:
-        update = lambda v, nv, g, p: (-k * _widen(g) - (k * weight_decay) * _widen(p)
-                                      + (k - step) * _widen(nv))
+        update = lambda v, nv, g, p: (-k * widen(g) - (k * weight_decay) * widen(p)
+                                      + (k - step) * widen(nv))
     else:
-      update = lambda v, nv, g, p: c_old * _widen(v) - step * _widen(nv)
+      update = lambda v, nv, g, p: c_old * widen(v) - step * widen(nv)
     updates = jax.tree.map(lambda v, nv, g, p: update(v, nv, g, p).astype(g.dtype),
                            state.momentum, new_v, grads, grads if params is None else params)
     return updates, MsamState(count=optax.safe_increment(state.count), momentum=new_v,
@@ -176,11 +163,11 @@ def adamw_msam(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float
     An `optax.GradientTransformationExtraArgs` (extra update arguments are
     ignored); `update` needs `params` unless the weight decay is the constant 0.
   """
-  base.check_adam_args(learning_rate, b1, b2, eps, weight_decay)
-  _check_rho(rho)
+  baselines.check_adam_args(learning_rate, b1, b2, eps, weight_decay)
+  validation.non_negative("rho", rho)
 
   def init_fn(params):
-    mu, nu = base.init_adam_moments(params)
+    mu, nu = baselines.init_adam_moments(params)
     return AdamWMsamState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu,
                           offset_scale=jnp.zeros([], wide_dtype(params)))
 
@@ -189,27 +176,24 @@ def adamw_msam(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float
     lr = value_at(learning_rate, state.count)
     rho_now = value_at(rho, state.count)
     count = optax.safe_increment(state.count)
-    mu, nu = base.update_adam_moments(grads, state.mu, state.nu, b1, b2)
-    descent = base.adam_descent(mu, nu, count, lr, b1, b2, eps)
+    mu, nu = baselines.update_adam_moments(grads, state.mu, state.nu, b1, b2)
+    descent = baselines.adam_descent(mu, nu, count, lr, b1, b2, eps)
     c_old = state.offset_scale
     c_new = (rho_now / (global_norm(mu) + NORM_EPS)).astype(c_old.dtype)
     # Undo + Adam step: the move from the stored p~ to (unperturbed p) + descent.
     if _reconstructs_old(b1):
       # c_old m_old = k (m - (1 - b1) g) with k = c_old / b1: no read of m_old.
       k = c_old / b1
-      moved = jax.tree.map(lambda m, g, s: k * _widen(m) - (k * (1 - b1)) * _widen(g) + s,
+      moved = jax.tree.map(lambda m, g, s: k * widen(m) - (k * (1 - b1)) * widen(g) + s,
                            mu, grads, descent)
     else:
-      moved = jax.tree.map(lambda m, s: c_old * _widen(m) + s, state.mu, descent)
-    if isinstance(weight_decay, (int, float)) and weight_decay == 0:
-      decayed = moved
-    else:
-      if params is None:
-        raise ValueError(base.NO_PARAMS_MSG)
+      moved = jax.tree.map(lambda m, s: c_old * widen(m) + s, state.mu, descent)
+    decayed = moved
+    if baselines.applies_weight_decay(weight_decay, params):
       decay = lr * weight_decay
       # p_new = (p~ + moved)(1 - lr wd)  =>  p_new - p~ = moved - lr wd (p~ + moved)
       decayed = jax.tree.map(lambda x, p: x - decay * (p + x), moved, params)
-    updates = jax.tree.map(lambda x, m, g: (x - c_new * _widen(m)).astype(g.dtype),
+    updates = jax.tree.map(lambda x, m, g: (x - c_new * widen(m)).astype(g.dtype),
                            decayed, mu, grads)
     return updates, AdamWMsamState(count=count, mu=mu, nu=nu, offset_scale=c_new)
 
@@ -238,7 +222,7 @@ def _contains_msam_state(tree) -> bool:
   return any(_is_msam_state(x) for x in jax.tree.leaves(tree, is_leaf=_is_msam_state))
 
 
-def check_msam_is_last(opt_state: optax.OptState) -> None:
+def _check_msam_is_last(opt_state: optax.OptState) -> None:
   """Refuses an `optax.chain` in which something follows `msam` / `adamw_msam`.
 
   The update of `msam` moves the parameters by the descent *and* by the change
@@ -266,7 +250,7 @@ def check_msam_is_last(opt_state: optax.OptState) -> None:
   children = (opt_state.values() if isinstance(opt_state, dict) else
               opt_state if isinstance(opt_state, (tuple, list)) else ())
   for child in children:
-    check_msam_is_last(child)
+    _check_msam_is_last(child)
 
 
 def eval_params(params: optax.Params, opt_state: optax.OptState) -> optax.Params:
@@ -281,11 +265,11 @@ def eval_params(params: optax.Params, opt_state: optax.OptState) -> optax.Params
   is then a pure `nnx.State` for `nnx.update(model, ...)`.
 
   Raises:
-    ValueError: when a transformation follows `msam` in an `optax.chain`
-      (`check_msam_is_last`): the unperturbed point is then unknown.
+    ValueError: when a transformation follows `msam` in an `optax.chain`: the
+      unperturbed point is then unknown.
   """
   params, opt_state = _as_pure(params), _as_pure(opt_state)
-  check_msam_is_last(opt_state)
+  _check_msam_is_last(opt_state)
   states = [s for s in jax.tree.leaves(opt_state, is_leaf=_is_msam_state) if _is_msam_state(s)]
   masked = lambda x: isinstance(x, optax.MaskedNode)
   for state in states:
@@ -294,7 +278,7 @@ def eval_params(params: optax.Params, opt_state: optax.OptState) -> optax.Params
     def undo(v, p, scale=scale):
       if masked(v):
         return p
-      return (_widen(p) + scale * _widen(v)).astype(p.dtype)
+      return (widen(p) + scale * widen(v)).astype(p.dtype)
 
     params = jax.tree.map(undo, _ascent_direction(state), params, is_leaf=masked)
   return params

@@ -40,7 +40,7 @@ from typing import Any, Callable, Mapping
 
 import optax
 
-from msam_jax.optim.base import adamw, sgd
+from msam_jax.optim.baselines import adamw, sgd
 from msam_jax.optim.esam import esam
 from msam_jax.optim.looksam import looksam
 from msam_jax.optim.msam import adamw_msam, msam

@@ -28,19 +28,17 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from msam_jax.optim import _checks
-from msam_jax.optim._numerics import global_norm, value_at
-
-NORM_EPS = 1e-12  # the original's guard in rho / (||g|| + eps)
+from msam_jax import validation
+from msam_jax.optim.numerics import NORM_EPS, global_norm, value_at, widen
 
 LossFn = Callable[..., jax.Array]  # loss_fn(params, indices=None) -> per-example losses
 # direction(g1, params, grad_at) -> the gradient the base steps with; grad_at(point) is the
 # gradient of the mean loss (of the batch or of one group) at `point`.
 Direction = Callable[[optax.Updates, optax.Params, Callable], optax.Updates]
 GradFn = Callable[[optax.Params], optax.Updates]  # grad_fn(params) -> grad of the mean loss
+UPDATE_CALL = "update(grads, state, params, loss_fn=...)"  # named when params are missing
 
 
 class SamState(NamedTuple):
@@ -71,7 +69,7 @@ def ascent_perturbation(grads: optax.Updates, rho, participating=None,
   flags = [True] * len(leaves) if participating is None else participating
   out = []
   for g, flag in zip(leaves, flags, strict=True):
-    e = (scale * g.astype(jnp.promote_types(g.dtype, scale.dtype))).astype(g.dtype)
+    e = (scale * widen(g, scale.dtype)).astype(g.dtype)
     out.append(e if flag is True else jnp.where(flag, e, jnp.zeros_like(e)))
   return jax.tree.unflatten(treedef, out)
 
@@ -93,23 +91,14 @@ def mean_loss_grad(loss_fn: LossFn, params: optax.Params, indices=None,
   return jax.grad(lambda p: jnp.mean(loss_fn(p, indices)))(params)
 
 
-def check_group_size(group_size) -> None:
-  """None, or a static integer >= 1 (it fixes the groups' shapes)."""
-  if group_size is None:
-    return
-  if isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer)) \
-      or group_size < 1:
-    raise ValueError(f"group_size must be None or an integer >= 1, got {group_size!r}")
-
-
-def batch_size_of(loss_fn: LossFn, params: optax.Params) -> int:
+def _batch_size_of(loss_fn: LossFn, params: optax.Params) -> int:
   """The batch size `loss_fn` sees, from its output shape (traced, never run)."""
   return jax.eval_shape(loss_fn, params).shape[0]
 
 
-def sam_family_gradient(direction: Direction, grads, params, loss_fn: LossFn,
-                        group_size: Optional[int],
-                        grad_fn: Optional[GradFn] = None) -> optax.Updates:
+def _sam_family_gradient(direction: Direction, grads, params, loss_fn: LossFn,
+                         group_size: Optional[int],
+                         grad_fn: Optional[GradFn] = None) -> optax.Updates:
   """The gradient a SAM variant hands its base, for the batch or per group of examples.
 
   ``group_size=None``: ``direction(grads, params, grad_at)`` with `grad_at` the
@@ -138,7 +127,7 @@ def sam_family_gradient(direction: Direction, grads, params, loss_fn: LossFn,
   if grad_fn is not None:
     raise ValueError("group_size cannot be combined with grad_fn (accumulated whole-batch "
                      "gradients): each group needs its own gradients")
-  batch_size = batch_size_of(loss_fn, params)
+  batch_size = _batch_size_of(loss_fn, params)
   if batch_size % group_size:
     raise ValueError(f"group_size must divide the batch size, got group_size={group_size} "
                      f"for a batch of {batch_size}")
@@ -158,12 +147,43 @@ def sam_family_gradient(direction: Direction, grads, params, loss_fn: LossFn,
 
 def check_base(base) -> None:
   if not isinstance(base, optax.GradientTransformation):
-    raise ValueError(f"base must be an optax.GradientTransformation, got {type(base).__name__}")
+    validation.fail("base", base, "an optax.GradientTransformation")
 
 
 def base_update(base: optax.GradientTransformation, grads, state, params, extra: dict[str, Any]):
   """The base optimizer's step; extra args reach it only if it accepts them."""
   return optax.with_extra_args_support(base).update(grads, state, params, **extra)
+
+
+def sam_variant(name: str, base: optax.GradientTransformation, rho: optax.ScalarOrSchedule,
+                group_size: Optional[int],
+                direction_at: Callable[[Any, optax.Params], Direction]
+                ) -> optax.GradientTransformationExtraArgs:
+  """A SAM variant that differs from `sam` only in the gradient its base steps with.
+
+  `direction_at(radius, params)` returns the variant's `Direction` for one
+  update (`radius` the rho of that update, `params` the unperturbed ones);
+  `_sam_family_gradient` applies it to the batch or to each group of examples.
+  Checks `base`, `rho` and `group_size`; `name` is the one the errors use.
+  """
+  check_base(base)
+  validation.non_negative("rho", rho)
+  validation.integer("group_size", group_size, optional=True)  # static: it fixes shapes
+
+  def init_fn(params):
+    return SamState(count=jnp.zeros([], jnp.int32), base_state=base.init(params))
+
+  def update_fn(grads, state, params=None, *, loss_fn: LossFn,
+                losses: Optional[jax.Array] = None, grad_fn: Optional[GradFn] = None,
+                **extra):
+    del losses  # these variants recompute nothing of the first pass
+    validation.require_params(params, name, UPDATE_CALL)
+    direction = direction_at(value_at(rho, state.count), params)
+    g = _sam_family_gradient(direction, grads, params, loss_fn, group_size, grad_fn)
+    updates, base_state = base_update(base, g, state.base_state, params, extra)
+    return updates, SamState(count=optax.safe_increment(state.count), base_state=base_state)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def sam(base: optax.GradientTransformation, rho: optax.ScalarOrSchedule = 0.05,
@@ -195,26 +215,12 @@ def sam(base: optax.GradientTransformation, rho: optax.ScalarOrSchedule = 0.05,
     An `optax.GradientTransformationExtraArgs`; `update(grads, state, params, *,
     loss_fn, losses=None, grad_fn=None)` (see the module docstring).
   """
-  check_base(base)
-  _checks.non_negative("rho", rho)
-  check_group_size(group_size)
-
-  def init_fn(params):
-    return SamState(count=jnp.zeros([], jnp.int32), base_state=base.init(params))
-
-  def update_fn(grads, state, params=None, *, loss_fn: LossFn,
-                losses: Optional[jax.Array] = None, grad_fn: Optional[GradFn] = None,
-                **extra):
-    del losses  # SAM recomputes nothing of the first pass
-    if params is None:
-      raise ValueError("sam needs the parameters: call update(grads, state, params, loss_fn=...)")
-    radius = value_at(rho, state.count)
+  def direction_at(radius, params):
+    del params
 
     def direction(g1, p, grad_at):
       return grad_at(perturb(p, ascent_perturbation(g1, radius)))
 
-    g2 = sam_family_gradient(direction, grads, params, loss_fn, group_size, grad_fn)
-    updates, base_state = base_update(base, g2, state.base_state, params, extra)
-    return updates, SamState(count=optax.safe_increment(state.count), base_state=base_state)
+    return direction
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return sam_variant("sam", base, rho, group_size, direction_at)

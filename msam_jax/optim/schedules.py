@@ -11,13 +11,13 @@ import math
 import jax.numpy as jnp
 import optax
 
-from msam_jax.optim import _checks
+from msam_jax import validation
 
 
 def _check_timing(steps_per_epoch, **epochs) -> None:
-  _checks.positive_int("steps_per_epoch", steps_per_epoch)
+  validation.integer("steps_per_epoch", steps_per_epoch, static=False)
   for name, value in epochs.items():
-    _checks.non_negative(name, value)
+    validation.non_negative(name, value)
 
 
 def _at_next_step(schedule: optax.Schedule) -> optax.Schedule:
@@ -35,9 +35,9 @@ def _ramp(ramp_steps: float) -> optax.Schedule:
 def lr_start_ramp_cos(base_lr: float, *, epochs: float, steps_per_epoch: int,
                       ramp_epochs: float) -> optax.Schedule:
   """"startRamp cos": ``base * min(1, x / ramp) * 0.5 (1 + cos(pi x / epochs))``."""
-  _checks.non_negative("base_lr", base_lr)
+  validation.non_negative("base_lr", base_lr)
   _check_timing(steps_per_epoch, ramp_epochs=ramp_epochs)
-  _checks.in_interval("epochs", epochs, 0, math.inf, low_closed=False, high_closed=False)
+  validation.in_interval("epochs", epochs, 0, math.inf, low_closed=False, high_closed=False)
   ramp = _ramp(ramp_epochs * steps_per_epoch)
   cosine = optax.cosine_decay_schedule(base_lr, decay_steps=epochs * steps_per_epoch)
   return _at_next_step(lambda step: ramp(step) * cosine(step))
@@ -46,10 +46,10 @@ def lr_start_ramp_cos(base_lr: float, *, epochs: float, steps_per_epoch: int,
 def lr_cos_warmup(base_lr: float, *, epochs: float, steps_per_epoch: int,
                   warmup_epochs: float) -> optax.Schedule:
   """"cosWarmUp": ``base x / warm`` for ``x < warm``, then a half cosine to 0 at `epochs`."""
-  _checks.non_negative("base_lr", base_lr)
+  validation.non_negative("base_lr", base_lr)
   _check_timing(steps_per_epoch)
-  _checks.in_interval("epochs", epochs, 0, math.inf, low_closed=False, high_closed=False)
-  _checks.in_interval("warmup_epochs", warmup_epochs, 0, epochs, low_closed=True,
+  validation.in_interval("epochs", epochs, 0, math.inf, low_closed=False, high_closed=False)
+  validation.in_interval("warmup_epochs", warmup_epochs, 0, epochs, low_closed=True,
                       high_closed=False)
   total, warmup = epochs * steps_per_epoch, warmup_epochs * steps_per_epoch
   if warmup == 0:
@@ -60,7 +60,7 @@ def lr_cos_warmup(base_lr: float, *, epochs: float, steps_per_epoch: int,
 
 def rho_start_ramp(rho: float, *, steps_per_epoch: int, ramp_epochs: float) -> optax.Schedule:
   """"startRamp": ``rho * min(1, x / ramp)``."""
-  _checks.non_negative("rho", rho)
+  validation.non_negative("rho", rho)
   _check_timing(steps_per_epoch, ramp_epochs=ramp_epochs)
   ramp = _ramp(ramp_epochs * steps_per_epoch)
   return _at_next_step(lambda step: rho * ramp(step))
@@ -82,7 +82,7 @@ def _first_count_after(epochs: float, steps_per_epoch: int) -> int:
 
 def rho_start_jump(rho: float, *, steps_per_epoch: int, jump_epochs: float) -> optax.Schedule:
   """"startJump": ``0`` while ``x <= jump``, then `rho`."""
-  _checks.non_negative("rho", rho)
+  validation.non_negative("rho", rho)
   _check_timing(steps_per_epoch, jump_epochs=jump_epochs)
   return optax.join_schedules(
       [optax.constant_schedule(0.0), optax.constant_schedule(rho)],
@@ -105,7 +105,7 @@ def gsam_rho(lr_schedule: optax.ScalarOrSchedule, lr_max: float, lr_min: float,
   """
   for name, value in (("lr_max", lr_max), ("lr_min", lr_min), ("rho_max", rho_max),
                       ("rho_min", rho_min)):
-    _checks.non_negative(name, value)
+    validation.non_negative(name, value)
   if rho_min > rho_max:
     raise ValueError(f"rho_min must be <= rho_max, got rho_min={rho_min!r}, rho_max={rho_max!r}")
   if lr_max < lr_min:

@@ -8,7 +8,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 import msam_jax
 from msam_jax.optim import registry
-from msam_jax.optim._numerics import global_norm
+from msam_jax.optim.numerics import global_norm
 
 from helpers import iter_eqns
 

@@ -1,6 +1,6 @@
-"""SGD and AdamW with the semantics of the original Momentum-SAM code.
+"""The baselines: SGD and AdamW with the semantics of the original Momentum-SAM code.
 
-These are the base optimizers the paper compares against (and that SAM, ESAM
+These are the optimizers the paper compares against (and that SAM, ESAM
 and LookSAM step with). They differ from `optax.sgd` / `optax.adamw` where the
 original differs from them:
 
@@ -18,11 +18,20 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from msam_jax.optim import _checks
-from msam_jax.optim._numerics import value_at, wide_dtype
+from msam_jax import validation
+from msam_jax.optim.numerics import value_at, wide_dtype, widen
 
 
-NO_PARAMS_MSG = "weight decay needs the parameters: call update(grads, state, params)"
+def applies_weight_decay(weight_decay, params) -> bool:
+  """Whether an update applies `weight_decay`; it then needs the parameters.
+
+  Only the constant 0 skips the decay: a schedule or an injected (traced)
+  value might be non-zero.
+  """
+  if isinstance(weight_decay, (int, float)) and weight_decay == 0:
+    return False
+  validation.require_params(params, "weight decay")
+  return True
 
 
 def sgd(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9,
@@ -39,9 +48,9 @@ def sgd(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9,
     An `optax.GradientTransformationExtraArgs` (a chain: extra update arguments
     are ignored); `update` needs `params` (weight decay).
   """
-  _checks.non_negative("learning_rate", learning_rate)
-  _checks.in_interval("momentum", momentum, 0.0, 1.0, low_closed=True, high_closed=False)
-  _checks.non_negative("weight_decay", weight_decay)
+  validation.non_negative("learning_rate", learning_rate)
+  validation.in_interval("momentum", momentum, 0.0, 1.0, low_closed=True, high_closed=False)
+  validation.non_negative("weight_decay", weight_decay)
   return optax.chain(
       optax.add_decayed_weights(weight_decay),
       optax.trace(decay=momentum, nesterov=nesterov),
@@ -57,11 +66,11 @@ class AdamWState(NamedTuple):
 
 
 def check_adam_args(learning_rate, b1, b2, eps, weight_decay) -> None:
-  _checks.non_negative("learning_rate", learning_rate)
-  _checks.in_interval("b1", b1, 0.0, 1.0, low_closed=True, high_closed=False)
-  _checks.in_interval("b2", b2, 0.0, 1.0, low_closed=True, high_closed=False)
-  _checks.non_negative("eps", eps)
-  _checks.non_negative("weight_decay", weight_decay)
+  validation.non_negative("learning_rate", learning_rate)
+  validation.in_interval("b1", b1, 0.0, 1.0, low_closed=True, high_closed=False)
+  validation.in_interval("b2", b2, 0.0, 1.0, low_closed=True, high_closed=False)
+  validation.non_negative("eps", eps)
+  validation.non_negative("weight_decay", weight_decay)
 
 
 def init_adam_moments(params) -> tuple[optax.Updates, optax.Updates]:
@@ -88,7 +97,7 @@ def adam_descent(mu, nu, count, learning_rate, b1, b2, eps):
   step_size = learning_rate / bias_correction1
 
   def leaf(m, s):
-    m, s = m.astype(jnp.promote_types(m.dtype, dtype)), s.astype(jnp.promote_types(s.dtype, dtype))
+    m, s = widen(m, dtype), widen(s, dtype)
     return -step_size * m / (jnp.sqrt(s) / sqrt_bias_correction2 + eps)
 
   return jax.tree.map(leaf, mu, nu)
@@ -128,11 +137,8 @@ def adamw(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float = 0.
     count = optax.safe_increment(state.count)
     mu, nu = update_adam_moments(grads, state.mu, state.nu, b1, b2)
     descent = adam_descent(mu, nu, count, lr, b1, b2, eps)
-    if isinstance(weight_decay, (int, float)) and weight_decay == 0:
-      updates = descent
-    else:
-      if params is None:
-        raise ValueError(NO_PARAMS_MSG)
+    updates = descent
+    if applies_weight_decay(weight_decay, params):
       decay = lr * weight_decay
       # p_new = (p + descent) * (1 - lr wd)  =>  update = descent - lr wd (p + descent)
       updates = jax.tree.map(lambda s, p: s - decay * (p + s), descent, params)
