@@ -9,6 +9,8 @@ from typing import Any
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from msam_jax import validation
+
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
@@ -47,8 +49,7 @@ def dataset_info(name: str, *, image_size: int | None = None) -> DatasetInfo:
   check_name(name)
   if name == "imagenet2012":
     size = DEFAULT_IMAGENET_SIZE if image_size is None else image_size
-    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-      raise ValueError(f"image_size must be a positive integer, got {image_size!r}.")
+    validation.integer("image_size", size)
     return DatasetInfo(name, image_shape=(size, size, 3), **_IMAGENET_COUNTS)
   info = _FIXED[name]
   if image_size is not None and image_size != info.image_shape[0]:
@@ -71,9 +72,7 @@ def steps_per_epoch(name_or_info: str | DatasetInfo, global_batch_size: int) -> 
 
 
 def check_batch_size(global_batch_size: Any) -> None:
-  if (not isinstance(global_batch_size, int) or isinstance(global_batch_size, bool)
-      or global_batch_size < 1):
-    raise ValueError(f"global_batch_size must be a positive integer, got {global_batch_size!r}.")
+  validation.integer("global_batch_size", global_batch_size)
 
 
 def _preparation_hint(name: str, data_dir: str) -> str:

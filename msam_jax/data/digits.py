@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 from sklearn import datasets as sklearn_datasets
 
+from msam_jax import validation
 from msam_jax.data import augment
 from msam_jax.data.datasets import dataset_info
 
@@ -32,8 +33,7 @@ def _splits() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 def load_split(split: str) -> tuple[np.ndarray, np.ndarray]:
   """(images uint8 [n, 8, 8, 1] in 0..16, labels int32 [n]) of 'train' or 'test'."""
-  if split not in ("train", "test"):
-    raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
+  validation.one_of("split", split, ("train", "test"))
   images, labels = _splits()[split]
   return images.copy(), labels.copy()
 

@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from msam_jax import validation
 from msam_jax.data import cifar, digits, imagenet
 from msam_jax.data.datasets import check_batch_size, dataset_info
 
@@ -64,12 +65,9 @@ def shard_for(global_batch_size: int, *, process_index: int | None = None,
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
     num_devices = jax.device_count() if num_devices is None else num_devices
-  if not isinstance(process_count, int) or process_count < 1:
-    raise ValueError(f"process_count must be a positive integer, got {process_count!r}.")
-  if not isinstance(process_index, int) or not 0 <= process_index < process_count:
-    raise ValueError(f"process_index must be in [0, {process_count}), got {process_index!r}.")
-  if not isinstance(num_devices, int) or num_devices < 1:
-    raise ValueError(f"num_devices must be a positive integer, got {num_devices!r}.")
+  validation.integer("process_count", process_count)
+  validation.integer("process_index", process_index, 0, process_count)
+  validation.integer("num_devices", num_devices)
   for count, what in ((num_devices, "devices"), (process_count, "processes")):
     if global_batch_size % count:
       raise ValueError(
@@ -79,8 +77,7 @@ def shard_for(global_batch_size: int, *, process_index: int | None = None,
 
 
 def _check_seed(seed) -> None:
-  if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
-    raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
+  validation.integer("seed", seed, 0, 2**63)
 
 
 def _stream_key(seed: int, stream: int) -> tf.Tensor:
@@ -246,8 +243,7 @@ def train_iterator(name: str, *, global_batch_size: int, seed: int = 0, start_st
   shard = shard_for(global_batch_size, process_index=process_index,
                     process_count=process_count, num_devices=num_devices)
   _check_seed(seed)
-  if not isinstance(start_step, int) or isinstance(start_step, bool) or start_step < 0:
-    raise ValueError(f"start_step must be a non-negative integer, got {start_step!r}.")
+  validation.integer("start_step", start_step, 0)
   if name == "imagenet2012":
     return _imagenet_train(shard, seed, start_step, data_dir, info.image_shape[0])
   ds = _in_memory_train(name, shard, seed, start_step, data_dir)

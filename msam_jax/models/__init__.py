@@ -19,6 +19,7 @@ import inspect
 import flax.linen as nn
 import jax.numpy as jnp
 
+from msam_jax import validation
 from msam_jax.models import cnn, resnet, vgg, vit, wide_resnet
 
 _BUILDERS = {
@@ -53,8 +54,7 @@ def build(name: str, num_classes: int, **kwargs) -> nn.Module:
   if unknown:
     raise ValueError(f"unknown argument(s) {', '.join(unknown)} for model {name!r}; "
                      f"valid: {', '.join(valid)}")
-  if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-    raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+  validation.integer("num_classes", num_classes)
   if "dtype" in kwargs:
     kwargs["dtype"] = _float_dtype(kwargs["dtype"])
   return _BUILDERS[name](num_classes, **kwargs)
@@ -72,8 +72,7 @@ def _float_dtype(dtype) -> jnp.dtype:
   except TypeError:
     parsed = None
   if parsed is None or not jnp.issubdtype(parsed, jnp.floating):
-    raise ValueError(f"dtype must be a floating type such as float32, bfloat16 or float16, "
-                     f"got {dtype!r}")
+    validation.fail("dtype", dtype, "a floating type such as float32, bfloat16 or float16")
   return parsed
 
 

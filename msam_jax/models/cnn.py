@@ -9,6 +9,7 @@ default init (LeCun-normal weight, zero bias).
 import flax.linen as nn
 import jax.numpy as jnp
 
+from msam_jax import validation
 from msam_jax.models import torch_defaults as td
 
 
@@ -30,6 +31,5 @@ class CNN(nn.Module):
 
 def cnn(num_classes: int, *, width: int = 32, dtype=jnp.float32) -> CNN:
   """`build("cnn", ...)`: `width` is the first layer's channel count."""
-  if not isinstance(width, int) or width < 1:
-    raise ValueError(f"cnn width must be a positive integer, got {width!r}")
+  validation.integer("cnn width", width)
   return CNN(num_classes, width, dtype)

@@ -19,6 +19,7 @@ import functools
 import flax.linen as nn
 import jax.numpy as jnp
 
+from msam_jax import validation
 from msam_jax.models import torch_defaults as td
 
 # depth -> (bottleneck?, blocks per stage)
@@ -123,11 +124,8 @@ class ResNet(nn.Module):
 
 
 def _check(name: str, depth, width) -> None:
-  if depth not in _STAGES:
-    raise ValueError(f"{name} depth must be one of {', '.join(map(str, DEPTHS))}, got {depth!r}")
-  if not isinstance(width, int) or width < 1:
-    raise ValueError(f"{name} width must be a positive integer (channels of the first stage, "
-                     f"64 in the original), got {width!r}")
+  validation.one_of(f"{name} depth", depth, DEPTHS)
+  validation.integer(f"{name} width", width)  # channels of the first stage, 64 in the original
 
 
 def resnet_cifar(num_classes: int, *, depth: int = 18, width: int = 64,

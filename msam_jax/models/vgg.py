@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from msam_jax import validation
 from msam_jax.models import torch_defaults as td
 
 # depth -> output channels of each 3x3 conv ("M": 2x2 max-pool), for width 64.
@@ -90,14 +91,10 @@ def vgg(num_classes: int, *, depth: int = 16, batch_norm: bool = False, width: i
   `classifier_width` (4096) the hidden width of the head. Both exist for small
   test models and default to torchvision's values.
   """
-  if depth not in CONFIGS:
-    raise ValueError(f"vgg depth must be one of {', '.join(map(str, CONFIGS))}, got {depth!r}")
-  if not isinstance(batch_norm, bool):
-    raise ValueError(f"vgg batch_norm must be True or False, got {batch_norm!r}")
-  for name, value in (("width", width), ("classifier_width", classifier_width)):
-    if not isinstance(value, int) or value < 1:
-      raise ValueError(f"vgg {name} must be a positive integer, got {value!r}")
-  if not 0.0 <= dropout < 1.0:
-    raise ValueError(f"vgg dropout must be in [0, 1), got {dropout!r}")
+  validation.one_of("vgg depth", depth, CONFIGS)
+  validation.boolean("vgg batch_norm", batch_norm)
+  validation.integer("vgg width", width)
+  validation.integer("vgg classifier_width", classifier_width)
+  validation.in_interval("vgg dropout", dropout, 0.0, 1.0, low_closed=True, high_closed=False)
   return VGG(num_classes, CONFIGS[depth], batch_norm, width, classifier_width, float(dropout),
              dtype)

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from msam_jax import validation
 from msam_jax.models import torch_defaults as td
 
 # size -> (dim, depth, mlp_dim, heads): the original's presets (it cites arXiv:2106.04560, Table 2).
@@ -43,7 +44,7 @@ def posemb_sincos_2d(height: int, width: int, dim: int, temperature: float = 10_
   of band i is temperature^(-i / (dim/4 - 1)), as in the original.
   """
   if dim % 4:
-    raise ValueError(f"vit dim must be a multiple of 4 for the sin-cos embedding, got {dim}")
+    validation.fail("vit dim", dim, "a multiple of 4 for the sin-cos embedding")
   y, x = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
   omega = 1.0 / temperature ** (np.arange(dim // 4) / (dim // 4 - 1))
   y = y.reshape(-1)[:, None] * omega[None, :]
@@ -122,8 +123,7 @@ def simple_vit(num_classes: int, *, size: str = "S", patch_size: int = 32, image
 
   `depth`, `dim`, `mlp_dim`, `heads` override the size preset (for small test models).
   """
-  if size not in SIZES:
-    raise ValueError(f"vit size must be one of {', '.join(SIZES)}, got {size!r}")
+  validation.one_of("vit size", size, SIZES)
   preset_dim, preset_depth, preset_mlp_dim, preset_heads = SIZES[size]
   dim = preset_dim if dim is None else dim
   depth = preset_depth if depth is None else depth
@@ -131,10 +131,9 @@ def simple_vit(num_classes: int, *, size: str = "S", patch_size: int = 32, image
   heads = preset_heads if heads is None else heads
   for name, value in (("patch_size", patch_size), ("image_size", image_size), ("depth", depth),
                       ("dim", dim), ("mlp_dim", mlp_dim), ("heads", heads)):
-    if not isinstance(value, int) or value < 1:
-      raise ValueError(f"vit {name} must be a positive integer, got {value!r}")
+    validation.integer(f"vit {name}", value)
   if image_size % patch_size:
-    raise ValueError(f"vit image_size ({image_size}) must be divisible by patch_size ({patch_size})")
+    validation.fail("vit image_size", image_size, f"divisible by patch_size {patch_size}")
   if dim % 4 or dim < 8:
-    raise ValueError(f"vit dim must be a multiple of 4 and >= 8 (sin-cos embedding), got {dim}")
+    validation.fail("vit dim", dim, "a multiple of 4 and >= 8 (sin-cos embedding)")
   return SimpleViT(num_classes, image_size, patch_size, dim, depth, heads, mlp_dim, dtype)

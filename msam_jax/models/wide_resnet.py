@@ -9,6 +9,7 @@ scale 1 / bias 0, the head's weight at torch's default and its bias at zero.
 import flax.linen as nn
 import jax.numpy as jnp
 
+from msam_jax import validation
 from msam_jax.models import torch_defaults as td
 
 
@@ -66,10 +67,9 @@ class WideResNet(nn.Module):
 def wide_resnet(num_classes: int, *, depth: int = 16, width: int = 4, dropout: float = 0.0,
                 dtype=jnp.float32) -> WideResNet:
   """`build("wrn", ...)`: depth 6n+4 (16, 22, 28, ...), width factor k, dropout rate."""
-  if not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
-    raise ValueError(f"wrn depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, ...), got {depth!r}")
-  if not isinstance(width, int) or width < 1:
-    raise ValueError(f"wrn width must be a positive integer (the widening factor k), got {width!r}")
-  if not 0.0 <= dropout < 1.0:
-    raise ValueError(f"wrn dropout must be in [0, 1), got {dropout!r}")
+  validation.integer("wrn depth", depth, 10)
+  if (depth - 4) % 6:
+    validation.fail("wrn depth", depth, "6n + 4 with n >= 1 (10, 16, 22, 28, ...)")
+  validation.integer("wrn width", width)
+  validation.in_interval("wrn dropout", dropout, 0.0, 1.0, low_closed=True, high_closed=False)
   return WideResNet(num_classes, depth, width, float(dropout), dtype)

@@ -2,6 +2,8 @@
 import jax
 import jax.numpy as jnp
 
+from msam_jax.optim.numerics import widen
+
 
 def smoothed_kl_loss(logits: jax.Array, labels: jax.Array, smoothing: float = 0.0) -> jax.Array:
   """Per-example KL(q || softmax(logits)), as the original's `smooth_crossentropy`.
@@ -19,7 +21,7 @@ def smoothed_kl_loss(logits: jax.Array, labels: jax.Array, smoothing: float = 0.
   Returns:
     `[B]` per-example losses.
   """
-  logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+  logits = widen(logits)
   num_classes = logits.shape[-1]
   off_value = smoothing / (num_classes - 1)
   targets = jnp.where(jax.nn.one_hot(labels, num_classes, dtype=bool), 1.0 - smoothing, off_value)
