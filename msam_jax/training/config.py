@@ -9,7 +9,7 @@ import ml_collections
 OPTIMIZERS = ("sgd", "msam", "sam", "esam", "looksam", "adamw", "adamw_msam", "adamw_sam")
 LR_SCHEDULES = ("const", "start_ramp_cos", "cos_warmup")
 RHO_SCHEDULES = ("const", "start_ramp", "start_jump")
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("float32", "bfloat16")  # no float16: without loss scaling its gradients underflow
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -23,6 +23,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.image_size = ml_collections.FieldReference(None, field_type=int)
   c.batch_size = 256  # global, over all devices and processes
   c.eval_batch_size = 512
+  # dataset="synthetic": generated batches, nothing on disk (msam_jax/data/synthetic.py).
+  c.synthetic = ml_collections.ConfigDict(
+      {"image_shape": (32, 32, 3), "num_classes": 10, "num_train": 50_000, "num_test": 1_000})
 
   # Model: `msam_jax.models.build(model, num_classes, **model_kwargs)`.
   c.model = "wrn"
@@ -95,8 +98,16 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, process_cou
   _choice(config, "optimizer", OPTIMIZERS)
   _choice(config, "model", models.MODELS)
   _choice(config, "dataset", data.DATASETS)
+  if config.dataset == "synthetic":
+    try:
+      data.synthetic.Spec(**config.synthetic)
+    except (TypeError, ValueError) as e:
+      raise ConfigError(f"config.synthetic: {e}") from None
   _choice(config, "lr_schedule", LR_SCHEDULES)
   _choice(config, "rho_schedule", RHO_SCHEDULES)
+  if config.dtype == "float16":
+    raise ConfigError("config.dtype='float16' is not supported (no loss scaling: its small gradients "
+                      "underflow to zero); use bfloat16.")
   _choice(config, "dtype", DTYPES)
   _at_least(config, "learning_rate", 0.0, strict=True)
   _at_least(config, "rho", 0.0)

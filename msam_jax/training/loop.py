@@ -91,7 +91,7 @@ def _evaluate(eval_fn, config, mesh, state, batch_stats=None) -> dict[str, float
   acc = None
   for local in data.eval_iterator(
       config.dataset, global_batch_size=config.eval_batch_size, data_dir=config.data_dir,
-      image_size=config.image_size, num_devices=mesh.size):
+      image_size=config.image_size, num_devices=mesh.size, synthetic=_synthetic(config)):
     m = eval_fn(state, state.batch_stats if batch_stats is None else batch_stats,
                 mesh_lib.global_batch(mesh, local))
     acc = m if acc is None else acc.merge(m)
@@ -102,7 +102,13 @@ def _train_iterator(config, mesh, *, seed: int, start_step: int = 0):
   """This process's training batches; other seeds give the probe and batch-norm batches."""
   return data.train_iterator(
       config.dataset, global_batch_size=config.batch_size, seed=seed, start_step=start_step,
-      data_dir=config.data_dir, image_size=config.image_size, num_devices=mesh.size)
+      data_dir=config.data_dir, image_size=config.image_size, num_devices=mesh.size,
+      synthetic=_synthetic(config))
+
+
+def _synthetic(config):
+  """The synthetic dataset's description (used only when config.dataset is "synthetic")."""
+  return data.synthetic.Spec(**config.synthetic) if config.dataset == "synthetic" else None
 
 
 def _recompute_batch_norm(bn_fn, config, mesh, state: TrainState, num_batches: int):
@@ -128,7 +134,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   validate(config, num_devices=mesh.size, process_count=jax.process_count())
   is_primary = jax.process_index() == 0
 
-  info = data.dataset_info(config.dataset, image_size=config.image_size)
+  info = data.dataset_info(config.dataset, image_size=config.image_size, synthetic=_synthetic(config))
   steps_per_epoch = data.steps_per_epoch(info, config.batch_size)
   num_steps = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
   model = models.build(config.model, info.num_classes, dtype=jnp.dtype(config.dtype),
