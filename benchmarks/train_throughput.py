@@ -3,7 +3,7 @@
     python benchmarks/train_throughput.py                      # the four original setups
     python benchmarks/train_throughput.py --quick              # tiny shapes, CPU, seconds
     python benchmarks/train_throughput.py --setups imagenet_vit --optimizers sgd,msam \\
-        --dtypes bfloat16 --rounds 5 --steps 20 --imagenet-batch 128
+        --dtypes bfloat16 --rounds 5 --steps 20 --vit-batch 256 --profile-dir /tmp/prof
 
 What is timed is `msam_jax.training.steps.train_step` (the function the loop
 jits: forward, backward, the optimizer's update including the SAM family's
@@ -217,6 +217,11 @@ def benchmark_setup(name: str, args, device) -> list[dict]:
     shift = round_index % len(runs)
     for run in runs[shift:] + runs[:shift]:
       run.time_steps(args.steps)
+  if args.profile_dir:  # one more round under the profiler (not in the table): the top ops per step
+    with jax.profiler.trace(os.path.join(args.profile_dir, name)):
+      for run in runs:
+        run.time_steps(args.steps)
+        run.times.pop()
   rows = summarize(runs, batch_size, device.device_kind)
   print_table(name, rows, batch_size, setup.quick_shape if args.quick else setup.image_shape)
   return rows
@@ -240,6 +245,8 @@ def parse_args(argv=None):
   parser.add_argument("--steps", type=int, default=None, help="steps per run per round (default 10; --quick 2)")
   parser.add_argument("--imagenet-batch", type=int, default=128, help="ResNet-50 ImageNet batch on the device")
   parser.add_argument("--vit-batch", type=int, default=256, help="ViT-S/32 ImageNet batch on the device")
+  parser.add_argument("--profile-dir", default=None,
+                      help="also write a jax.profiler trace of one extra round per setup (TensorBoard/XProf)")
   args = parser.parse_args(argv)
   try:
     args.setups = parse_list(args.setups, "--setups", tuple(SETUPS))
