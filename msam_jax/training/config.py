@@ -9,7 +9,7 @@ import ml_collections
 OPTIMIZERS = ("sgd", "msam", "sam", "esam", "looksam", "adamw", "adamw_msam", "adamw_sam")
 LR_SCHEDULES = ("const", "start_ramp_cos", "cos_warmup")
 RHO_SCHEDULES = ("const", "start_ramp", "start_jump")
-DTYPES = ("float32", "bfloat16")  # no float16: without loss scaling its gradients underflow
+DTYPES = ("float32", "bfloat16", "float16")  # float16 with dynamic loss scaling (loss_scale.py)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -105,9 +105,6 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, process_cou
       raise ConfigError(f"config.synthetic: {e}") from None
   _choice(config, "lr_schedule", LR_SCHEDULES)
   _choice(config, "rho_schedule", RHO_SCHEDULES)
-  if config.dtype == "float16":
-    raise ConfigError("config.dtype='float16' is not supported (no loss scaling: its small gradients "
-                      "underflow to zero); use bfloat16.")
   _choice(config, "dtype", DTYPES)
   _at_least(config, "learning_rate", 0.0, strict=True)
   _at_least(config, "rho", 0.0)

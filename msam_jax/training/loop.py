@@ -21,7 +21,7 @@ from clu import metric_writers, periodic_actions
 
 import msam_jax
 from msam_jax import data, models
-from msam_jax.training import checkpoint, mesh as mesh_lib, steps
+from msam_jax.training import checkpoint, loss_scale, mesh as mesh_lib, steps
 from msam_jax.training.config import validate
 from msam_jax.training.optimizer import build_optimizer
 from msam_jax.training.train_state import TrainState, create_train_state
@@ -140,6 +140,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   model = models.build(config.model, info.num_classes, dtype=jnp.dtype(config.dtype),
                        **config.model_kwargs)
   tx = build_optimizer(config, steps_per_epoch)
+  if config.dtype == "float16":
+    tx = loss_scale.dynamic_loss_scale(tx)
 
   init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
   init = functools.partial(create_train_state, model, tx, image_shape=info.image_shape)

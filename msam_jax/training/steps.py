@@ -5,6 +5,8 @@ one-gradient step (the model holds the perturbed parameters and the optimizer
 moves them); the SAM family additionally receives `loss_fn`, which reruns the
 forward pass in training mode but throws its batch-norm statistics away, so the
 running statistics are updated by the first pass only (as the original does).
+With a float16 loss scale in the optimizer state (`loss_scale.py`) the first
+pass differentiates the scaled loss and the optimizer gets unscaled gradients.
 """
 import functools
 from typing import Any
@@ -17,6 +19,7 @@ from clu import metrics
 import msam_jax
 from msam_jax import analysis
 from msam_jax.optim import current_hyperparams, needs_loss_fn
+from msam_jax.training import loss_scale
 from msam_jax.training.loss import smoothed_kl_loss, top_k_correct
 from msam_jax.training.train_state import TrainState
 
@@ -61,11 +64,16 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
         mutable=["batch_stats"], rngs={"dropout": dropout_rng})
     return smoothed_kl_loss(logits, labels, label_smoothing), (logits, new_vars)
 
+  scale = loss_scale.current_scale(state.opt_state)  # float16: see loss_scale.py; else None
+
   def mean_loss(params):
     losses, aux = forward(params, batch["image"], batch["label"])
-    return losses.mean(), (losses, aux)
+    total = losses.mean()
+    return (total if scale is None else total * scale), (losses, aux)
 
   (_, (losses, (logits, new_vars))), grads = jax.value_and_grad(mean_loss, has_aux=True)(state.params)
+  if scale is not None:
+    grads = loss_scale.unscale(grads, scale)
 
   if needs_loss_fn(state.opt_state):
     def loss_fn(params, indices=None):
@@ -78,8 +86,11 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
 
   hyper = current_hyperparams(opt_state)
+  grad_norm = optax.tree.norm(grads)
+  if scale is not None:  # an overflow is a skipped step, not a failed run: counted as norm 0
+    grad_norm = jnp.where(jnp.isfinite(grad_norm), grad_norm, 0.0)
   step_metrics = metrics_collection(logits.shape[-1], train=True).single_from_model_output(
-      loss=losses, grad_norm=optax.tree.norm(grads),
+      loss=losses, grad_norm=grad_norm,
       learning_rate=hyper.get("learning_rate", jnp.nan), rho=hyper.get("rho", jnp.nan),
       **_accuracies(logits, batch["label"]))
   new_state = state.replace(

@@ -1,4 +1,4 @@
-"""Computation dtypes: bfloat16 end to end, float16 refused; the synthetic dataset through the loop."""
+"""Computation dtypes: bfloat16 end to end, float16 with a loss scale; the synthetic dataset through the loop."""
 import re
 
 import jax
@@ -36,9 +36,14 @@ def test_bad_synthetic_shape_is_a_config_error(tmp_path, one_device_mesh):
     training.train_and_evaluate(config, str(tmp_path), mesh=one_device_mesh)
 
 
-def test_float16_is_refused_with_the_reason(tmp_path, one_device_mesh):
-  with pytest.raises(training.ConfigError, match="float16.*underflow.*use bfloat16"):
-    training.train_and_evaluate(load_config("digits", dtype="float16"), str(tmp_path), mesh=one_device_mesh)
+@pytest.mark.parametrize("optimizer", ["msam", "esam"])
+def test_float16_runs_the_loop_with_a_loss_scale(tmp_path, one_device_mesh, optimizer):
+  """The loop wraps the optimizer in dynamic loss scaling; the scale is checkpointed."""
+  results = training.train_and_evaluate(_synthetic_config(dtype="float16", optimizer=optimizer, rho=0.05),
+                                        str(tmp_path), mesh=one_device_mesh)
+  assert np.isfinite(results["final_eval_loss"])
+  _, state = final_checkpoint(str(tmp_path))
+  assert float(state["opt_state"]["scale"]) >= 1.0
 
 
 def test_bfloat16_keeps_parameters_state_and_norm_statistics_in_float32(tmp_path, one_device_mesh):
