@@ -9,6 +9,8 @@ from typing import Any
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from msam_jax.data import synthetic as synthetic_data
+
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
@@ -20,7 +22,7 @@ class DatasetInfo:
   num_test: int
 
 
-DATASETS = ("digits", "cifar10", "cifar100", "imagenet2012")
+DATASETS = ("digits", "cifar10", "cifar100", "imagenet2012", "synthetic")
 
 DEFAULT_IMAGENET_SIZE = 224
 
@@ -42,9 +44,15 @@ def check_name(name: str) -> None:
     raise ValueError(f"Unknown dataset {name!r}; valid choices: {', '.join(DATASETS)}.")
 
 
-def dataset_info(name: str, *, image_size: int | None = None) -> DatasetInfo:
-  """The `DatasetInfo` of `name`; `image_size` (square side) only for imagenet2012."""
+def dataset_info(name: str, *, image_size: int | None = None, synthetic=None) -> DatasetInfo:
+  """The `DatasetInfo` of `name`; `image_size` (square side) only for imagenet2012.
+
+  `synthetic` (a `synthetic.Spec`, default `Spec()`) describes the synthetic dataset.
+  """
   check_name(name)
+  if name == "synthetic":
+    spec = synthetic_data.Spec() if synthetic is None else synthetic
+    return DatasetInfo(name, spec.num_classes, spec.image_shape, spec.num_train, spec.num_test)
   if name == "imagenet2012":
     size = DEFAULT_IMAGENET_SIZE if image_size is None else image_size
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:

@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from msam_jax.data import cifar, digits, imagenet
+from msam_jax.data import cifar, digits, imagenet, synthetic as synthetic_data
 from msam_jax.data.datasets import check_batch_size, dataset_info
 
 Batch = dict[str, np.ndarray]
@@ -235,19 +235,23 @@ def _imagenet_eval(shard: Shard, data_dir, image_size: int) -> tf.data.Dataset:
 def train_iterator(name: str, *, global_batch_size: int, seed: int = 0, start_step: int = 0,
                    data_dir: str | None = None, image_size: int | None = None,
                    process_index: int | None = None, process_count: int | None = None,
-                   num_devices: int | None = None) -> Iterator[Batch]:
+                   num_devices: int | None = None, synthetic=None) -> Iterator[Batch]:
   """Endless training batches of this process: {"image": float32 [b, H, W, C], "label": int32 [b]}.
 
   b = global_batch_size / process_count. An epoch is num_train // global_batch_size
   steps (the remainder is dropped), each a fresh shuffle. With `start_step=n` the
   iterator yields exactly what an uninterrupted one yields from its n-th batch on.
   """
-  info = dataset_info(name, image_size=image_size)
+  info = dataset_info(name, image_size=image_size, synthetic=synthetic)
   shard = shard_for(global_batch_size, process_index=process_index,
                     process_count=process_count, num_devices=num_devices)
   _check_seed(seed)
   if not isinstance(start_step, int) or isinstance(start_step, bool) or start_step < 0:
     raise ValueError(f"start_step must be a non-negative integer, got {start_step!r}.")
+  if name == "synthetic":
+    return synthetic_data.train_batches(
+        synthetic or synthetic_data.Spec(), seed=seed, start_step=start_step,
+        global_batch=shard.global_batch, offset=shard.offset, local_batch=shard.local_batch)
   if name == "imagenet2012":
     return _imagenet_train(shard, seed, start_step, data_dir, info.image_shape[0])
   ds = _in_memory_train(name, shard, seed, start_step, data_dir)
@@ -257,14 +261,17 @@ def train_iterator(name: str, *, global_batch_size: int, seed: int = 0, start_st
 def eval_iterator(name: str, *, global_batch_size: int, data_dir: str | None = None,
                   image_size: int | None = None, process_index: int | None = None,
                   process_count: int | None = None,
-                  num_devices: int | None = None) -> Iterator[Batch]:
+                  num_devices: int | None = None, synthetic=None) -> Iterator[Batch]:
   """Every test example once: {"image", "label", "mask": bool [b]}, padding masked out.
 
   All processes yield the same number of batches (needed for multi-host jit).
   """
-  info = dataset_info(name, image_size=image_size)
+  info = dataset_info(name, image_size=image_size, synthetic=synthetic)
   shard = shard_for(global_batch_size, process_index=process_index,
                     process_count=process_count, num_devices=num_devices)
+  if name == "synthetic":
+    return synthetic_data.eval_batches(synthetic or synthetic_data.Spec(), global_batch=shard.global_batch,
+                                       offset=shard.offset, local_batch=shard.local_batch)
   if name == "imagenet2012":
     ds = _imagenet_eval(shard, data_dir, info.image_shape[0])
   else:

@@ -21,7 +21,7 @@ from clu import metric_writers, periodic_actions
 
 import msam_jax
 from msam_jax import data, models
-from msam_jax.training import checkpoint, evaluated_model, preemption, run_record, steps
+from msam_jax.training import checkpoint, evaluated_model, loss_scale, preemption, run_record, steps
 from msam_jax.training import config as config_lib
 from msam_jax.training import mesh as mesh_lib
 from msam_jax.training.config import validate
@@ -95,7 +95,7 @@ def _evaluate(eval_fn, config, mesh, state, batch_stats=None) -> dict[str, float
   acc = None
   for local in data.eval_iterator(
       config.dataset, global_batch_size=config.eval_batch_size, data_dir=config.data_dir,
-      image_size=config.image_size, num_devices=mesh.size):
+      image_size=config.image_size, num_devices=mesh.size, synthetic=config_lib.synthetic_spec(config)):
     m = eval_fn(state, state.batch_stats if batch_stats is None else batch_stats,
                 mesh_lib.global_batch(mesh, local))
     acc = m if acc is None else acc.merge(m)
@@ -106,7 +106,8 @@ def _train_iterator(config, mesh, *, seed: int, start_step: int = 0):
   """This process's training batches; other seeds give the probe and batch-norm batches."""
   return data.train_iterator(
       config.dataset, global_batch_size=config.batch_size, seed=seed, start_step=start_step,
-      data_dir=config.data_dir, image_size=config.image_size, num_devices=mesh.size)
+      data_dir=config.data_dir, image_size=config.image_size, num_devices=mesh.size,
+      synthetic=config_lib.synthetic_spec(config))
 
 
 def _recompute_batch_norm(bn_fn, config, mesh, state: TrainState, num_batches: int):
@@ -159,7 +160,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
     config.data_dir = str(run_record.as_path(config.data_dir))
   is_primary = jax.process_index() == 0
 
-  info = data.dataset_info(config.dataset, image_size=config.image_size)
+  info = data.dataset_info(config.dataset, image_size=config.image_size, synthetic=config_lib.synthetic_spec(config))
   steps_per_epoch = data.steps_per_epoch(info, config.batch_size)
   num_steps = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
   finished = run_record.check_run(workdir, config, num_steps)
@@ -170,6 +171,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
   model = models.build(config.model, info.num_classes, dtype=jnp.dtype(config.dtype),
                        **config.model_kwargs)
   tx = build_optimizer(config, steps_per_epoch)
+  if config.dtype == "float16":
+    tx = loss_scale.dynamic_loss_scale(tx)
 
   init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
   init = functools.partial(create_train_state, model, tx, image_shape=info.image_shape)
