@@ -1,7 +1,8 @@
 """ImageNet-1k (TFDS `imagenet2012`), streamed as encoded JPEGs and decoded fused with the crop.
 
-Train: Inception random-resized crop (area 0.08-1, aspect 3/4-4/3) resized to
-`image_size`, random horizontal flip. Eval: centre crop of 0.875 of the
+Train: torchvision's RandomResizedCrop (area 0.08-1, aspect 3/4-4/3 drawn
+log-uniformly, centre-crop fallback) resized (bilinear) to `image_size`,
+random horizontal flip, as the original. Eval: centre crop of 0.875 of the
 shorter side resized (bicubic) to `image_size`. Both normalised with the
 usual ImageNet mean/std. The test split is TFDS's 'validation'.
 """
@@ -48,13 +49,17 @@ def split_sizes(data_dir: str | None) -> tuple[int, int]:
 def train_preprocess(jpeg: tf.Tensor, seed, *, image_size: int) -> tf.Tensor:
   """JPEG bytes -> random-resized crop, flip, normalise: float32 [size, size, 3]."""
   crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-  image = augment.decode_and_inception_crop(jpeg, crop_seed, image_size=image_size)
+  image = augment.decode_and_random_resized_crop(jpeg, crop_seed, image_size=image_size)
   image = tf.image.stateless_random_flip_left_right(image, flip_seed)
   return augment.normalize(image, MEAN, STD)
 
 
+def eval_crop(jpeg: tf.Tensor, *, image_size: int) -> tf.Tensor:
+  """JPEG bytes -> centre crop resized: uint8 [size, size, 3] (what the eval cache holds)."""
+  return augment.decode_and_centre_crop(jpeg, image_size=image_size,
+                                        crop_fraction=EVAL_CROP_FRACTION)
+
+
 def eval_preprocess(jpeg: tf.Tensor, *, image_size: int) -> tf.Tensor:
   """JPEG bytes -> centre crop, normalise: float32 [size, size, 3]."""
-  image = augment.decode_and_centre_crop(jpeg, image_size=image_size,
-                                         crop_fraction=EVAL_CROP_FRACTION)
-  return augment.normalize(image, MEAN, STD)
+  return augment.normalize(eval_crop(jpeg, image_size=image_size), MEAN, STD)
