@@ -18,8 +18,9 @@ from msam_jax.data.datasets import dataset_info  # noqa: E402
 from msam_jax.data.datasets import steps_per_epoch  # noqa: E402
 from msam_jax.data.pipeline import eval_iterator  # noqa: E402
 from msam_jax.data.pipeline import train_iterator  # noqa: E402
+from msam_jax.data import prefetch  # noqa: E402
 
 __all__ = [
     "DATASETS", "DatasetInfo", "DatasetNotFoundError", "dataset_info", "eval_iterator",
-    "steps_per_epoch", "train_iterator",
+    "prefetch", "steps_per_epoch", "train_iterator",
 ]
