@@ -38,7 +38,7 @@ def _produce(host: Iterator[Any], put: Callable[[Any], Any], ready: queue.Queue,
       item = put(next(host))
     except StopIteration:
       item = _End(None)
-    except BaseException as error:  # handed to the consumer, which raises it
+    except BaseException as error:  # noqa: BLE001  (handed to the consumer, which raises it)
       item = _End(error)
     while not stop.is_set():
       try:

@@ -123,8 +123,8 @@ def _torchvision_get_params(height, width, uniform, randint, scale=(0.08, 1.0), 
   for _ in range(10):
     target_area = area * uniform(scale[0], scale[1])
     aspect_ratio = math.exp(uniform(log_ratio[0], log_ratio[1]))
-    w = int(round(math.sqrt(target_area * aspect_ratio)))
-    h = int(round(math.sqrt(target_area / aspect_ratio)))
+    w = int(round(math.sqrt(target_area * aspect_ratio)))  # noqa: RUF046 (torchvision's code)
+    h = int(round(math.sqrt(target_area / aspect_ratio)))  # noqa: RUF046 (torchvision's code)
     if 0 < w <= width and 0 < h <= height:
       i = randint(0, height - h + 1)
       j = randint(0, width - w + 1)
@@ -133,10 +133,10 @@ def _torchvision_get_params(height, width, uniform, randint, scale=(0.08, 1.0), 
   in_ratio = float(width) / float(height)
   if in_ratio < min(ratio):
     w = width
-    h = int(round(w / min(ratio)))
+    h = int(round(w / min(ratio)))  # noqa: RUF046 (torchvision's code)
   elif in_ratio > max(ratio):
     h = height
-    w = int(round(h * max(ratio)))
+    w = int(round(h * max(ratio)))  # noqa: RUF046 (torchvision's code)
   else:  # whole image
     w = width
     h = height
@@ -160,7 +160,7 @@ class _GivenUniforms:
 
   def randint(self, low, high):
     row = 2 if self.calls % 2 == 0 else 3  # top, then left, of the accepted attempt
-    value = low + int(math.floor(self.u[row, self.attempt - 1] * (high - low)))
+    value = low + math.floor(self.u[row, self.attempt - 1] * (high - low))
     self.calls += 1
     return value
 
