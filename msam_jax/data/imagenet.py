@@ -31,19 +31,24 @@ def read(split, *, data_dir: str | None, shuffle_seed: int | None = None) -> tf.
                     decoders={"image": tfds.decode.SkipDecoding()}, read_config=read_config)
 
 
-def split_sizes(data_dir: str | None) -> tuple[int, int]:
-  """(train, test) example counts of the prepared dataset, from its metadata.
+def split_size(split, *, data_dir: str | None) -> int:
+  """Example count of `split` (a sub-split too), from the metadata.
 
-  Where the metadata does not know a split's size (a mocked or hand-made
-  dataset) its records are counted, without decoding: the canonical counts
-  would be wrong there, and evaluation would pad tens of thousands of batches.
+  Where the metadata does not know it (a mocked or hand-made dataset) the
+  records are counted, without decoding: the canonical counts would be wrong
+  there, and evaluation would pad tens of thousands of batches.
   """
   splits = tfds.builder(NAME, data_dir=data_dir).info.splits
-  sizes = []
-  for split in (TRAIN_SPLIT, TEST_SPLIT):
-    known = splits[split].num_examples if split in splits else 0
-    sizes.append(known or int(read(split, data_dir=data_dir).reduce(0, lambda n, _: n + 1)))
-  return sizes[0], sizes[1]
+  try:
+    known = splits[split].num_examples
+  except (KeyError, ValueError, TypeError):
+    known = 0
+  return known or int(read(split, data_dir=data_dir).reduce(0, lambda n, _: n + 1))
+
+
+def split_sizes(data_dir: str | None) -> tuple[int, int]:
+  """(train, test) example counts of the prepared dataset (see `split_size`)."""
+  return split_size(TRAIN_SPLIT, data_dir=data_dir), split_size(TEST_SPLIT, data_dir=data_dir)
 
 
 def train_preprocess(jpeg: tf.Tensor, seed, *, image_size: int) -> tf.Tensor:

@@ -238,9 +238,13 @@ def _imagenet_eval_crops(shard_index: int, shard_count: int, data_dir, image_siz
 
 
 def _imagenet_eval(shard: Shard, data_dir, image_size: int) -> tf.data.Dataset:
-  _, num_test = imagenet.split_sizes(data_dir)
-  # tfds.even_splits gives the first (num_test % count) processes one extra example.
-  num_batches = math.ceil(math.ceil(num_test / shard.count) / shard.local_batch)
+  # Every process pads its part to the same number of batches. The padding is counted
+  # exactly (no `take` after the cache): a cache read only partly would be dropped.
+  local_sizes = [imagenet.split_size(tfds.split_for_jax_process(
+      imagenet.TEST_SPLIT, process_index=index, process_count=shard.count), data_dir=data_dir)
+      for index in range(shard.count)]
+  num_batches = math.ceil(max(local_sizes) / shard.local_batch)
+  num_padding = num_batches * shard.local_batch - local_sizes[shard.index]
   crops = _imagenet_eval_crops(shard.index, shard.count, data_dir, image_size,
                                tfds_reader_identity())
 
@@ -250,10 +254,9 @@ def _imagenet_eval(shard: Shard, data_dir, image_size: int) -> tf.data.Dataset:
 
   padding = tf.data.Dataset.from_tensors({
       "image": tf.zeros([image_size, image_size, 3], tf.float32),
-      "label": tf.constant(0, tf.int32), "mask": tf.constant(False)}).repeat()
+      "label": tf.constant(0, tf.int32), "mask": tf.constant(False)}).repeat(num_padding)
   return (crops.map(normalise, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
           .concatenate(padding)
-          .take(num_batches * shard.local_batch)
           .batch(shard.local_batch))
 
 

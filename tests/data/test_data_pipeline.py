@@ -213,7 +213,8 @@ def test_cifar_splits_are_read_once_per_process_and_tfds_context(monkeypatch):
   assert not images.flags.writeable
 
 
-def test_imagenet_eval_decodes_each_test_image_once(fake_imagenet, monkeypatch):
+@pytest.mark.parametrize("global_batch", [8, 7])  # 21 test examples: 7 divides them exactly
+def test_imagenet_eval_decodes_each_test_image_once(fake_imagenet, monkeypatch, global_batch):
   decoded = []
   real_eval_crop = imagenet.eval_crop
 
@@ -225,7 +226,7 @@ def test_imagenet_eval_decodes_each_test_image_once(fake_imagenet, monkeypatch):
 
   monkeypatch.setattr(imagenet, "eval_crop", counting_eval_crop)
   pipeline._imagenet_eval_crops.cache_clear()  # built afresh, with the counting crop
-  evaluations = [list(data.eval_iterator("imagenet2012", global_batch_size=8, image_size=12,
+  evaluations = [list(data.eval_iterator("imagenet2012", global_batch_size=global_batch, image_size=12,
                                          data_dir=fake_imagenet.data_dir, **ONE_PROCESS))
                  for _ in range(3)]
   assert len(decoded) == len(fake_imagenet.validation_labels)  # 21: the first evaluation only
