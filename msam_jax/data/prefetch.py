@@ -13,6 +13,7 @@ exactly that time.
 
 No JAX here: `put` does the device work.
 """
+import atexit
 import queue
 import threading
 import time
@@ -21,6 +22,16 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 _POLL_SECONDS = 0.1
+# Running producers. Stopped and joined at exit: a daemon thread still inside
+# TensorFlow or JAX while the interpreter finalises aborts the process.
+_RUNNING: set[tuple[threading.Event, threading.Thread]] = set()
+
+
+@atexit.register
+def _stop_all() -> None:
+  for stop, thread in list(_RUNNING):
+    stop.set()
+    thread.join(timeout=10)
 
 
 class _End:
@@ -33,6 +44,13 @@ class _End:
 def _produce(host: Iterator[Any], put: Callable[[Any], Any], ready: queue.Queue,
              stop: threading.Event) -> None:
   """Fills `ready` with put(batch) until the host iterator ends or `stop` is set."""
+  try:
+    _fill(host, put, ready, stop)
+  finally:
+    _RUNNING.discard((stop, threading.current_thread()))
+
+
+def _fill(host, put, ready: queue.Queue, stop: threading.Event) -> None:
   while not stop.is_set():
     try:
       item = put(next(host))
@@ -48,6 +66,10 @@ def _produce(host: Iterator[Any], put: Callable[[Any], Any], ready: queue.Queue,
         continue
     if isinstance(item, _End):
       return
+
+
+def _stop_one(running: tuple[threading.Event, threading.Thread]) -> None:
+  running[0].set()  # the thread leaves _RUNNING when it ends
 
 
 class DevicePrefetcher:
@@ -71,8 +93,10 @@ class DevicePrefetcher:
     # The thread holds no reference to self, so dropping the prefetcher stops it.
     self._thread = threading.Thread(target=_produce, args=(host, put, self._ready, self._stop),
                                     name="device-prefetch", daemon=True)
+    running = (self._stop, self._thread)
+    _RUNNING.add(running)
     self._thread.start()
-    weakref.finalize(self, self._stop.set)
+    weakref.finalize(self, _stop_one, running)
 
   def __iter__(self):
     return self
@@ -104,7 +128,7 @@ class DevicePrefetcher:
 
   def close(self) -> None:
     """Stops the background thread (also done when the prefetcher is garbage collected)."""
-    self._stop.set()
+    _stop_one((self._stop, self._thread))
     self._thread.join()
 
 
