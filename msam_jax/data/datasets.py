@@ -92,6 +92,16 @@ def _preparation_hint(name: str, data_dir: str) -> str:
   return f"Prepare it once (downloads it) with `tfds build {name} --data_dir {data_dir}`."
 
 
+def tfds_reader_identity():
+  """What reads TFDS datasets now: part of the key of every cache of TFDS data.
+
+  `tfds.testing.mock_data` replaces `DatasetBuilder.as_dataset` for its
+  context, so a cache keyed by it never hands one context's (or the real
+  dataset's) examples to another.
+  """
+  return tfds.core.DatasetBuilder.as_dataset
+
+
 def tfds_split(name: str, split: Any, *, data_dir: str | None, **as_dataset_kwargs) -> tf.data.Dataset:
   """`builder.as_dataset(split)` of a prepared TFDS dataset; never downloads.
 

@@ -214,7 +214,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
         steps.sharpness_step, model=model, batch=probe_batch, label_smoothing=config.label_smoothing,
         rho=config.sharpness_rho, num_iters=config.sharpness_num_iters))
 
-  train_iter = _train_iterator(config, mesh, seed=config.seed, start_step=start_step)
+  train_iter = data.prefetch.to_devices(  # the next batches copy to the devices during the step
+      _train_iterator(config, mesh, seed=config.seed, start_step=start_step),
+      functools.partial(mesh_lib.global_batch, mesh))
   hooks = [periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)] if is_primary else []
   acc = jax.device_put(train_collection.empty(), replicated)
   first_bad = jax.device_put(jnp.array(-1, jnp.int32), replicated)
@@ -228,7 +230,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
   preempt = preemption.Preemption(config.checkpoint_on_preemption).start()
   try:  # an error (a non-finite loss, Ctrl-C) still lets the in-flight checkpoint finish
     for step in range(start_step + 1, num_steps + 1):
-      batch = mesh_lib.global_batch(mesh, next(train_iter))
+      batch = next(train_iter)
       state, acc, first_bad = train_fn(state, acc, first_bad, batch, dropout_rng)
       if step == start_step + 1:
         clock.first_step_done(state)
@@ -280,6 +282,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
       "train_seconds": train_seconds,
       "steps_per_second": timed_steps / timed_seconds if timed_steps > 0 else float("nan"),
       "seconds_per_step_excluding_compilation": timed_seconds / timed_steps if timed_steps > 0 else float("nan"),
+      "input_wait_fraction": train_iter.wait_seconds / timed_seconds if timed_steps > 0 else float("nan"),
       "eval_history": eval_history,
       "sharding": config.sharding, "grad_accum_steps": config.grad_accum_steps,
       "params_bytes_per_device": mesh_lib.bytes_per_device(abstract_state.params, state_sharding.params),
