@@ -8,7 +8,7 @@ import pytest
 
 from msam_jax import training
 
-from conftest import final_checkpoint, load_config
+from helpers import final_checkpoint, load_config
 
 TINY_SYNTHETIC = dict(dataset="synthetic", model="cnn", model_kwargs={"width": 8}, batch_size=16,
                       eval_batch_size=32, num_train_steps=6, log_every_steps=3, bn_recompute_batches=2,
