@@ -87,6 +87,10 @@ def test_optimizers_and_analysis_refuse_bools(make, argument):
                                                       num_devices=1), "process_index"),
     ("msam_jax.data", lambda d: d.pipeline.shard_for(8, process_index=0, process_count=1,
                                                       num_devices=True), "num_devices"),
+    ("msam_jax.data.synthetic", lambda s: s.Spec(num_classes=True), "synthetic num_classes"),
+    ("msam_jax.data.synthetic", lambda s: s.Spec(image_shape=(8, True, 3)),
+     "synthetic image_shape width"),
+    ("msam_jax.data.prefetch", lambda p: p.DevicePrefetcher(iter(()), lambda x: x, size=True), "size"),
 ])
 def test_models_and_data_refuse_bools(module, call, argument):
   pytest.importorskip("flax" if module == "msam_jax.models" else "tensorflow")

@@ -15,6 +15,7 @@ try:
 except RuntimeError:  # TensorFlow already initialised its devices: too late, and harmless on CPU.
   pass
 
+from msam_jax.data import prefetch  # noqa: E402
 from msam_jax.data.datasets import DATASETS  # noqa: E402
 from msam_jax.data.datasets import DatasetInfo  # noqa: E402
 from msam_jax.data.datasets import DatasetNotFoundError  # noqa: E402
@@ -22,8 +23,9 @@ from msam_jax.data.datasets import dataset_info  # noqa: E402
 from msam_jax.data.datasets import steps_per_epoch  # noqa: E402
 from msam_jax.data.pipeline import eval_iterator  # noqa: E402
 from msam_jax.data.pipeline import train_iterator  # noqa: E402
+from msam_jax.data import synthetic  # noqa: E402
 
 __all__ = [
     "DATASETS", "DatasetInfo", "DatasetNotFoundError", "dataset_info", "eval_iterator",
-    "steps_per_epoch", "train_iterator",
+    "prefetch", "steps_per_epoch", "synthetic", "train_iterator",
 ]

@@ -1,92 +1,122 @@
 """Image augmentations as pure TensorFlow functions.
 
-The batch operations (flip, Cutout, pad-and-crop) take their random
-parameters as arguments, one per image, so they are vectorised over the batch
-and deterministic; each dataset module draws the parameters. The JPEG crops
-work on one image and draw their window from a stateless `seed` (int tensor
-of shape [2]). Either way the pipelines key the randomness by (run seed,
-global position of the example), so resumed and multi-process runs see
-exactly the images of an uninterrupted single process.
+The CIFAR batch augmentation takes its random parameters as arguments, one per
+image, so it is vectorised over the batch and deterministic; the dataset module
+draws the parameters. The JPEG crops work on one image and draw their window
+from a stateless `seed` (int tensor of shape [2]). Either way the pipelines key
+the randomness by (run seed, global position of the example), so resumed and
+multi-process runs see exactly the images of an uninterrupted single process.
 
-Pixel values are float32 in [0, 1]; the JPEG functions decode to that range.
+Images stay uint8 until `normalize`, which maps them to float32 once.
 """
+import math
 from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
 
 
-def _per_pixel(values: Sequence[float], images: tf.Tensor) -> tf.Tensor:
+def _per_pixel(values, shape: tf.TensorShape, dtype) -> tf.Tensor:
   """Per-channel constants spread over [H, W, C].
 
   TensorFlow's CPU kernels broadcast a [C] vector over the innermost axis
   several times slower than a [H, W, C] one over the batch axis.
   """
-  shape = images.shape[-3:]
-  if not shape.is_fully_defined():
-    return tf.constant(values, images.dtype)
-  return tf.constant(np.broadcast_to(np.asarray(values, np.float32), shape), images.dtype)
+  values = np.asarray(values, dtype.as_numpy_dtype)
+  if not shape[-3:].is_fully_defined():
+    return tf.constant(values, dtype)
+  return tf.constant(np.broadcast_to(values, shape[-3:]), dtype)
 
 
-def flip_left_right(images: tf.Tensor, flip: tf.Tensor) -> tf.Tensor:
-  """Mirrors images[i] (batch [B, H, W, C]) left-right where flip[i] (bool [B])."""
-  return tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
+def normalize(images: tf.Tensor, mean: Sequence[float], std: Sequence[float], *,
+              max_value: float = 255.0) -> tf.Tensor:
+  """(images / max_value - mean) / std per channel, as float32; images of any dtype in [0, max_value]."""
+  mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+  scale = _per_pixel(1.0 / (max_value * std), images.shape, tf.float32)
+  shift = _per_pixel(-mean / std, images.shape, tf.float32)
+  return tf.cast(images, tf.float32) * scale + shift
 
 
-def cutout(images: tf.Tensor, centres: tf.Tensor, apply: tf.Tensor, *, size: int,
-           fill: Sequence[float]) -> tf.Tensor:
-  """Cutout (DeVries & Taylor 2017, arXiv 1708.04552) of a batch [B, H, W, C].
+def flip_cutout_pad_crop(images: tf.Tensor, params: dict[str, tf.Tensor], *, cutout_size: int,
+                         fill: Sequence[int], padding: int) -> tf.Tensor:
+  """The CIFAR augmentation of a batch [B, H, W, C] in one gather, in the original's order.
 
-  Where apply[i], a `size` x `size` square centred on pixel centres[i] = (row,
-  col) is filled with `fill` (per channel); the part of the square that
-  overhangs the border is dropped. The square spans rows
-  [row - size//2, row - size//2 + size), likewise columns.
-  """
-  height, width = tf.shape(images)[1], tf.shape(images)[2]
-  top = centres[:, :1] - size // 2  # [B, 1]
-  left = centres[:, 1:] - size // 2
-  rows, cols = tf.range(height)[None, :], tf.range(width)[None, :]
-  in_rows = (rows >= top) & (rows < top + size)  # [B, H]
-  in_cols = (cols >= left) & (cols < left + size)  # [B, W]
-  square = in_rows[:, :, None, None] & in_cols[:, None, :, None] & apply[:, None, None, None]
-  return tf.where(square, _per_pixel(fill, images), images)
+  1. flip: mirror images[i] left-right where params["flip"][i];
+  2. Cutout (DeVries & Taylor 2017, arXiv 1708.04552): where
+     params["cutout_apply"][i], fill (per channel) the `cutout_size` square
+     spanning rows [row - size//2, row - size//2 + size) and likewise columns,
+     (row, col) = params["cutout_centre"][i], clipped to the image;
+  3. zero-pad by `padding` per side, crop H x W at params["crop_offset"][i] =
+     (row, col) of the window in the padded image, each in [0, 2 padding].
 
-
-def pad_and_crop(images: tf.Tensor, offsets: tf.Tensor, *, padding: int) -> tf.Tensor:
-  """Zero-pads a batch [B, H, W, C] by `padding` per side, then crops H x W at offsets[i].
-
-  offsets[i] = (row, col) of the window in the padded image, each in
-  [0, 2 padding]: the content moves by (padding - offset) pixels.
+  Every output pixel is one source pixel, `fill` or 0, so the three steps are
+  one index map: a quarter of the memory traffic of doing them in turn, and
+  exact in uint8.
   """
   height, width = images.shape[1], images.shape[2]
-  padded = tf.pad(images, [[0, 0], [padding, padding], [padding, padding], [0, 0]])
-  rows = offsets[:, :1] + tf.range(height)[None, :]  # [B, H]
-  cols = offsets[:, 1:] + tf.range(width)[None, :]  # [B, W]
-  cropped = tf.gather(padded, rows, axis=1, batch_dims=1)
-  return tf.gather(cropped, cols, axis=2, batch_dims=1)
+  offsets, centres = params["crop_offset"], params["cutout_centre"]
+  rows = offsets[:, :1] + tf.range(height)[None, :] - padding  # [B, H] rows of the flipped image
+  cols = offsets[:, 1:] + tf.range(width)[None, :] - padding  # [B, W] columns of the flipped image
+  top, left = centres[:, :1] - cutout_size // 2, centres[:, 1:] - cutout_size // 2
+  in_square = (((rows >= top) & (rows < top + cutout_size))[:, :, None]
+               & ((cols >= left) & (cols < left + cutout_size))[:, None, :]
+               & params["cutout_apply"][:, None, None])
+  in_image = (((rows >= 0) & (rows < height))[:, :, None]
+              & ((cols >= 0) & (cols < width))[:, None, :])
+  source_cols = tf.where(params["flip"][:, None], width - 1 - cols, cols)
+  out = tf.gather(images, tf.clip_by_value(rows, 0, height - 1), axis=1, batch_dims=1)
+  out = tf.gather(out, tf.clip_by_value(source_cols, 0, width - 1), axis=2, batch_dims=1)
+  keep = tf.cast(in_image & ~in_square, images.dtype)[..., None]
+  filled = tf.cast(in_image & in_square, images.dtype)[..., None]
+  return out * keep + tf.constant(fill, images.dtype) * filled
 
 
-def normalize(images: tf.Tensor, mean: Sequence[float], std: Sequence[float]) -> tf.Tensor:
-  """(images - mean) / std over the last (channel) axis."""
-  return (images - _per_pixel(mean, images)) / _per_pixel(std, images)
+def random_resized_crop_window(image_shape: tf.Tensor, seed, *,
+                               scale: tuple[float, float] = (0.08, 1.0),
+                               ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                               max_attempts: int = 10) -> tf.Tensor:
+  """Crop window [top, left, height, width] of torchvision's `RandomResizedCrop` (Szegedy et al. 2015).
 
-
-def inception_crop_window(image_shape: tf.Tensor, seed, *,
-                          area_range: tuple[float, float] = (0.08, 1.0),
-                          aspect_ratio_range: tuple[float, float] = (3 / 4, 4 / 3),
-                          max_attempts: int = 10) -> tf.Tensor:
-  """Random crop window [top, left, height, width] of the Inception crop.
-
-  Area fraction uniform-ish in `area_range`, width/height in
-  `aspect_ratio_range` (Szegedy et al. 2015, torchvision's RandomResizedCrop).
-  When no window fits in `max_attempts` tries, the whole image.
+  torchvision's `RandomResizedCrop.get_params`, drawn from the stateless
+  `seed`; see `resized_crop_window_from_uniforms` for the rule.
   """
-  whole_image = tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, shape=[1, 1, 4])
-  begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-      image_shape, bounding_boxes=whole_image, seed=seed, min_object_covered=0.0,
-      aspect_ratio_range=aspect_ratio_range, area_range=area_range,
-      max_attempts=max_attempts, use_image_if_no_bounding_boxes=True)
-  return tf.stack([begin[0], begin[1], size[0], size[1]])
+  keys = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
+  uniforms = [tf.random.stateless_uniform([max_attempts], key, dtype=tf.float64) for key in keys]
+  return resized_crop_window_from_uniforms(image_shape, *uniforms, scale=scale, ratio=ratio)
+
+
+def resized_crop_window_from_uniforms(image_shape: tf.Tensor, u_area, u_log_ratio, u_top, u_left, *,
+                                      scale: tuple[float, float] = (0.08, 1.0),
+                                      ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tf.Tensor:
+  """torchvision's `RandomResizedCrop.get_params` given its uniforms in [0, 1) (float64 [attempts]).
+
+  For each attempt k: area = U(scale) * H * W, log(r) = U(log ratio),
+  w = round(sqrt(area * r)), h = round(sqrt(area / r)) (round half to even,
+  like Python's); the first attempt with 0 < w <= W and 0 < h <= H gives the
+  window, its offsets uniform integers top in [0, H - h], left in [0, W - w].
+  If none fits: a centred crop of the whole image, its aspect ratio clamped to
+  `ratio` (w = W, h = round(W / min ratio) for too-wide images, h = H,
+  w = round(H * max ratio) for too-tall ones).
+  """
+  height = tf.cast(image_shape[0], tf.float64)
+  width = tf.cast(image_shape[1], tf.float64)
+  area = height * width * (scale[0] + (scale[1] - scale[0]) * u_area)
+  log_low, log_high = math.log(ratio[0]), math.log(ratio[1])
+  aspect = tf.exp(log_low + (log_high - log_low) * u_log_ratio)
+  w = tf.round(tf.sqrt(area * aspect))
+  h = tf.round(tf.sqrt(area / aspect))
+  fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+  first = tf.argmax(tf.cast(fits, tf.int32))  # the first attempt that fits (0 when none does)
+  h, w = h[first], w[first]
+  top = tf.minimum(tf.floor(u_top[first] * (height - h + 1)), height - h)
+  left = tf.minimum(tf.floor(u_left[first] * (width - w + 1)), width - w)
+  found = tf.stack([top, left, h, w])
+
+  in_ratio = width / height
+  fb_w = tf.where(in_ratio > ratio[1], tf.round(height * ratio[1]), width)
+  fb_h = tf.where(in_ratio < ratio[0], tf.round(width / ratio[0]), height)
+  fallback = tf.stack([tf.floor((height - fb_h) / 2), tf.floor((width - fb_w) / 2), fb_h, fb_w])
+  return tf.cast(tf.where(tf.reduce_any(fits), found, fallback), tf.int32)
 
 
 def centre_crop_window(image_shape: tf.Tensor, *, crop_fraction: float = 0.875) -> tf.Tensor:
@@ -97,19 +127,20 @@ def centre_crop_window(image_shape: tf.Tensor, *, crop_fraction: float = 0.875) 
 
 
 def _decode_crop_resize(jpeg: tf.Tensor, window: tf.Tensor, image_size: int, method: str) -> tf.Tensor:
-  # Fused: only the JPEG blocks that overlap the window are decoded.
+  # Fused: only the JPEG blocks that overlap the window are decoded. Rounded back
+  # to uint8 like torchvision's PIL resize.
   image = tf.image.decode_and_crop_jpeg(jpeg, window, channels=3)
   image = tf.image.resize(image, [image_size, image_size], method=method, antialias=True)
-  return tf.clip_by_value(image / 255.0, 0.0, 1.0)  # bicubic overshoots a little
+  return tf.saturate_cast(tf.round(image), tf.uint8)  # bicubic overshoots a little
 
 
-def decode_and_inception_crop(jpeg: tf.Tensor, seed, *, image_size: int) -> tf.Tensor:
-  """Inception random-resized crop of a JPEG, resized (bilinear) to image_size^2."""
-  window = inception_crop_window(tf.image.extract_jpeg_shape(jpeg), seed)
+def decode_and_random_resized_crop(jpeg: tf.Tensor, seed, *, image_size: int) -> tf.Tensor:
+  """torchvision's RandomResizedCrop of a JPEG, resized (bilinear) to uint8 [image_size, image_size, 3]."""
+  window = random_resized_crop_window(tf.image.extract_jpeg_shape(jpeg), seed)
   return _decode_crop_resize(jpeg, window, image_size, "bilinear")
 
 
 def decode_and_centre_crop(jpeg: tf.Tensor, *, image_size: int, crop_fraction: float = 0.875) -> tf.Tensor:
-  """Centre crop of `crop_fraction` of the shorter side, resized (bicubic) to image_size^2."""
+  """Centre crop of `crop_fraction` of the shorter side, resized (bicubic) to uint8 [image_size, image_size, 3]."""
   window = centre_crop_window(tf.image.extract_jpeg_shape(jpeg), crop_fraction=crop_fraction)
   return _decode_crop_resize(jpeg, window, image_size, "bicubic")

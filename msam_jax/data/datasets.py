@@ -10,6 +10,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from msam_jax import validation
+from msam_jax.data import synthetic as synthetic_data
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,7 +23,7 @@ class DatasetInfo:
   num_test: int
 
 
-DATASETS = ("digits", "cifar10", "cifar100", "imagenet2012")
+DATASETS = ("digits", "cifar10", "cifar100", "imagenet2012", "synthetic")
 
 DEFAULT_IMAGENET_SIZE = 224
 
@@ -44,9 +45,15 @@ def check_name(name: str) -> None:
     raise ValueError(f"Unknown dataset {name!r}; valid choices: {', '.join(DATASETS)}.")
 
 
-def dataset_info(name: str, *, image_size: int | None = None) -> DatasetInfo:
-  """The `DatasetInfo` of `name`; `image_size` (square side) only for imagenet2012."""
+def dataset_info(name: str, *, image_size: int | None = None, synthetic=None) -> DatasetInfo:
+  """The `DatasetInfo` of `name`; `image_size` (square side) only for imagenet2012.
+
+  `synthetic` (a `synthetic.Spec`, default `Spec()`) describes the synthetic dataset.
+  """
   check_name(name)
+  if name == "synthetic":
+    spec = synthetic_data.Spec() if synthetic is None else synthetic
+    return DatasetInfo(name, spec.num_classes, spec.image_shape, spec.num_train, spec.num_test)
   if name == "imagenet2012":
     size = DEFAULT_IMAGENET_SIZE if image_size is None else image_size
     validation.integer("image_size", size)
@@ -81,6 +88,16 @@ def _preparation_hint(name: str, data_dir: str) -> str:
             f"ILSVRC2012_img_val.tar into {data_dir}/downloads/manual/, then run "
             f"`tfds build imagenet2012 --data_dir {data_dir}` (hours; about 300 GB of disk).")
   return f"Prepare it once (downloads it) with `tfds build {name} --data_dir {data_dir}`."
+
+
+def tfds_reader_identity():
+  """What reads TFDS datasets now: part of the key of every cache of TFDS data.
+
+  `tfds.testing.mock_data` replaces `DatasetBuilder.as_dataset` for its
+  context, so a cache keyed by it never hands one context's (or the real
+  dataset's) examples to another.
+  """
+  return tfds.core.DatasetBuilder.as_dataset
 
 
 def tfds_split(name: str, split: Any, *, data_dir: str | None, **as_dataset_kwargs) -> tf.data.Dataset:

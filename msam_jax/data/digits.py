@@ -48,4 +48,4 @@ def normalization() -> tuple[float, float]:
 def preprocess(images: tf.Tensor) -> tf.Tensor:
   """uint8 [..., 8, 8, 1] in 0..16 -> normalised float32; the same for train and test."""
   mean, std = normalization()
-  return augment.normalize(tf.cast(images, tf.float32) / MAX_PIXEL, [mean], [std])
+  return augment.normalize(images, [mean], [std], max_value=MAX_PIXEL)

@@ -8,9 +8,13 @@ Training batches are a function of (seed, step) only:
   A global batch therefore does not depend on the number of processes, and
   `start_step` is index arithmetic.
 * ImageNet streams from TFDS: each process reads its own part of the split
-  (`tfds.split_for_jax_process`) in an order keyed by (seed, epoch) (file
-  order plus a shuffle buffer of encoded JPEGs); `start_step` skips the
-  consumed records before anything is decoded.
+  (`tfds.split_for_jax_process`) in an order keyed by (seed, epoch);
+  `start_step` skips the consumed records before anything is decoded. The
+  order is a bounded approximation of a full permutation (TFRecords have no
+  random access): a fresh permutation of the files (1024 for the train
+  split), 16 of them read interleaved, then a shuffle buffer of
+  IMAGENET_SHUFFLE_BUFFER encoded JPEGs (about 1.1 GB per process at
+  ImageNet's mean of ~110 KB per JPEG).
 
 Random augmentation is keyed by (seed, step) and drawn for the whole global
 batch (in memory, vectorised), or by (seed, global position of the example)
@@ -20,8 +24,13 @@ number of processes.
 Evaluation visits the test split once: global batch `b` holds examples
 `b*B .. b*B+B-1` (in-memory) or each process reads its part (ImageNet);
 the last batch is padded with zero images whose `mask` is False, and every
-process yields the same number of batches.
+process yields the same number of batches. The test data is read once per
+process: CIFAR and digits arrays stay in memory, and ImageNet's decoded,
+cropped uint8 test images are cached in memory by the first evaluation
+(image_size^2 * 3 bytes each: 7.5 GB for 50,000 at 224, divided among the
+processes), so later evaluations skip reading and decoding.
 """
+import functools
 import dataclasses
 import math
 from collections.abc import Iterator
@@ -31,12 +40,12 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from msam_jax import validation
-from msam_jax.data import cifar, digits, imagenet
-from msam_jax.data.datasets import check_batch_size, dataset_info
+from msam_jax.data import augment, cifar, digits, imagenet, synthetic as synthetic_data
+from msam_jax.data.datasets import check_batch_size, dataset_info, tfds_reader_identity
 
 Batch = dict[str, np.ndarray]
 
-IMAGENET_SHUFFLE_BUFFER = 10_000  # encoded JPEGs, ~1 GB
+IMAGENET_SHUFFLE_BUFFER = 10_000  # encoded JPEGs, ~1.1 GB
 _SHUFFLE_STREAM, _AUGMENT_STREAM = 0, 1
 
 
@@ -208,42 +217,65 @@ def _imagenet_train(shard: Shard, seed: int, start_step: int, data_dir,
   return batches(epoch, first_step, epoch_batches(epoch, first_step))
 
 
-def _imagenet_eval(shard: Shard, data_dir, image_size: int) -> tf.data.Dataset:
-  split = tfds.split_for_jax_process(imagenet.TEST_SPLIT, process_index=shard.index,
-                                     process_count=shard.count)
-  _, num_test = imagenet.split_sizes(data_dir)
-  # tfds.even_splits gives the first (num_test % count) processes one extra example.
-  num_batches = math.ceil(math.ceil(num_test / shard.count) / shard.local_batch)
+@functools.lru_cache(maxsize=2)
+def _imagenet_eval_crops(shard_index: int, shard_count: int, data_dir, image_size: int,
+                         reader) -> tf.data.Dataset:
+  """This process's test examples {"image": uint8 crop, "label"}, cached in memory once read."""
+  del reader  # part of the cache key only
+  split = tfds.split_for_jax_process(imagenet.TEST_SPLIT, process_index=shard_index,
+                                     process_count=shard_count)
 
   def example(record):
-    return {"image": imagenet.eval_preprocess(record["image"], image_size=image_size),
-            "label": tf.cast(record["label"], tf.int32), "mask": tf.constant(True)}
+    return {"image": imagenet.eval_crop(record["image"], image_size=image_size),
+            "label": tf.cast(record["label"], tf.int32)}
+
+  return (imagenet.read(split, data_dir=data_dir)
+          .map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+          .cache())
+
+
+def _imagenet_eval(shard: Shard, data_dir, image_size: int) -> tf.data.Dataset:
+  # Every process pads its part to the same number of batches. The padding is counted
+  # exactly (no `take` after the cache): a cache read only partly would be dropped.
+  local_sizes = [imagenet.split_size(tfds.split_for_jax_process(
+      imagenet.TEST_SPLIT, process_index=index, process_count=shard.count), data_dir=data_dir)
+      for index in range(shard.count)]
+  num_batches = math.ceil(max(local_sizes) / shard.local_batch)
+  num_padding = num_batches * shard.local_batch - local_sizes[shard.index]
+  crops = _imagenet_eval_crops(shard.index, shard.count, data_dir, image_size,
+                               tfds_reader_identity())
+
+  def normalise(example):
+    return {"image": augment.normalize(example["image"], imagenet.MEAN, imagenet.STD),
+            "label": example["label"], "mask": tf.constant(True)}
 
   padding = tf.data.Dataset.from_tensors({
       "image": tf.zeros([image_size, image_size, 3], tf.float32),
-      "label": tf.constant(0, tf.int32), "mask": tf.constant(False)}).repeat()
-  return (imagenet.read(split, data_dir=data_dir)
-          .map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+      "label": tf.constant(0, tf.int32), "mask": tf.constant(False)}).repeat(num_padding)
+  return (crops.map(normalise, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
           .concatenate(padding)
-          .take(num_batches * shard.local_batch)
           .batch(shard.local_batch))
 
 
 def train_iterator(name: str, *, global_batch_size: int, seed: int = 0, start_step: int = 0,
                    data_dir: str | None = None, image_size: int | None = None,
                    process_index: int | None = None, process_count: int | None = None,
-                   num_devices: int | None = None) -> Iterator[Batch]:
+                   num_devices: int | None = None, synthetic=None) -> Iterator[Batch]:
   """Endless training batches of this process: {"image": float32 [b, H, W, C], "label": int32 [b]}.
 
   b = global_batch_size / process_count. An epoch is num_train // global_batch_size
   steps (the remainder is dropped), each a fresh shuffle. With `start_step=n` the
   iterator yields exactly what an uninterrupted one yields from its n-th batch on.
   """
-  info = dataset_info(name, image_size=image_size)
+  info = dataset_info(name, image_size=image_size, synthetic=synthetic)
   shard = shard_for(global_batch_size, process_index=process_index,
                     process_count=process_count, num_devices=num_devices)
   _check_seed(seed)
   validation.integer("start_step", start_step, 0)
+  if name == "synthetic":
+    return synthetic_data.train_batches(
+        synthetic or synthetic_data.Spec(), seed=seed, start_step=start_step,
+        global_batch=shard.global_batch, offset=shard.offset, local_batch=shard.local_batch)
   if name == "imagenet2012":
     return _imagenet_train(shard, seed, start_step, data_dir, info.image_shape[0])
   ds = _in_memory_train(name, shard, seed, start_step, data_dir)
@@ -253,14 +285,17 @@ def train_iterator(name: str, *, global_batch_size: int, seed: int = 0, start_st
 def eval_iterator(name: str, *, global_batch_size: int, data_dir: str | None = None,
                   image_size: int | None = None, process_index: int | None = None,
                   process_count: int | None = None,
-                  num_devices: int | None = None) -> Iterator[Batch]:
+                  num_devices: int | None = None, synthetic=None) -> Iterator[Batch]:
   """Every test example once: {"image", "label", "mask": bool [b]}, padding masked out.
 
   All processes yield the same number of batches (needed for multi-host jit).
   """
-  info = dataset_info(name, image_size=image_size)
+  info = dataset_info(name, image_size=image_size, synthetic=synthetic)
   shard = shard_for(global_batch_size, process_index=process_index,
                     process_count=process_count, num_devices=num_devices)
+  if name == "synthetic":
+    return synthetic_data.eval_batches(synthetic or synthetic_data.Spec(), global_batch=shard.global_batch,
+                                       offset=shard.offset, local_batch=shard.local_batch)
   if name == "imagenet2012":
     ds = _imagenet_eval(shard, data_dir, info.image_shape[0])
   else:

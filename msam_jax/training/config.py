@@ -19,7 +19,7 @@ from msam_jax.optim import registry
 OPTIMIZERS = registry.names()  # one entry per optimizer in msam_jax/optim/registry.py
 LR_SCHEDULES = ("const", "start_ramp_cos", "cos_warmup")
 RHO_SCHEDULES = ("const", "start_ramp", "start_jump")
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("float32", "bfloat16", "float16")  # float16 with dynamic loss scaling (loss_scale.py)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -33,6 +33,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.image_size = ml_collections.FieldReference(None, field_type=int)
   c.batch_size = 256  # global, over all devices and processes
   c.eval_batch_size = 512
+  # dataset="synthetic": generated batches, nothing on disk (msam_jax/data/synthetic.py).
+  c.synthetic = ml_collections.ConfigDict(
+      {"image_shape": (32, 32, 3), "num_classes": 10, "num_train": 50_000, "num_test": 1_000})
 
   # Model: `msam_jax.models.build(model, num_classes, **model_kwargs)`.
   c.model = "wrn"
@@ -277,6 +280,13 @@ def validate_fields(config: ml_collections.ConfigDict) -> None:
     _at_least(config, "num_epochs", 1)
 
 
+def synthetic_spec(config: ml_collections.ConfigDict):
+  """The synthetic dataset's description (None unless config.dataset is "synthetic")."""
+  from msam_jax import data
+
+  return data.synthetic.Spec(**config.synthetic) if config.dataset == "synthetic" else None
+
+
 def validate(config: ml_collections.ConfigDict, *, num_devices: int, process_count: int = 1) -> None:
   """`validate_fields`, then the device count and the dataset; raises `ConfigError`.
 
@@ -292,8 +302,14 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, process_cou
       raise ConfigError(
           f"config.{field}={config[field]} is not divisible by the {num_devices} devices"
           f" ({process_count} processes); choose a multiple of {num_devices}.")
+  if config.dataset == "synthetic":
+    try:
+      data.synthetic.Spec(**config.synthetic)
+    except (TypeError, ValueError) as e:
+      raise ConfigError(f"config.synthetic: {e}") from None
   try:
-    info = data.dataset_info(config.dataset, image_size=config.image_size)
+    info = data.dataset_info(config.dataset, image_size=config.image_size,
+                             synthetic=synthetic_spec(config))
     data.steps_per_epoch(info, config.batch_size)
   except ValueError as e:
     raise ConfigError(f"config.dataset={config.dataset!r}: {e}") from None
@@ -312,6 +328,10 @@ def _validate_pod(config: ml_collections.ConfigDict, num_devices: int) -> None:
     raise ConfigError(
         f"config.grad_accum_steps={k} does not divide the per-device batch {per_device}"
         f" (batch_size {config.batch_size} / {num_devices} devices); choose a divisor of {per_device}.")
+  if k > 1 and config.dtype == "float16":
+    raise ConfigError(
+        f"config.grad_accum_steps={k} is not supported with dtype float16 (its loss scaling runs on"
+        " the whole batch); use grad_accum_steps=1 or dtype bfloat16.")
   if k > 1 and config.optimizer == "esam":
     raise ConfigError(
         f"config.grad_accum_steps={k} is not supported with esam (it picks examples by sharpness"

@@ -21,7 +21,7 @@ from clu import metric_writers, periodic_actions
 
 import msam_jax
 from msam_jax import data, models
-from msam_jax.training import checkpoint, evaluated_model, preemption, run_record, steps
+from msam_jax.training import checkpoint, evaluated_model, loss_scale, preemption, run_record, steps
 from msam_jax.training import config as config_lib
 from msam_jax.training import mesh as mesh_lib
 from msam_jax.training.config import validate
@@ -95,7 +95,7 @@ def _evaluate(eval_fn, config, mesh, state, batch_stats=None) -> dict[str, float
   acc = None
   for local in data.eval_iterator(
       config.dataset, global_batch_size=config.eval_batch_size, data_dir=config.data_dir,
-      image_size=config.image_size, num_devices=mesh.size):
+      image_size=config.image_size, num_devices=mesh.size, synthetic=config_lib.synthetic_spec(config)):
     m = eval_fn(state, state.batch_stats if batch_stats is None else batch_stats,
                 mesh_lib.global_batch(mesh, local))
     acc = m if acc is None else acc.merge(m)
@@ -106,7 +106,8 @@ def _train_iterator(config, mesh, *, seed: int, start_step: int = 0):
   """This process's training batches; other seeds give the probe and batch-norm batches."""
   return data.train_iterator(
       config.dataset, global_batch_size=config.batch_size, seed=seed, start_step=start_step,
-      data_dir=config.data_dir, image_size=config.image_size, num_devices=mesh.size)
+      data_dir=config.data_dir, image_size=config.image_size, num_devices=mesh.size,
+      synthetic=config_lib.synthetic_spec(config))
 
 
 def _recompute_batch_norm(bn_fn, config, mesh, state: TrainState, num_batches: int):
@@ -159,7 +160,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
     config.data_dir = str(run_record.as_path(config.data_dir))
   is_primary = jax.process_index() == 0
 
-  info = data.dataset_info(config.dataset, image_size=config.image_size)
+  info = data.dataset_info(config.dataset, image_size=config.image_size, synthetic=config_lib.synthetic_spec(config))
   steps_per_epoch = data.steps_per_epoch(info, config.batch_size)
   num_steps = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
   finished = run_record.check_run(workdir, config, num_steps)
@@ -170,6 +171,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
   model = models.build(config.model, info.num_classes, dtype=jnp.dtype(config.dtype),
                        **config.model_kwargs)
   tx = build_optimizer(config, steps_per_epoch)
+  if config.dtype == "float16":
+    tx = loss_scale.dynamic_loss_scale(tx)
 
   init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
   init = functools.partial(create_train_state, model, tx, image_shape=info.image_shape)
@@ -211,7 +214,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
         steps.sharpness_step, model=model, batch=probe_batch, label_smoothing=config.label_smoothing,
         rho=config.sharpness_rho, num_iters=config.sharpness_num_iters))
 
-  train_iter = _train_iterator(config, mesh, seed=config.seed, start_step=start_step)
+  train_iter = data.prefetch.to_devices(  # the next batches copy to the devices during the step
+      _train_iterator(config, mesh, seed=config.seed, start_step=start_step),
+      functools.partial(mesh_lib.global_batch, mesh))
   hooks = [periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)] if is_primary else []
   acc = jax.device_put(train_collection.empty(), replicated)
   first_bad = jax.device_put(jnp.array(-1, jnp.int32), replicated)
@@ -225,7 +230,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
   preempt = preemption.Preemption(config.checkpoint_on_preemption).start()
   try:  # an error (a non-finite loss, Ctrl-C) still lets the in-flight checkpoint finish
     for step in range(start_step + 1, num_steps + 1):
-      batch = mesh_lib.global_batch(mesh, next(train_iter))
+      batch = next(train_iter)
       state, acc, first_bad = train_fn(state, acc, first_bad, batch, dropout_rng)
       if step == start_step + 1:
         clock.first_step_done(state)
@@ -277,6 +282,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
       "train_seconds": train_seconds,
       "steps_per_second": timed_steps / timed_seconds if timed_steps > 0 else float("nan"),
       "seconds_per_step_excluding_compilation": timed_seconds / timed_steps if timed_steps > 0 else float("nan"),
+      "input_wait_fraction": train_iter.wait_seconds / timed_seconds if timed_steps > 0 else float("nan"),
       "eval_history": eval_history,
       "sharding": config.sharding, "grad_accum_steps": config.grad_accum_steps,
       "params_bytes_per_device": mesh_lib.bytes_per_device(abstract_state.params, state_sharding.params),

@@ -10,6 +10,9 @@ running statistics are updated by the first pass only (as the original does).
 With `grad_accum_steps = k > 1` both passes run over k micro-batches (see
 `accumulation`): the SAM family then also receives `grad_fn`, the accumulated
 gradient of the mean loss, for its second pass at the perturbed point.
+With a float16 loss scale in the optimizer state (`loss_scale.py`) the first
+pass differentiates the scaled loss and the optimizer gets unscaled gradients
+(not combined with accumulation: the config refuses float16 with k > 1).
 """
 import functools
 from typing import Any
@@ -22,7 +25,7 @@ from clu import metrics
 import msam_jax
 from msam_jax import analysis
 from msam_jax.optim import current_hyperparams
-from msam_jax.training import accumulation
+from msam_jax.training import accumulation, loss_scale
 from msam_jax.training.loss import smoothed_kl_loss, top_k_correct
 from msam_jax.training.train_state import TrainState
 
@@ -67,16 +70,23 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
         mutable=["batch_stats"], rngs={"dropout": dropout_rng})
     return smoothed_kl_loss(logits, labels, label_smoothing), (logits, new_vars)
 
+  scale = loss_scale.current_scale(state.opt_state)  # float16: see loss_scale.py; else None
+
   def mean_loss(params):
     losses, aux = forward(params, batch["image"], batch["label"])
-    return losses.mean(), (losses, aux)
+    total = losses.mean()
+    return (total if scale is None else total * scale), (losses, aux)
 
   accumulated = {}  # grad_fn for the SAM family when accumulating
   if grad_accum_steps == 1:
     (_, (losses, (logits, new_vars))), grads = jax.value_and_grad(mean_loss, has_aux=True)(state.params)
   else:
+    if scale is not None:
+      raise ValueError("float16 loss scaling is not combined with gradient accumulation")
     losses, logits, new_vars, grads, accumulated["grad_fn"] = _accumulated_first_pass(
         forward, state.params, batch, grad_accum_steps, dropout_rng)
+  if scale is not None:
+    grads = loss_scale.unscale(grads, scale)
 
   def loss_fn(params, indices=None):  # the SAM family's further passes; others ignore it
     images, labels = batch["image"], batch["label"]
@@ -87,8 +97,11 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
                                  **accumulated)
 
   hyper = current_hyperparams(opt_state)
+  grad_norm = optax.tree.norm(grads)
+  if scale is not None:  # an overflow is a skipped step, not a failed run: counted as norm 0
+    grad_norm = jnp.where(jnp.isfinite(grad_norm), grad_norm, 0.0)
   step_metrics = metrics_collection(logits.shape[-1], train=True).single_from_model_output(
-      loss=losses, grad_norm=optax.tree.norm(grads),
+      loss=losses, grad_norm=grad_norm,
       learning_rate=hyper.get("learning_rate", jnp.nan), rho=hyper.get("rho", jnp.nan),
       **_accuracies(logits, batch["label"]))
   new_state = state.replace(

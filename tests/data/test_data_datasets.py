@@ -26,7 +26,7 @@ def _check_batch(batch, *, batch_size, shape, num_classes, mean, std, eval_batch
 
 
 def test_dataset_info():
-  assert data.DATASETS == ("digits", "cifar10", "cifar100", "imagenet2012")
+  assert data.DATASETS == ("digits", "cifar10", "cifar100", "imagenet2012", "synthetic")
   assert data.dataset_info("cifar100") == data.DatasetInfo("cifar100", 100, (32, 32, 3), 50_000, 10_000)
   assert data.dataset_info("cifar10").num_classes == 10
   imagenet_info = data.dataset_info("imagenet2012")

@@ -3,10 +3,11 @@ import itertools
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from msam_jax import data
-from msam_jax.data import pipeline
+from msam_jax.data import cifar, imagenet, pipeline
 
 ONE_PROCESS = dict(process_index=0, process_count=1, num_devices=1)
 
@@ -189,3 +190,45 @@ def test_imagenet_eval_visits_every_example_once(fake_imagenet):
     np.testing.assert_array_equal(np.sort(labels), fake_imagenet.validation_labels)
     padding = np.concatenate([b["image"][~b["mask"]] for batches in shares for b in batches])
     assert len(padding) > 0 and np.all(padding == 0)
+
+
+# ------------------------------------------------- test data read once
+
+
+def test_cifar_splits_are_read_once_per_process_and_tfds_context(monkeypatch):
+  reads = []
+  real_tfds_split = cifar.tfds_split
+  monkeypatch.setattr(cifar, "tfds_split", lambda *a, **k: reads.append(a) or real_tfds_split(*a, **k))
+  with tfds.testing.mock_data(num_examples=100):
+    evaluations = [list(data.eval_iterator("cifar10", global_batch_size=64, **ONE_PROCESS))
+                   for _ in range(3)]
+    next(data.train_iterator("cifar10", global_batch_size=32, **ONE_PROCESS))
+    next(data.train_iterator("cifar10", global_batch_size=32, seed=1, **ONE_PROCESS))
+  assert len(reads) == 2  # test and train, once each
+  for evaluation in evaluations[1:]:
+    _assert_batches_equal(evaluation, evaluations[0])
+  with tfds.testing.mock_data(num_examples=40):  # another context: its own examples
+    images, _ = cifar.load_split("cifar10", "test", data_dir=None)
+  assert len(images) == 40 and len(reads) == 3
+  assert not images.flags.writeable
+
+
+@pytest.mark.parametrize("global_batch", [8, 7])  # 21 test examples: 7 divides them exactly
+def test_imagenet_eval_decodes_each_test_image_once(fake_imagenet, monkeypatch, global_batch):
+  decoded = []
+  real_eval_crop = imagenet.eval_crop
+
+  def counting_eval_crop(jpeg, **kwargs):
+    image = real_eval_crop(jpeg, **kwargs)
+    count = tf.py_function(lambda: decoded.append(1) or 0, [], tf.int32)
+    with tf.control_dependencies([count]):
+      return tf.identity(image)
+
+  monkeypatch.setattr(imagenet, "eval_crop", counting_eval_crop)
+  pipeline._imagenet_eval_crops.cache_clear()  # built afresh, with the counting crop
+  evaluations = [list(data.eval_iterator("imagenet2012", global_batch_size=global_batch, image_size=12,
+                                         data_dir=fake_imagenet.data_dir, **ONE_PROCESS))
+                 for _ in range(3)]
+  assert len(decoded) == len(fake_imagenet.validation_labels)  # 21: the first evaluation only
+  for evaluation in evaluations[1:]:
+    _assert_batches_equal(evaluation, evaluations[0])

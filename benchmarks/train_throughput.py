@@ -1,0 +1,278 @@
+"""Throughput of the training loop's own step, per optimizer and dtype, on one device.
+
+    python benchmarks/train_throughput.py                      # the four original setups
+    python benchmarks/train_throughput.py --quick              # tiny shapes, CPU, seconds
+    python benchmarks/train_throughput.py --setups imagenet_vit --optimizers sgd,msam \\
+        --dtypes bfloat16 --rounds 5 --steps 20 --vit-batch 256 --profile-dir /tmp/prof
+
+What is timed is `msam_jax.training.steps.train_step` (the function the loop
+jits: forward, backward, the optimizer's update including the SAM family's
+extra passes through `loss_fn`, apply), state donated, with the model, state
+and optimizer built from the setup's `configs/*.py` by the loop's own helpers
+(`models.build`, `create_train_state`, `build_optimizer`). Batches are one
+synthetic batch (`msam_jax.data.synthetic`) already on the device, so input is
+not measured; `train.py` with `config.dataset="synthetic"` times the whole loop.
+
+Rounds are interleaved: every (optimizer, dtype) runs `--steps` steps in turn,
+in an order rotated each round, so each ratio compares times taken under the
+same machine load. "ratio" is the median over rounds of step time / step time
+of the base (sgd or adamw) in the same round and dtype; "<base>, again" is the
+base measured a second time (own state, same executable): its ratio is the A/A
+control, the noise floor of every other ratio. "bf16 x" is the median over
+rounds of float32 step time / bfloat16 step time of the same optimizer.
+
+GFLOP/step is XLA's cost analysis of the compiled step (static: it counts
+every dot and convolution, whatever their speed). MFU = those flops / step
+time / the device's peak (PEAK_FLOPS below) for the dtype; blank where the
+device is not in the table (CPUs). One device only: the data-parallel loop
+multiplies images/s by the device count at best.
+"""
+import argparse
+import dataclasses
+import functools
+import importlib.util
+import math
+import os
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+from msam_jax import data, models
+from msam_jax.training import steps
+from msam_jax.training.config import OPTIMIZERS
+from msam_jax.training.optimizer import build_optimizer
+from msam_jax.training.train_state import create_train_state
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DTYPES = ("float32", "bfloat16")
+
+# Dense peak FLOP/s per JAX device, (bfloat16, float32), from the vendors' data sheets:
+# NVIDIA H100/H200 (SXM), H100 PCIe, A100, L4 data sheets (tensor-core figures without
+# sparsity; float32 is TF32, which XLA uses for float32 dots and convolutions on these GPUs
+# at JAX's default precision); Google Cloud TPU "system architecture" pages (bf16 per chip;
+# v2/v3 expose each of a chip's 2 cores as a device, so half; float32 at JAX's default
+# precision runs as one bfloat16 pass, hence the same peak). Matched as a substring of
+# `jax.devices()[0].device_kind`, first match wins (so "H100 PCIe" precedes "H100").
+PEAK_FLOPS = (
+    ("H100 PCIe", 756e12, 378e12),
+    ("H100", 989e12, 495e12),
+    ("H200", 989e12, 495e12),
+    ("GH200", 989e12, 495e12),
+    ("B200", 2250e12, 1100e12),
+    ("A100", 312e12, 156e12),
+    ("L4", 121e12, 60e12),
+    ("TPU v6 lite", 918e12, 918e12),  # v6e
+    ("TPU v5 lite", 197e12, 197e12),  # v5e
+    ("TPU v5", 459e12, 459e12),  # v5p
+    ("TPU v4", 275e12, 275e12),
+    ("TPU v3", 61.5e12, 61.5e12),
+    ("TPU v2", 22.5e12, 22.5e12),
+)
+
+
+def peak_flops(device_kind: str, dtype: str) -> float | None:
+  """The device's dense peak for `dtype` ("float32" or "bfloat16"), None if unknown."""
+  for key, bf16, fp32 in PEAK_FLOPS:
+    if key.lower() in device_kind.lower():
+      return bf16 if dtype == "bfloat16" else fp32
+  return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """One of the original's experiments: its config, and the batch one device runs."""
+  config: str  # configs/<config>.py
+  batch: int
+  image_shape: tuple[int, int, int]
+  quick_model: dict  # --quick: a tiny model of the same family, 16x16 or 32x32 images
+  quick_shape: tuple[int, int, int]
+
+
+SETUPS = {
+    "cifar100_wrn16_4": Setup("cifar100_wrn16_4", 256, (32, 32, 3), {"depth": 10, "width": 1}, (16, 16, 3)),
+    "cifar100_resnet50": Setup("cifar100_resnet50", 256, (32, 32, 3), {"depth": 18, "width": 4}, (16, 16, 3)),
+    "imagenet_resnet50": Setup("imagenet_resnet50", 128, (224, 224, 3), {"depth": 18, "width": 4}, (32, 32, 3)),
+    "imagenet_vit": Setup("imagenet_vit", 256, (224, 224, 3),
+                          {"size": "Ti", "depth": 1, "patch_size": 8, "image_size": 32}, (32, 32, 3)),
+}
+QUICK_BATCH = 8
+
+
+def base_of(optimizer: str) -> str:
+  """The plain optimizer a SAM-family one is compared with."""
+  return "adamw" if optimizer.startswith("adamw") else "sgd"
+
+
+def load_config(name: str):
+  spec = importlib.util.spec_from_file_location(f"configs.{name}", os.path.join(REPO, "configs", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+class Run:
+  """One (optimizer, dtype): its compiled step, donated state and per-round step times."""
+
+  def __init__(self, label, optimizer, dtype, compiled, state, batch, rng, flops):
+    self.label, self.optimizer, self.dtype = label, optimizer, dtype
+    self.compiled, self.state, self.batch, self.rng, self.flops = compiled, state, batch, rng, flops
+    self.times = []
+
+  def time_steps(self, num_steps: int) -> None:
+    jax.block_until_ready(self.state)
+    start = time.perf_counter()
+    for _ in range(num_steps):
+      self.state, _ = self.compiled(self.state, self.batch, self.rng)
+    jax.block_until_ready(self.state)
+    self.times.append((time.perf_counter() - start) / num_steps)
+
+
+def build_run(setup: Setup, optimizer: str, dtype: str, *, quick: bool, batch_size: int, device,
+              label: str | None = None, twin: "Run | None" = None) -> Run:
+  """The step and state exactly as the loop builds them; `twin` shares its executable (A/A)."""
+  config = load_config(setup.config)
+  image_shape = setup.quick_shape if quick else setup.image_shape
+  if quick:
+    config.model_kwargs = setup.quick_model
+  config.optimizer, config.dtype, config.batch_size = optimizer, dtype, batch_size
+  num_classes = data.dataset_info(config.dataset, image_size=config.image_size).num_classes
+  spec = data.synthetic.Spec(image_shape=image_shape, num_classes=num_classes,
+                             num_train=max(batch_size, 50_000), num_test=1)
+  steps_per_epoch = data.steps_per_epoch(data.dataset_info("synthetic", synthetic=spec), batch_size)
+  model = models.build(config.model, num_classes, dtype=jnp.dtype(dtype), **config.model_kwargs)
+  tx = build_optimizer(config, steps_per_epoch)
+  init = functools.partial(create_train_state, model, tx, image_shape=image_shape)
+  state = jax.jit(init)(jax.random.key(config.seed))
+  batch = next(data.train_iterator("synthetic", global_batch_size=batch_size, num_devices=1,
+                                   process_count=1, process_index=0, synthetic=spec))
+  batch = jax.device_put(batch, device)
+  state, rng = jax.device_put(state, device), jax.device_put(jax.random.key(1), device)
+  if twin is not None:
+    compiled, flops = twin.compiled, twin.flops
+  else:
+    step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx,
+                                     label_smoothing=config.label_smoothing), donate_argnums=0)
+    compiled = step.lower(state, batch, rng).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    flops = (cost or {}).get("flops", float("nan"))
+  run = Run(label or optimizer, optimizer, dtype, compiled, state, batch, rng, flops)
+  run.time_steps(1)  # first execution: allocation, autotuning
+  run.times.clear()
+  return run
+
+
+def summarize(runs: list[Run], batch_size: int, device_kind: str) -> list[dict]:
+  """One row per run: median step time, images/s, ratios, flops, MFU."""
+  by_key = {(r.label, r.dtype): r for r in runs}
+  rows = []
+  for r in runs:
+    step_s = statistics.median(r.times)
+    base = by_key.get((base_of(r.optimizer), r.dtype))
+    ratio = (statistics.median(t / b for t, b in zip(r.times, base.times)) if base is not None
+             else float("nan"))
+    f32 = by_key.get((r.label, "float32"))
+    speedup = (statistics.median(a / b for a, b in zip(f32.times, r.times))
+               if r.dtype == "bfloat16" and f32 is not None else float("nan"))
+    peak = peak_flops(device_kind, r.dtype)
+    rows.append({"optimizer": r.label, "dtype": r.dtype, "step_ms": step_s * 1e3,
+                 "images_per_s": batch_size / step_s, "ratio_to_base": ratio, "base": base_of(r.optimizer),
+                 "bf16_speedup": speedup, "gflop_per_step": r.flops / 1e9,
+                 "mfu": r.flops / step_s / peak if peak else float("nan")})
+  return rows
+
+
+def _fmt(x, spec, suffix=""):
+  return "" if math.isnan(x) else format(x, spec) + suffix
+
+
+def print_table(name: str, rows: list[dict], batch_size: int, image_shape) -> None:
+  print(f"\n{name}: batch {batch_size}, images {'x'.join(map(str, image_shape))}\n")
+  print("| optimizer | dtype | step (ms) | images/s | ratio to base | bf16 x | GFLOP/step | MFU |")
+  print("|---|---|---:|---:|---:|---:|---:|---:|")
+  for row in rows:
+    print(f"| {row['optimizer']} | {row['dtype']} | {row['step_ms']:.1f} | {row['images_per_s']:.0f} | "
+          f"{_fmt(row['ratio_to_base'], '.3f')} ({row['base']}) | {_fmt(row['bf16_speedup'], '.2f')} | "
+          f"{row['gflop_per_step']:.2f} | {_fmt(row['mfu'] * 100, '.1f', '%')} |",
+          flush=True)
+
+
+def benchmark_setup(name: str, args, device) -> list[dict]:
+  setup = SETUPS[name]
+  batch_size = QUICK_BATCH if args.quick else (args.imagenet_batch if name == "imagenet_resnet50" else
+                                               args.vit_batch if name == "imagenet_vit" else setup.batch)
+  runs = []
+  for dtype in args.dtypes:
+    for optimizer in args.optimizers:
+      runs.append(build_run(setup, optimizer, dtype, quick=args.quick, batch_size=batch_size, device=device))
+    for base in dict.fromkeys(base_of(o) for o in args.optimizers):  # the A/A controls
+      twin = next((r for r in runs if r.label == base and r.dtype == dtype), None)
+      if twin is not None:
+        runs.append(build_run(setup, base, dtype, quick=args.quick, batch_size=batch_size, device=device,
+                              label=f"{base}, again", twin=twin))
+  for round_index in range(args.rounds):
+    shift = round_index % len(runs)
+    for run in runs[shift:] + runs[:shift]:
+      run.time_steps(args.steps)
+  if args.profile_dir:  # one more round under the profiler (not in the table): the top ops per step
+    with jax.profiler.trace(os.path.join(args.profile_dir, name)):
+      for run in runs:
+        run.time_steps(args.steps)
+        run.times.pop()
+  rows = summarize(runs, batch_size, device.device_kind)
+  print_table(name, rows, batch_size, setup.quick_shape if args.quick else setup.image_shape)
+  return rows
+
+
+def parse_list(text: str, flag: str, choices) -> list[str]:
+  items = [s.strip() for s in text.split(",") if s.strip()]
+  bad = [s for s in items if s not in choices]
+  if not items or bad or len(set(items)) != len(items):
+    raise ValueError(f"{flag}={text!r}: give distinct names from {', '.join(choices)}.")
+  return items
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true", help="tiny models and shapes (CPU, seconds per setup)")
+  parser.add_argument("--setups", default=",".join(SETUPS))
+  parser.add_argument("--optimizers", default=",".join(OPTIMIZERS))
+  parser.add_argument("--dtypes", default=",".join(DTYPES))
+  parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5; --quick 3)")
+  parser.add_argument("--steps", type=int, default=None, help="steps per run per round (default 10; --quick 2)")
+  parser.add_argument("--imagenet-batch", type=int, default=128, help="ResNet-50 ImageNet batch on the device")
+  parser.add_argument("--vit-batch", type=int, default=256, help="ViT-S/32 ImageNet batch on the device")
+  parser.add_argument("--profile-dir", default=None,
+                      help="also write a jax.profiler trace of one extra round per setup (TensorBoard/XProf)")
+  args = parser.parse_args(argv)
+  try:
+    args.setups = parse_list(args.setups, "--setups", tuple(SETUPS))
+    args.optimizers = parse_list(args.optimizers, "--optimizers", OPTIMIZERS)
+    args.dtypes = parse_list(args.dtypes, "--dtypes", DTYPES)
+    args.rounds = (3 if args.quick else 5) if args.rounds is None else args.rounds
+    args.steps = (2 if args.quick else 10) if args.steps is None else args.steps
+    for flag in ("rounds", "steps", "imagenet_batch", "vit_batch"):
+      if getattr(args, flag) < 1:
+        raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}.")
+  except ValueError as e:
+    parser.error(str(e))
+  return args
+
+
+def main(argv=None) -> dict[str, list[dict]]:
+  args = parse_args(argv)
+  device = jax.devices()[0]
+  peak = peak_flops(device.device_kind, "bfloat16")
+  print(f"device: {device.platform} / {device.device_kind} (1 of {jax.device_count()}), jax {jax.__version__}; "
+        f"{args.rounds} interleaved rounds of {args.steps} steps; peak bf16 "
+        f"{f'{peak / 1e12:.0f} TFLOP/s' if peak else 'unknown (no MFU)'}"
+        f"{'; --quick: tiny models' if args.quick else ''}")
+  print(f"command: python benchmarks/train_throughput.py {' '.join(sys.argv[1:] if argv is None else argv)}")
+  return {name: benchmark_setup(name, args, device) for name in args.setups}
+
+
+if __name__ == "__main__":
+  main()

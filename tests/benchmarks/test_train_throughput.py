@@ -1,0 +1,72 @@
+"""benchmarks/train_throughput.py: the peak table, the summary arithmetic, and one --quick run."""
+import importlib.util
+import math
+import os
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPT = os.path.join(REPO, "benchmarks", "train_throughput.py")
+
+
+@pytest.fixture(scope="module")
+def bench():
+  spec = importlib.util.spec_from_file_location("train_throughput", SCRIPT)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_peak_table_matches_device_kinds(bench):
+  assert bench.peak_flops("NVIDIA H100 80GB HBM3", "bfloat16") == 989e12
+  assert bench.peak_flops("NVIDIA H100 PCIe", "float32") == 378e12
+  assert bench.peak_flops("TPU v5 lite", "bfloat16") == 197e12
+  assert bench.peak_flops("TPU v5", "bfloat16") == 459e12
+  assert bench.peak_flops("cpu", "bfloat16") is None
+
+
+def test_every_registered_optimizer_has_a_base(bench):
+  from msam_jax.training.config import OPTIMIZERS
+  assert {bench.base_of(name) for name in OPTIMIZERS} <= set(OPTIMIZERS)
+
+
+def test_summary_ratios_are_per_round_medians(bench):
+  def run(label, optimizer, dtype, times, flops=2e9):
+    r = bench.Run(label, optimizer, dtype, None, None, None, None, flops)
+    r.times = times
+    return r
+  runs = [run("sgd", "sgd", "float32", [1.0, 2.0, 1.0]), run("msam", "msam", "float32", [1.1, 2.2, 1.1]),
+          run("sgd", "sgd", "bfloat16", [0.5, 1.0, 0.5]),
+          run("sgd, again", "sgd", "bfloat16", [0.5, 1.0, 0.6])]
+  rows = {(r["optimizer"], r["dtype"]): r for r in bench.summarize(runs, 10, "NVIDIA H100 80GB HBM3")}
+  assert rows["msam", "float32"]["ratio_to_base"] == pytest.approx(1.1)
+  assert rows["msam", "float32"]["images_per_s"] == pytest.approx(10 / 1.1)
+  assert rows["sgd", "bfloat16"]["bf16_speedup"] == pytest.approx(2.0)
+  assert rows["sgd, again", "bfloat16"]["ratio_to_base"] == pytest.approx(1.0)
+  assert rows["sgd", "bfloat16"]["mfu"] == pytest.approx(2e9 / 0.5 / 989e12)
+  assert math.isnan(rows["msam", "float32"]["bf16_speedup"])
+
+
+def test_bad_flags_exit_with_the_reason(bench, capsys):
+  for argv in (["--optimizers", "sgd,nosuch"], ["--dtypes", "float16"], ["--rounds", "0"]):
+    with pytest.raises(SystemExit):
+      bench.parse_args(argv)
+    assert argv[0] in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_quick_run_on_cpu(bench, capsys):
+  """Four compiled steps of a tiny WRN: SAM's second pass shows in the flops, A/A present."""
+  results = bench.main(["--quick", "--setups", "cifar100_wrn16_4", "--optimizers", "sgd,sam",
+                        "--rounds", "2", "--steps", "1"])
+  rows = {(r["optimizer"], r["dtype"]): r for r in results["cifar100_wrn16_4"]}
+  assert set(rows) == {(o, d) for o in ("sgd", "sam", "sgd, again") for d in ("float32", "bfloat16")}
+  for row in rows.values():
+    assert row["step_ms"] > 0 and row["images_per_s"] > 0 and row["gflop_per_step"] > 0
+    assert math.isnan(row["mfu"])  # CPU: no known peak
+  assert rows["sgd", "float32"]["ratio_to_base"] == 1.0
+  assert rows["sam", "float32"]["gflop_per_step"] > 1.7 * rows["sgd", "float32"]["gflop_per_step"]
+  assert rows["sgd, again", "float32"]["gflop_per_step"] == rows["sgd", "float32"]["gflop_per_step"]
+  assert rows["sam", "bfloat16"]["bf16_speedup"] > 0
+  out = capsys.readouterr().out
+  assert "| sgd, again | bfloat16 |" in out and "GFLOP/step" in out
