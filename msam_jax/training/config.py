@@ -305,6 +305,10 @@ def _validate_variants(config: ml_collections.ConfigDict) -> None:
         f"config.sam_group_size={config.sam_group_size} needs an optimizer with m-sharpness"
         f" ({', '.join(n for n in registry.names() if registry.get(n).has_groups)}), not"
         f" {config.optimizer}; set --config.sam_group_size=0.")
+  if config.sam_group_size:  # the training step does not pass it to the optimizer yet
+    raise ConfigError(
+        f"config.sam_group_size={config.sam_group_size} is not supported by the training step yet"
+        " (issue 12); set --config.sam_group_size=0, or call the optimizer with group_size= directly.")
 
 
 def validate(config: ml_collections.ConfigDict, *, num_devices: int, process_count: int = 1) -> None:
