@@ -59,8 +59,17 @@ DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"
 # MSAM's rho is a distance along the normalised momentum in parameter space (the
 # digits CNN's parameter norm is about 19); SAM's is the usual gradient-ascent radius.
 _FAMILY_RHO = {"msam": 0.3, "sam": 0.05}
-DEFAULT_RHO = ",".join(f"{name}={_FAMILY_RHO[registry.get(name).family]:g}"
+# ASAM's rho is relative to |w| (SamsungLabs/ASAM uses 10 x SAM's: 0.5 vs 0.05 on CIFAR);
+# GSAM's is its rho_max, falling with the learning rate to gsam_rho_min (DEFAULT_FIELDS).
+_RHO = {"asam": 0.5, "adamw_asam": 0.5, "gsam": 0.1, "adamw_gsam": 0.1}
+DEFAULT_RHO = ",".join(f"{name}={_RHO.get(name, _FAMILY_RHO[registry.get(name).family]):g}"
                        for name in OPTIMIZERS if registry.get(name).uses_rho)
+# Other config fields per optimizer, not swept (benchmarks/results/compare_digits/README.md):
+# ASAM's eta as SamsungLabs/ASAM; GSAM's rho_min / rho_max = 1/5 (the reference ViT config:
+# 0.1 / 0.6) and alpha 0.3.
+_GSAM_FIELDS = {"gsam_alpha": 0.3, "gsam_rho_min": 0.02}
+DEFAULT_FIELDS = {"asam": {"asam_eta": 0.01}, "adamw_asam": {"asam_eta": 0.01},
+                  "gsam": _GSAM_FIELDS, "adamw_gsam": _GSAM_FIELDS}
 # The config's learning rate and weight decay are SGD's; the AdamW family needs its own.
 _ADAMW_FAMILY = [name for name in OPTIMIZERS if BASE_OPTIMIZER[name] == "adamw"]
 DEFAULT_LR = ",".join(f"{name}=3e-3" for name in _ADAMW_FAMILY)
@@ -152,6 +161,8 @@ def run_config(config_module, optimizer: str, seed: int, *, epochs=None, steps=N
   config = config_module.get_config()
   config.optimizer = optimizer
   config.seed = seed
+  for field, value in DEFAULT_FIELDS.get(optimizer, {}).items():
+    config[field] = value
   if epochs is not None:
     config.num_epochs = epochs
   if steps is not None:
@@ -210,7 +221,8 @@ def train_one(config, mesh) -> dict:
     wall = time.time() - start
   record = {"optimizer": config.optimizer, "seed": config.seed,
             "rho": config.rho if config.optimizer in USES_RHO else None,
-            "learning_rate": config.learning_rate, "weight_decay": config.weight_decay}
+            "learning_rate": config.learning_rate, "weight_decay": config.weight_decay,
+            "fields": {k: config[k] for k in DEFAULT_FIELDS.get(config.optimizer, {})}}
   record.update({k: results[k] for k in RUN_FIELDS if k in results})
   record["seconds_per_step"] = steady_seconds_per_step(results["eval_history"])
   if record["seconds_per_step"] is None:
@@ -461,6 +473,29 @@ def table_notes(payload: dict) -> str:
       f" jax {env.get('jax', '?')}; {load}."])
 
 
+def merge_previous(payload: dict, path: str) -> None:
+  """Puts the earlier runs at `path` of the optimizers not in `payload` into it.
+
+  Their settings must match (config, seeds, epochs); the earlier environment and
+  load are kept under "merged_runs" so the table notes can say so.
+  """
+  with open(path) as f:
+    previous = json.load(f)
+  for key in ("config_name", "seeds", "epochs", "sharpness_rho"):
+    if previous[key] != payload[key]:
+      raise SystemExit(f"--merge: {path} has {key}={previous[key]!r}, this run {payload[key]!r};"
+                       " merge only runs of the same settings.")
+  kept = [r for r in previous["runs"] if r["optimizer"] not in payload["optimizers"]]
+  names = set(payload["optimizers"]) | {r["optimizer"] for r in kept}
+  payload["optimizers"] = [n for n in OPTIMIZERS if n in names]
+  payload["runs"] = kept
+  payload["merged_runs"] = {
+      "optimizers": [n for n in previous["optimizers"] if n in {r["optimizer"] for r in kept}],
+      "environment": previous["environment"], "load_average_start": previous["load_average_start"],
+      "load_average_end": previous.get("load_average_end"),
+      "total_seconds": previous.get("total_seconds")}
+
+
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
   parser.add_argument("--config", default=DEFAULT_CONFIG, help="config file defining get_config()")
@@ -475,6 +510,9 @@ def parse_args(argv=None):
   parser.add_argument("--no_sharpness", action="store_true",
                       help="skip the sharpness probes (quick checks: their compilation dominates short runs)")
   parser.add_argument("--dpi", type=int, default=80)
+  parser.add_argument("--merge", action="store_true",
+                      help="keep OUT/results.json's runs of the optimizers not run now (same config,"
+                           " seeds and epochs) and report them all together")
   parser.add_argument("--report_only", action="store_true",
                       help="train nothing: rewrite the table and plots from OUT/results.json")
   args = parser.parse_args(argv)
@@ -521,6 +559,8 @@ def main(argv=None) -> dict:
       "sharpness_rho": None if args.no_sharpness else first.sharpness_rho, "sharpness_num_iters": first.sharpness_num_iters,
       "overrides": {"rho": args.rho, "learning_rate": args.lr, "weight_decay": args.weight_decay},
       "environment": environment(), "load_average_start": os.getloadavg(), "runs": []}
+  if args.merge:
+    merge_previous(payload, os.path.join(args.out, "results.json"))
   print(f"{len(configs)} runs ({len(args.optimizers)} optimizers x {len(args.seeds)} seeds), "
         f"{payload['epochs']:g} epochs each, on {payload['environment']['device']}; writing {args.out}",
         flush=True)
@@ -539,6 +579,8 @@ def main(argv=None) -> dict:
           "to go (rough: SAM-family runs take longer)", flush=True)
   payload["load_average_end"] = os.getloadavg()
   payload["total_seconds"] = time.time() - start
+  if args.merge:
+    payload["new_optimizers"] = args.optimizers
   write_report(args.out, payload, args.dpi)
   print()
   print(open(os.path.join(args.out, "table.md")).read())

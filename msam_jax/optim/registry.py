@@ -35,13 +35,17 @@ Adding an optimizer (say ``asam`` around SGD and ``adamw_asam`` around AdamW):
    registry test checks that they agree with the family).
 """
 import dataclasses
+import functools
+import inspect
 import types
 from typing import Any, Callable, Mapping
 
 import optax
 
+from msam_jax.optim.asam import all_but_biases, asam
 from msam_jax.optim.baselines import adamw, sgd
 from msam_jax.optim.esam import esam
+from msam_jax.optim.gsam import gsam
 from msam_jax.optim.looksam import looksam
 from msam_jax.optim.msam import adamw_msam, msam
 from msam_jax.optim.sam import sam
@@ -61,12 +65,16 @@ class Entry:
       entry wraps, and what any entry is compared against; itself for ``"base"``.
     config_fields: factory keyword -> config field, for the constant
       hyper-parameters (learning rate and rho are not listed: see `injected`).
+    rho_follows_lr: a training run schedules rho with the learning rate
+      (GSAM: `schedules.gsam_rho`, config.rho its maximum) instead of
+      `config.rho_schedule`.
   """
   name: str
   family: str
   factory: Callable[..., optax.GradientTransformation]
   base: str
   config_fields: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  rho_follows_lr: bool = False
 
   @property
   def injected(self) -> tuple[str, ...]:
@@ -77,9 +85,16 @@ class Entry:
   def uses_rho(self) -> bool:
     return "rho" in self.injected
 
+  @property
+  def has_groups(self) -> bool:
+    """Whether the factory takes ``group_size`` (m-sharpness: config.sam_group_size)."""
+    return "group_size" in inspect.signature(self.factory).parameters
+
 
 _SGD_FIELDS = {"momentum": "momentum", "weight_decay": "weight_decay"}
 _ADAM_FIELDS = {"b1": "b1", "b2": "b2", "eps": "eps", "weight_decay": "weight_decay"}
+
+_ASAM_TRAINING = functools.partial(asam, mask=all_but_biases)
 
 # The order is the one `config.optimizer`'s error message and the benchmarks list.
 _ENTRIES = (
@@ -93,6 +108,14 @@ _ENTRIES = (
     Entry("adamw", "base", adamw, base="adamw", config_fields=_ADAM_FIELDS),
     Entry("adamw_msam", "msam", adamw_msam, base="adamw", config_fields=_ADAM_FIELDS),
     Entry("adamw_sam", "sam", sam, base="adamw"),
+    # ASAM as SamsungLabs/ASAM trains: kernels and norm scales adapted, biases not.
+    Entry("asam", "sam", _ASAM_TRAINING, base="sgd", config_fields={"eta": "asam_eta"}),
+    Entry("adamw_asam", "sam", _ASAM_TRAINING, base="adamw", config_fields={"eta": "asam_eta"}),
+    # rho is GSAM's rho_max; training ties it to the learning rate (training/optimizer.py).
+    Entry("gsam", "sam", gsam, base="sgd", config_fields={"alpha": "gsam_alpha"},
+          rho_follows_lr=True),
+    Entry("adamw_gsam", "sam", gsam, base="adamw", config_fields={"alpha": "gsam_alpha"},
+          rho_follows_lr=True),
 )
 
 REGISTRY: Mapping[str, Entry] = types.MappingProxyType({e.name: e for e in _ENTRIES})

@@ -63,6 +63,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.esam_gamma = 0.5
   c.looksam_k = 5  # the original's constructor defaults, which its runs used
   c.looksam_alpha = 0.2
+  c.asam_eta = 0.01  # SamsungLabs/ASAM's default
+  c.gsam_alpha = 0.0  # 0 with gsam_rho_min = rho: SAM
+  c.gsam_rho_min = 0.0  # GSAM's rho falls from rho (= rho_max) with the learning rate
+  # m-sharpness for sam, asam and gsam (and their adamw_ twins): one perturbation per group
+  # of this many examples of the global batch; 0 = the whole global batch (one perturbation).
+  c.sam_group_size = 0
   c.label_smoothing = 0.1
 
   # Schedule of the run.
@@ -269,6 +275,11 @@ def validate_fields(config: ml_collections.ConfigDict) -> None:
   _in_unit(config, "esam_gamma", low_open=True, high_open=False)
   _in_unit(config, "esam_beta", low_open=True, high_open=False)
   _at_least(config, "eps", 0.0, strict=True)
+  _at_least(config, "asam_eta", 0.0)
+  _in_unit(config, "gsam_alpha", high_open=False)
+  _at_least(config, "gsam_rho_min", 0.0)
+  _at_least(config, "sam_group_size", 0)
+  _validate_variants(config)
   _at_least(config, "sharpness_rho", 0.0, strict=True)
   for field in ("looksam_k", "log_every_steps", "eval_every_epochs", "max_checkpoints_to_keep",
                 "sharpness_num_iters", "batch_size", "eval_batch_size"):
@@ -285,6 +296,29 @@ def synthetic_spec(config: ml_collections.ConfigDict):
   from msam_jax import data
 
   return data.synthetic.Spec(**config.synthetic) if config.dataset == "synthetic" else None
+
+
+def _validate_variants(config: ml_collections.ConfigDict) -> None:
+  """GSAM's rho range and schedule; m-sharpness only where the optimizer has groups."""
+  entry = registry.get(config.optimizer)
+  if entry.rho_follows_lr:
+    if config.gsam_rho_min > config.rho:
+      raise ConfigError(
+          f"config.gsam_rho_min={config.gsam_rho_min!r} exceeds config.rho={config.rho!r} (GSAM's"
+          " rho_max); set --config.gsam_rho_min <= --config.rho.")
+    if config.rho_schedule != "const":
+      raise ConfigError(
+          f"config.rho_schedule={config.rho_schedule!r} cannot be used with {config.optimizer}"
+          " (its rho follows the learning rate); set --config.rho_schedule=const.")
+  if config.sam_group_size and not entry.has_groups:
+    raise ConfigError(
+        f"config.sam_group_size={config.sam_group_size} needs an optimizer with m-sharpness"
+        f" ({', '.join(n for n in registry.names() if registry.get(n).has_groups)}), not"
+        f" {config.optimizer}; set --config.sam_group_size=0.")
+  if config.sam_group_size:  # the training step does not pass it to the optimizer yet
+    raise ConfigError(
+        f"config.sam_group_size={config.sam_group_size} is not supported by the training step yet"
+        " (issue 12); set --config.sam_group_size=0, or call the optimizer with group_size= directly.")
 
 
 def validate(config: ml_collections.ConfigDict, *, num_devices: int, process_count: int = 1) -> None:

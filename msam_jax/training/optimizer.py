@@ -5,6 +5,8 @@ Every optimizer of `msam_jax.optim.registry` is wrapped in
 log their current values (`msam_jax.optim.current_hyperparams`) without
 knowing which optimizer it runs.
 """
+import inspect
+
 import ml_collections
 import optax
 
@@ -27,7 +29,19 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: i
 
 
 def rho_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int):
-  """The original's rho schedules (docs/algorithms.md) as an optax schedule."""
+  """The original's rho schedules (docs/algorithms.md) as an optax schedule.
+
+  An optimizer whose registry entry has `rho_follows_lr` (GSAM) gets instead
+  `schedules.gsam_rho`: rho proportional to the learning rate, from
+  `config.rho` at the peak learning rate down to `config.gsam_rho_min` where
+  the schedule ends (every learning-rate schedule here decays to 0; a constant
+  learning rate keeps rho at `config.rho`).
+  """
+  if registry.get(config.optimizer).rho_follows_lr:
+    lr_min = config.learning_rate if config.lr_schedule == "const" else 0.0
+    return schedules.gsam_rho(learning_rate_schedule(config, steps_per_epoch),
+                              lr_max=config.learning_rate, lr_min=lr_min,
+                              rho_max=config.rho, rho_min=config.gsam_rho_min)
   if config.rho_schedule == "const":
     return config.rho
   if config.rho_schedule == "start_ramp":
@@ -54,7 +68,10 @@ def _inject(factory, injected: dict, **static):
   float32 rounding of b2 in Adam's bias correction; a constant momentum lets
   MSAM rebuild its old momentum instead of copying the donated buffer).
   """
-  return optax.inject_hyperparams(factory, static_args=tuple(static))(**injected, **static)
+  # Every other parameter static, also those bound in a functools.partial (ASAM's
+  # mask): inject_hyperparams would call a callable one as a schedule of the step.
+  static_args = tuple(p for p in inspect.signature(factory).parameters if p not in injected)
+  return optax.inject_hyperparams(factory, static_args=static_args)(**injected, **static)
 
 
 def build_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):

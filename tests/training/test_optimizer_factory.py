@@ -43,6 +43,8 @@ def test_every_optimizer_follows_the_configured_schedules(name):
   params, state, hypers = _run(tx, 6)
   lr = schedules.lr_start_ramp_cos(0.5, epochs=3, steps_per_epoch=STEPS_PER_EPOCH, ramp_epochs=1.0)
   rho = schedules.rho_start_ramp(0.5, steps_per_epoch=STEPS_PER_EPOCH, ramp_epochs=1.0)
+  if registry.get(name).rho_follows_lr:  # GSAM: rho from config.rho down to gsam_rho_min, with lr
+    rho = schedules.gsam_rho(lr, lr_max=0.5, lr_min=0.0, rho_max=0.5, rho_min=config.gsam_rho_min)
   # The state after update n holds the hyper-parameters update n used (count n - 1).
   np.testing.assert_allclose([h["learning_rate"] for h in hypers], [lr(n) for n in range(6)], rtol=1e-6)
   if family != "base":
