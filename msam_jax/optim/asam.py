@@ -85,7 +85,8 @@ def _adaptive_perturbation(grads: optax.Updates, params: optax.Params, rho, eta,
 
 def asam(base: optax.GradientTransformation, rho: optax.ScalarOrSchedule = 0.5,
          eta: float = 0.01, mask: Mask = None,
-         group_size: Optional[int] = None) -> optax.GradientTransformationExtraArgs:
+         group_size: Optional[int] = None,
+         axis_name: Optional[str] = None) -> optax.GradientTransformationExtraArgs:
   """Adaptive SAM: the base step with the gradient at ``p + e``, `e` scaled by ``|w|``.
 
   One update::
@@ -109,6 +110,7 @@ def asam(base: optax.GradientTransformation, rho: optax.ScalarOrSchedule = 0.5,
       checked at the first update.
     group_size: m-sharpness, as in `sam`: each group of m examples gets its own
       `e` from its own first-pass gradient; `grads` then unused (may be None).
+    axis_name: per-device groups inside `shard_map`/`pmap`, as in `sam`.
 
   Returns:
     An `optax.GradientTransformationExtraArgs`; `update(grads, state, params, *,
@@ -124,4 +126,4 @@ def asam(base: optax.GradientTransformation, rho: optax.ScalarOrSchedule = 0.5,
 
     return direction
 
-  return sam_variant("asam", base, rho, group_size, direction_at)
+  return sam_variant("asam", base, rho, group_size, direction_at, axis_name)

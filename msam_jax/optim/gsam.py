@@ -46,7 +46,8 @@ def _surrogate_gap_gradient(g, gr, alpha, minimize_fp: bool = True) -> optax.Upd
 
 def gsam(base: optax.GradientTransformation, rho: optax.ScalarOrSchedule = 0.05,
          alpha: float = 0.0, minimize_fp: bool = True,
-         group_size: Optional[int] = None) -> optax.GradientTransformationExtraArgs:
+         group_size: Optional[int] = None,
+         axis_name: Optional[str] = None) -> optax.GradientTransformationExtraArgs:
   """Surrogate-gap guided SAM.
 
   One update::
@@ -74,6 +75,7 @@ def gsam(base: optax.GradientTransformation, rho: optax.ScalarOrSchedule = 0.05,
       training, fewer loss spikes).
     group_size: m-sharpness, as in `sam`: each group of m examples gets its own
       `g`, `e`, `gr` and `h`; the `h` are averaged; `grads` then unused (may be None).
+    axis_name: per-device groups inside `shard_map`/`pmap`, as in `sam`.
 
   Returns:
     An `optax.GradientTransformationExtraArgs`; `update(grads, state, params, *,
@@ -91,4 +93,4 @@ def gsam(base: optax.GradientTransformation, rho: optax.ScalarOrSchedule = 0.05,
 
     return direction
 
-  return sam_variant("gsam", base, rho, group_size, direction_at)
+  return sam_variant("gsam", base, rho, group_size, direction_at, axis_name)

@@ -23,6 +23,15 @@ Section 4.1): the batch splits into consecutive groups of m examples, each
 group takes its own ascent from its own first-pass gradient, its second-pass
 gradient is taken at its own perturbed point, and the base steps with the mean
 of the groups' second-pass gradients.
+
+Per device (``axis_name=``): the update runs inside `jax.shard_map` (or
+`jax.pmap`) over a mesh axis the batch is split over; `loss_fn` and `grads`
+see the device's own examples, groups are formed there, and the groups'
+second-pass gradients are averaged over the axis as well (`jax.lax.pmean`) before
+the base step. No other collective happens before the second pass: this is the
+official SAM code's per-replica perturbation (m = the per-device batch). Its
+result equals ``group_size=m`` on the whole batch, the devices' batches
+concatenated in axis order.
 """
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -123,7 +132,7 @@ def _sam_family_gradient(direction: Direction, grads, params, loss_fn: LossFn,
   """
   whole_batch = lambda point: mean_loss_grad(loss_fn, point, grad_fn=grad_fn)
   if group_size is None:
-    return direction(grads, params, whole_batch)
+    return direction(whole_batch(params) if grads is None else grads, params, whole_batch)
   if grad_fn is not None:
     raise ValueError("group_size cannot be combined with grad_fn (accumulated whole-batch "
                      "gradients): each group needs its own gradients")
@@ -155,20 +164,33 @@ def base_update(base: optax.GradientTransformation, grads, state, params, extra:
   return optax.with_extra_args_support(base).update(grads, state, params, **extra)
 
 
+def _device_local(params: optax.Params, axis_name: str) -> optax.Params:
+  """`params` (replicated over `axis_name`) cast to each device's own copy.
+
+  Inside `shard_map`, autodiff sums the gradient at axis-invariant params over
+  the axis; at the device's own copy it is the device's.
+  """
+  return jax.tree.map(lambda p: jax.lax.pcast(p, axis_name, to="varying"), params)
+
+
 def sam_variant(name: str, base: optax.GradientTransformation, rho: optax.ScalarOrSchedule,
                 group_size: Optional[int],
-                direction_at: Callable[[Any, optax.Params], Direction]
-                ) -> optax.GradientTransformationExtraArgs:
+                direction_at: Callable[[Any, optax.Params], Direction],
+                axis_name: Optional[str] = None) -> optax.GradientTransformationExtraArgs:
   """A SAM variant that differs from `sam` only in the gradient its base steps with.
 
   `direction_at(radius, params)` returns the variant's `Direction` for one
   update (`radius` the rho of that update, `params` the unperturbed ones);
   `_sam_family_gradient` applies it to the batch or to each group of examples.
-  Checks `base`, `rho` and `group_size`; `name` is the one the errors use.
+  With `axis_name` the result is averaged over that mapped axis (module
+  docstring). Checks `base`, `rho`, `group_size` and `axis_name`; `name` is the
+  one the errors use.
   """
   check_base(base)
   validation.non_negative("rho", rho)
   validation.integer("group_size", group_size, optional=True)  # static: it fixes shapes
+  if axis_name is not None and not isinstance(axis_name, str):
+    validation.fail("axis_name", axis_name, "None or the name of a mapped axis (a str)")
 
   def init_fn(params):
     return SamState(count=jnp.zeros([], jnp.int32), base_state=base.init(params))
@@ -179,7 +201,10 @@ def sam_variant(name: str, base: optax.GradientTransformation, rho: optax.Scalar
     del losses  # these variants recompute nothing of the first pass
     validation.require_params(params, name, UPDATE_CALL)
     direction = direction_at(value_at(rho, state.count), params)
-    g = _sam_family_gradient(direction, grads, params, loss_fn, group_size, grad_fn)
+    local = params if axis_name is None else _device_local(params, axis_name)
+    g = _sam_family_gradient(direction, grads, local, loss_fn, group_size, grad_fn)
+    if axis_name is not None:
+      g = jax.lax.pmean(g, axis_name)
     updates, base_state = base_update(base, g, state.base_state, params, extra)
     return updates, SamState(count=optax.safe_increment(state.count), base_state=base_state)
 
@@ -187,7 +212,8 @@ def sam_variant(name: str, base: optax.GradientTransformation, rho: optax.Scalar
 
 
 def sam(base: optax.GradientTransformation, rho: optax.ScalarOrSchedule = 0.05,
-        group_size: Optional[int] = None) -> optax.GradientTransformationExtraArgs:
+        group_size: Optional[int] = None,
+        axis_name: Optional[str] = None) -> optax.GradientTransformationExtraArgs:
   """Sharpness-aware minimization: the base step with the gradient at ``p + e``.
 
   One update::
@@ -210,6 +236,10 @@ def sam(base: optax.GradientTransformation, rho: optax.ScalarOrSchedule = 0.05,
       None) unless m is the whole batch. Batch norm in `loss_fn` computes its
       statistics per group there. A static int (with `optax.inject_hyperparams`,
       list it in `static_args`).
+    axis_name: None, or the mapped axis (`shard_map`/`pmap`) the batch is split
+      over: `grads` and `loss_fn` are then the device's own (unreduced), groups
+      are formed per device (the whole device batch when `group_size` is None),
+      and the second-pass gradient is averaged over the axis (module docstring).
 
   Returns:
     An `optax.GradientTransformationExtraArgs`; `update(grads, state, params, *,
@@ -223,4 +253,4 @@ def sam(base: optax.GradientTransformation, rho: optax.ScalarOrSchedule = 0.05,
 
     return direction
 
-  return sam_variant("sam", base, rho, group_size, direction_at)
+  return sam_variant("sam", base, rho, group_size, direction_at, axis_name)

@@ -67,7 +67,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.gsam_alpha = 0.0  # 0 with gsam_rho_min = rho: SAM
   c.gsam_rho_min = 0.0  # GSAM's rho falls from rho (= rho_max) with the learning rate
   # m-sharpness for sam, asam and gsam (and their adamw_ twins): one perturbation per group
-  # of this many examples of the global batch; 0 = the whole global batch (one perturbation).
+  # of this many examples of each device's batch (a divisor of it); 0 = one perturbation
+  # from the whole global batch.
   c.sam_group_size = 0
   c.label_smoothing = 0.1
 
@@ -315,10 +316,6 @@ def _validate_variants(config: ml_collections.ConfigDict) -> None:
         f"config.sam_group_size={config.sam_group_size} needs an optimizer with m-sharpness"
         f" ({', '.join(n for n in registry.names() if registry.get(n).has_groups)}), not"
         f" {config.optimizer}; set --config.sam_group_size=0.")
-  if config.sam_group_size:  # the training step does not pass it to the optimizer yet
-    raise ConfigError(
-        f"config.sam_group_size={config.sam_group_size} is not supported by the training step yet"
-        " (issue 12); set --config.sam_group_size=0, or call the optimizer with group_size= directly.")
 
 
 def validate(config: ml_collections.ConfigDict, *, num_devices: int, process_count: int = 1) -> None:
@@ -366,6 +363,15 @@ def _validate_pod(config: ml_collections.ConfigDict, num_devices: int) -> None:
     raise ConfigError(
         f"config.grad_accum_steps={k} is not supported with dtype float16 (its loss scaling runs on"
         " the whole batch); use grad_accum_steps=1 or dtype bfloat16.")
+  m = config.sam_group_size
+  if m and per_device % m:
+    raise ConfigError(
+        f"config.sam_group_size={m} does not divide the per-device batch {per_device}"
+        f" (batch_size {config.batch_size} / {num_devices} devices); choose a divisor of {per_device}.")
+  if m and (k > 1 or config.dtype == "float16"):
+    raise ConfigError(
+        f"config.sam_group_size={m} is not supported with grad_accum_steps > 1 or dtype float16"
+        " (each group needs its own unscaled gradients); set --config.sam_group_size=0.")
   if k > 1 and config.optimizer == "esam":
     raise ConfigError(
         f"config.grad_accum_steps={k} is not supported with esam (it picks examples by sharpness"

@@ -43,7 +43,9 @@ def _accumulating_train_step(state, acc, first_bad, batch, rng, **kwargs):
   Both live on the device, so the loop synchronises with the host only when it logs.
   """
   state, step_metrics = steps.train_step(state, batch, rng, **kwargs)
-  finite = jnp.isfinite(step_metrics.loss.total) & jnp.isfinite(step_metrics.grad_norm.total)
+  finite = jnp.isfinite(step_metrics.loss.total)
+  if hasattr(step_metrics, "grad_norm"):  # absent with per-device m-sharpness
+    finite &= jnp.isfinite(step_metrics.grad_norm.total)
   first_bad = jnp.where((first_bad < 0) & ~finite, state.step, first_bad)
   return state, acc.merge(step_metrics), first_bad
 
@@ -198,14 +200,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
     writer.write_hparams({k: v for k, v in config.to_dict().items() if not isinstance(v, dict)})
 
   train_kwargs = dict(model=model, tx=tx, label_smoothing=config.label_smoothing,
-                      grad_accum_steps=config.grad_accum_steps)
+                      grad_accum_steps=config.grad_accum_steps,
+                      group_mesh=mesh if config.sam_group_size else None)
   train_fn = jax.jit(
       functools.partial(_accumulating_train_step, **train_kwargs),
       in_shardings=(state_sharding, replicated, replicated, mesh_lib.batch_sharding(mesh), replicated),
       out_shardings=(state_sharding, replicated, replicated),
       donate_argnums=(0, 1, 2))
   eval_fn = jax.jit(functools.partial(steps.eval_step, model=model, label_smoothing=config.label_smoothing))
-  train_collection = steps.metrics_collection(info.num_classes, train=True)
+  train_collection = steps.metrics_collection(info.num_classes, train=True,
+                                              grad_norm=not config.sam_group_size)
 
   sharpness_fn = None
   if config.sharpness_every_steps > 0:

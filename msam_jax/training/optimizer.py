@@ -11,6 +11,7 @@ import ml_collections
 import optax
 
 from msam_jax.optim import registry, schedules
+from msam_jax.training.mesh import DATA_AXIS
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int):
@@ -94,5 +95,7 @@ def _build(entry: registry.Entry, config, scheduled: dict):
   static = registry.static_hyperparams(entry, config)
   if entry.family == "sam":
     base = _build(registry.get(entry.base), config, scheduled)
+    if config.sam_group_size:  # per-device m-sharpness: steps.train_step runs it under shard_map
+      static.update(group_size=config.sam_group_size, axis_name=DATA_AXIS)
     return _inject(entry.factory, injected, base=base, **static)
   return _with_clipping(config, _inject(entry.factory, injected, **static))

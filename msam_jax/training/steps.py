@@ -13,6 +13,13 @@ gradient of the mean loss, for its second pass at the perturbed point.
 With a float16 loss scale in the optimizer state (`loss_scale.py`) the first
 pass differentiates the scaled loss and the optimizer gets unscaled gradients
 (not combined with accumulation: the config refuses float16 with k > 1).
+
+With per-device m-sharpness (`config.sam_group_size = m`, the optimizer built
+with ``group_size=m, axis_name="data"``) the first pass is forward only (losses,
+metrics, batch statistics) and the optimizer's update runs under
+`jax.shard_map`: each device's groups come from its own examples and their
+second-pass gradients are averaged over the devices, the step's only gradient
+collective. The step then reports no first-pass gradient norm.
 """
 import functools
 from typing import Any
@@ -21,18 +28,24 @@ import jax
 import jax.numpy as jnp
 import optax
 from clu import metrics
+from jax.sharding import PartitionSpec as P
 
 import msam_jax
 from msam_jax import analysis
 from msam_jax.optim import current_hyperparams
 from msam_jax.training import accumulation, loss_scale
+from msam_jax.training.mesh import DATA_AXIS
 from msam_jax.training.loss import smoothed_kl_loss, top_k_correct
 from msam_jax.training.train_state import TrainState
 
 
 @functools.cache
-def metrics_collection(num_classes: int, train: bool) -> type[metrics.Collection]:
+def metrics_collection(num_classes: int, train: bool,
+                       grad_norm: bool = True) -> type[metrics.Collection]:
   """The clu metrics a step returns; top-5 accuracy wherever there are > 5 classes.
+
+  `grad_norm`: whether a training step reports its first-pass gradient norm
+  (not with per-device m-sharpness, whose step computes no whole-batch gradient).
 
   Cached: each call of `Collection.create` makes a new class, and a new pytree
   type in a jitted function's output would retrace it every step.
@@ -42,9 +55,10 @@ def metrics_collection(num_classes: int, train: bool) -> type[metrics.Collection
   if num_classes > 5:
     fields["accuracy_top5"] = metrics.Average.from_output("accuracy_top5")
   if train:
-    fields.update(grad_norm=metrics.Average.from_output("grad_norm"),
-                  learning_rate=metrics.LastValue.from_output("learning_rate"),
+    fields.update(learning_rate=metrics.LastValue.from_output("learning_rate"),
                   rho=metrics.LastValue.from_output("rho"))
+  if train and grad_norm:
+    fields["grad_norm"] = metrics.Average.from_output("grad_norm")
   return metrics.Collection.create(**fields)
 
 
@@ -60,8 +74,12 @@ def _accuracies(logits, labels):
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *, model, tx,
-               label_smoothing: float, grad_accum_steps: int = 1) -> tuple[TrainState, metrics.Collection]:
-  """One optimizer step on one global batch; returns the new state and its metrics."""
+               label_smoothing: float, grad_accum_steps: int = 1,
+               group_mesh: jax.sharding.Mesh | None = None) -> tuple[TrainState, metrics.Collection]:
+  """One optimizer step on one global batch; returns the new state and its metrics.
+
+  `group_mesh`: the mesh, for per-device m-sharpness (module docstring); None otherwise.
+  """
   dropout_rng = jax.random.fold_in(rng, state.step)
 
   def forward(params, images, labels, dropout_rng=dropout_rng):
@@ -78,7 +96,12 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
     return (total if scale is None else total * scale), (losses, aux)
 
   accumulated = {}  # grad_fn for the SAM family when accumulating
-  if grad_accum_steps == 1:
+  if group_mesh is not None:
+    if scale is not None or grad_accum_steps > 1:
+      raise ValueError("per-device m-sharpness is not combined with float16 or accumulation")
+    losses, (logits, new_vars) = forward(state.params, batch["image"], batch["label"])
+    grads = None
+  elif grad_accum_steps == 1:
     (_, (losses, (logits, new_vars))), grads = jax.value_and_grad(mean_loss, has_aux=True)(state.params)
   else:
     if scale is not None:
@@ -88,20 +111,33 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
   if scale is not None:
     grads = loss_scale.unscale(grads, scale)
 
-  def loss_fn(params, indices=None):  # the SAM family's further passes; others ignore it
-    images, labels = batch["image"], batch["label"]
-    if indices is not None:
-      images, labels = images[indices], labels[indices]
-    return forward(params, images, labels)[0]  # batch statistics discarded
-  updates, opt_state = tx.update(grads, state.opt_state, state.params, loss_fn=loss_fn, losses=losses,
-                                 **accumulated)
+  def loss_fn_of(images, labels):
+    def loss_fn(params, indices=None):  # the SAM family's further passes; others ignore it
+      if indices is None:
+        return forward(params, images, labels)[0]  # batch statistics discarded
+      return forward(params, images[indices], labels[indices])[0]
+    return loss_fn
+
+  if group_mesh is None:
+    updates, opt_state = tx.update(grads, state.opt_state, state.params,
+                                   loss_fn=loss_fn_of(batch["image"], batch["label"]),
+                                   losses=losses, **accumulated)
+  else:
+    def device_update(opt_state, params, images, labels):
+      return tx.update(None, opt_state, params, loss_fn=loss_fn_of(images, labels))
+    updates, opt_state = jax.shard_map(
+        device_update, mesh=group_mesh, in_specs=(P(), P(), P(DATA_AXIS), P(DATA_AXIS)),
+        out_specs=(P(), P()))(state.opt_state, state.params, batch["image"], batch["label"])
 
   hyper = current_hyperparams(opt_state)
-  grad_norm = optax.tree.norm(grads)
-  if scale is not None:  # an overflow is a skipped step, not a failed run: counted as norm 0
-    grad_norm = jnp.where(jnp.isfinite(grad_norm), grad_norm, 0.0)
-  step_metrics = metrics_collection(logits.shape[-1], train=True).single_from_model_output(
-      loss=losses, grad_norm=grad_norm,
+  norm = {}
+  if grads is not None:
+    norm["grad_norm"] = optax.tree.norm(grads)
+    if scale is not None:  # an overflow is a skipped step, not a failed run: counted as norm 0
+      norm["grad_norm"] = jnp.where(jnp.isfinite(norm["grad_norm"]), norm["grad_norm"], 0.0)
+  step_metrics = metrics_collection(
+      logits.shape[-1], train=True, grad_norm=grads is not None).single_from_model_output(
+      loss=losses, **norm,
       learning_rate=hyper.get("learning_rate", jnp.nan), rho=hyper.get("rho", jnp.nan),
       **_accuracies(logits, batch["label"]))
   new_state = state.replace(

@@ -136,14 +136,62 @@ def test_data_parallel_sam_reduces_the_first_pass_gradient():
   assert len([c for c in found if "all-reduce" in c]) >= 2, found
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known limitation: under automatic sharding XLA partitions loss_fn's gather x[indices] "
-    "of the vmapped groups by all-reducing the batch onto every device, and then computes "
-    "every group on every device; per-device groups need the training step's loss_fn to "
-    "slice the local batch (shard_map), which the training integration has to provide"))
+def per_device_step(tx, mesh):
+  """`vp.make_step` inside `shard_map`: params and state replicated, the batch on 'data'."""
+  def local_step(params, state, x, y):
+    loss_fn = vp.make_loss_fn(x, y)
+    updates, state = tx.update(None, state, params, loss_fn=loss_fn)
+    return optax.apply_updates(params, updates), state
+  return jax.shard_map(local_step, mesh=mesh, in_specs=(P(), P(), P("data"), P("data")),
+                       out_specs=(P(), P()))
+
+
+GROUPED = {  # per-device m-sharpness: (with axis_name, the same groups on the whole batch)
+    "sam": lambda **kw: msam_jax.sam(SGD(), rho=0.2, **kw),
+    "asam": lambda **kw: msam_jax.asam(SGD(), rho=0.5, mask=all_but_biases, **kw),
+    "gsam": lambda **kw: msam_jax.gsam(SGD(), rho=0.2, alpha=0.3, **kw),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GROUPED))
+@pytest.mark.parametrize("group_size", [None, 1])
+def test_per_device_groups_equal_the_same_groups_on_the_whole_batch(x64, name, group_size):
+  """`axis_name="data"` under shard_map (m = per-device batch, or groups inside it) is
+  `group_size=m` on the global batch: the devices' batches are its consecutive groups."""
+  mesh, _, _ = mesh_and_shardings()
+  params, x, y = problem(jnp.float64)
+  per_device = GROUPED[name](group_size=group_size, axis_name="data")
+  whole = GROUPED[name](group_size=group_size or BATCH // 8)
+  sharded = jax.jit(per_device_step(per_device, mesh))
+  plain = jax.jit(vp.make_step(whole, pass_grads=False))
+  got, got_state = params, per_device.init(params)
+  expected, expected_state = params, whole.init(params)
+  for _ in range(3):
+    got, got_state = sharded(got, got_state, x, y)
+    expected, expected_state = plain(expected, expected_state, x, y)
+  for a, b in zip(jax.tree.leaves((got, got_state)), jax.tree.leaves((expected, expected_state))):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-14)
+  whole_batch = jax.jit(vp.make_step(GROUPED[name]()))(params, whole.init(params), x, y)[0]
+  assert not np.allclose(np.asarray(got["Dense_0"]["kernel"]),
+                         np.asarray(whole_batch["Dense_0"]["kernel"]))
+
+
 def test_groups_of_the_per_device_batch_need_no_reduction_before_the_second_pass():
-  """Data parallel (params replicated, batch on 'data'), m = per-device batch: the only
-  cross-device collective is the all-reduce of the mean second-pass gradient."""
+  """Data parallel with m = per-device batch: the compiled step's only cross-device
+  collective is the all-reduce of the mean second-pass gradient (against the two of
+  `test_data_parallel_sam_reduces_the_first_pass_gradient`)."""
+  mesh, data, replicated = mesh_and_shardings()
   params, x, y = problem()
-  found = collectives(msam_jax.sam(SGD(), rho=0.2, group_size=BATCH // 8), params, x, y)
+  tx = msam_jax.sam(SGD(), rho=0.2, axis_name="data")
+  state = tx.init(params)
+  rep = lambda tree: jax.tree.map(lambda _: replicated, tree)
+  step = jax.jit(per_device_step(tx, mesh), in_shardings=(rep(params), rep(state), data, data),
+                 out_shardings=(rep(params), rep(state)))
+  found = [line.strip() for line in step.lower(params, state, x, y).compile().as_text().splitlines()
+           if COLLECTIVE.search(line)]
   assert len(found) == 1 and "all-reduce" in found[0], found
+
+
+def test_axis_name_must_be_a_string():
+  with pytest.raises(ValueError, match="axis_name"):
+    msam_jax.sam(SGD(), axis_name=0)
