@@ -124,26 +124,23 @@ def _sam_family_gradient(direction: Direction, grads, params, loss_fn: LossFn,
   and of their gradients at once. Sharding: with the batch sharded and
   automatic partitioning, XLA does not split the groups over the devices (the
   gather ``x[indices]`` inside `loss_fn` makes it collect the batch on every
-  device); groups of the per-device batch without communication need a
-  `loss_fn` that slices the local batch (e.g. under `shard_map`).
+  device); groups of the per-device batch without communication are the
+  ``axis_name`` mode under `shard_map` (module docstring).
 
   `grad_fn` (whole-batch gradients, e.g. accumulated over micro-batches)
   replaces the whole batch's `loss_fn` gradient; it cannot serve groups.
   """
-  whole_batch = lambda point: mean_loss_grad(loss_fn, point, grad_fn=grad_fn)
-  if group_size is None:
+  if group_size is not None:
+    if grad_fn is not None:
+      raise ValueError("group_size cannot be combined with grad_fn (accumulated whole-batch "
+                       "gradients): each group needs its own gradients")
+    batch_size = _batch_size_of(loss_fn, params)
+    if batch_size % group_size:
+      raise ValueError(f"group_size must divide the batch size, got group_size={group_size} "
+                       f"for a batch of {batch_size}")
+  if group_size is None or group_size == batch_size:
+    whole_batch = lambda point: mean_loss_grad(loss_fn, point, grad_fn=grad_fn)
     return direction(whole_batch(params) if grads is None else grads, params, whole_batch)
-  if grad_fn is not None:
-    raise ValueError("group_size cannot be combined with grad_fn (accumulated whole-batch "
-                     "gradients): each group needs its own gradients")
-  batch_size = _batch_size_of(loss_fn, params)
-  if batch_size % group_size:
-    raise ValueError(f"group_size must divide the batch size, got group_size={group_size} "
-                     f"for a batch of {batch_size}")
-  if group_size == batch_size:
-    if grads is None:
-      grads = whole_batch(params)
-    return direction(grads, params, whole_batch)
 
   def one_group(indices):
     grad_at = lambda point: mean_loss_grad(loss_fn, point, indices)

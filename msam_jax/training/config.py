@@ -347,6 +347,15 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, process_cou
   _validate_pod(config, num_devices)
 
 
+def _divides_per_device_batch(config: ml_collections.ConfigDict, field: str, num_devices: int) -> None:
+  """`config[field]` splits each device's share of the global batch evenly."""
+  per_device = config.batch_size // num_devices
+  if per_device % config[field]:
+    raise ConfigError(
+        f"config.{field}={config[field]} does not divide the per-device batch {per_device}"
+        f" (batch_size {config.batch_size} / {num_devices} devices); choose a divisor of {per_device}.")
+
+
 def _validate_pod(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """Sharding, gradient accumulation and preemption fields."""
   from msam_jax.training.mesh import SHARDINGS  # noqa: PLC0415
@@ -354,20 +363,15 @@ def _validate_pod(config: ml_collections.ConfigDict, num_devices: int) -> None:
   _choice(config, "sharding", SHARDINGS)
   _at_least(config, "fsdp_min_bytes", 0)
   _at_least(config, "grad_accum_steps", 1)
-  k, per_device = config.grad_accum_steps, config.batch_size // num_devices
-  if per_device % k:
-    raise ConfigError(
-        f"config.grad_accum_steps={k} does not divide the per-device batch {per_device}"
-        f" (batch_size {config.batch_size} / {num_devices} devices); choose a divisor of {per_device}.")
+  k = config.grad_accum_steps
+  _divides_per_device_batch(config, "grad_accum_steps", num_devices)
   if k > 1 and config.dtype == "float16":
     raise ConfigError(
         f"config.grad_accum_steps={k} is not supported with dtype float16 (its loss scaling runs on"
         " the whole batch); use grad_accum_steps=1 or dtype bfloat16.")
   m = config.sam_group_size
-  if m and per_device % m:
-    raise ConfigError(
-        f"config.sam_group_size={m} does not divide the per-device batch {per_device}"
-        f" (batch_size {config.batch_size} / {num_devices} devices); choose a divisor of {per_device}.")
+  if m:
+    _divides_per_device_batch(config, "sam_group_size", num_devices)
   if m and (k > 1 or config.dtype == "float16"):
     raise ConfigError(
         f"config.sam_group_size={m} is not supported with grad_accum_steps > 1 or dtype float16"
