@@ -18,6 +18,7 @@ anything is written or compiled. Library logging stays at WARNING unless
 `--verbosity` asks for more. For several processes (TPU pods, multi-node GPU)
 pass `--multihost` (cluster auto-detection) or the explicit coordinator flags.
 """
+
 import logging as std_logging
 import os
 import sys
@@ -29,10 +30,12 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 # Unlocked with new attributes accepted, so that an unknown field or model option
 # reaches `validate_fields`, which names it, instead of failing inside flag parsing.
-config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
-                                lock_config=False, accept_new_attributes=True)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard events and results.json "
-                    "(local, ~/..., or gs://...).")
+config_flags.DEFINE_config_file(
+  "config", None, "Path to a config file (configs/*.py).", lock_config=False, accept_new_attributes=True
+)
+flags.DEFINE_string(
+  "workdir", None, "Directory for checkpoints, TensorBoard events and results.json (local, ~/..., or gs://...)."
+)
 flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() with cluster auto-detection.")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for a manual multi-process launch.")
 flags.DEFINE_integer("num_processes", None, "Number of processes, for a manual multi-process launch.")
@@ -77,11 +80,15 @@ def _parse_flags(argv):
   except flags.Error as e:
     _fail(_one_line(e))
   except OSError as e:
-    _fail(f"--config {_config_path(argv)}: the config file cannot be read ({_one_line(e)}); "
-          "pass one such as configs/digits.py.")
+    _fail(
+      f"--config {_config_path(argv)}: the config file cannot be read ({_one_line(e)}); "
+      "pass one such as configs/digits.py."
+    )
   except Exception as e:  # noqa: BLE001 (whatever the user's config file raised)
-    _fail(f"--config {_config_path(argv)}: the config file failed to load "
-          f"({type(e).__name__}: {_one_line(e)}); fix the file.")
+    _fail(
+      f"--config {_config_path(argv)}: the config file failed to load "
+      f"({type(e).__name__}: {_one_line(e)}); fix the file."
+    )
   return rest
 
 
@@ -92,8 +99,7 @@ def _config():
   config = FLAGS.config
   overrides = config_flags.get_override_values(FLAGS["config"])
   if "model" in overrides:  # the file's options were for its own model: keep only the command line's
-    kwargs = {k: v for k, v in config.model_kwargs.items()
-              if f"model_kwargs.{k}" in overrides and k != "image_size"}
+    kwargs = {k: v for k, v in config.model_kwargs.items() if f"model_kwargs.{k}" in overrides and k != "image_size"}
     if "model_kwargs.image_size" in overrides:
       config.image_size = overrides["model_kwargs.image_size"]
     training.set_model(config, config.model, **kwargs)
@@ -128,8 +134,9 @@ def main(argv):
   if FLAGS.coordinator_address:
     # CPU processes need a collectives backend; other platforms ignore this setting.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
-                               num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+    jax.distributed.initialize(
+      coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes, process_id=FLAGS.process_id
+    )
   elif FLAGS.multihost:
     jax.distributed.initialize()
 
@@ -138,17 +145,18 @@ def main(argv):
 
   try:
     results = training.train_and_evaluate(config, FLAGS.workdir)
-  except (training.ConfigError, training.WorkdirError, training.RunMismatchError,
-          data.DatasetNotFoundError) as e:
+  except (training.ConfigError, training.WorkdirError, training.RunMismatchError, data.DatasetNotFoundError) as e:
     _fail(e)
   except (training.NonFiniteLossError, training.CheckpointError) as e:
     _fail(e, status=1)
   except preemption.Preempted as e:  # SIGTERM: checkpoint saved; rerun to resume
     print(f"stopped: {e}", file=sys.stderr)
     sys.exit(preemption.EXIT_CODE)
-  print(f"final eval accuracy: {results['final_eval_accuracy']:.4f} "
-        f"(loss {results['final_eval_loss']:.4f}), parameter norm {results['final_param_norm']!r}; "
-        f"results in {run_record.as_path(FLAGS.workdir) / run_record.RESULTS_FILE}")
+  print(
+    f"final eval accuracy: {results['final_eval_accuracy']:.4f} "
+    f"(loss {results['final_eval_loss']:.4f}), parameter norm {results['final_param_norm']!r}; "
+    f"results in {run_record.as_path(FLAGS.workdir) / run_record.RESULTS_FILE}"
+  )
 
 
 if __name__ == "__main__":

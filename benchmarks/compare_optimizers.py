@@ -28,6 +28,7 @@ Writes into `--out`: `table.md` (mean +- std over seeds), `results.json` (every
 run, written after each one), `accuracy_vs_epoch.png`, `accuracy_vs_time.png`
 and `sharpness.png`, one colour per optimizer throughout.
 """
+
 import argparse
 import datetime
 import importlib.util
@@ -49,8 +50,22 @@ BASE_OPTIMIZER = {name: registry.get(name).base for name in OPTIMIZERS}
 USES_RHO = tuple(name for name in OPTIMIZERS if registry.get(name).uses_rho)
 # Fixed, so an optimizer has the same colour in every plot and every output folder
 # (registry order; optimizers beyond the palette reuse it from the start).
-PALETTE = ("#1f77b4", "#d62728", "#ff7f0e", "#bcbd22", "#8c564b", "#2ca02c", "#9467bd", "#e377c2",
-           "#7f7f7f", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896")
+PALETTE = (
+  "#1f77b4",
+  "#d62728",
+  "#ff7f0e",
+  "#bcbd22",
+  "#8c564b",
+  "#2ca02c",
+  "#9467bd",
+  "#e377c2",
+  "#7f7f7f",
+  "#17becf",
+  "#aec7e8",
+  "#ffbb78",
+  "#98df8a",
+  "#ff9896",
+)
 COLORS = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(OPTIMIZERS)}
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "digits.py")
@@ -62,14 +77,21 @@ _FAMILY_RHO = {"msam": 0.3, "sam": 0.05}
 # ASAM's rho is relative to |w| (SamsungLabs/ASAM uses 10 x SAM's: 0.5 vs 0.05 on CIFAR);
 # GSAM's is its rho_max, falling with the learning rate to gsam_rho_min (DEFAULT_FIELDS).
 _RHO = {"asam": 0.5, "adamw_asam": 0.5, "gsam": 0.1, "adamw_gsam": 0.1}
-DEFAULT_RHO = ",".join(f"{name}={_RHO.get(name, _FAMILY_RHO[registry.get(name).family]):g}"
-                       for name in OPTIMIZERS if registry.get(name).uses_rho)
+DEFAULT_RHO = ",".join(
+  f"{name}={_RHO.get(name, _FAMILY_RHO[registry.get(name).family]):g}"
+  for name in OPTIMIZERS
+  if registry.get(name).uses_rho
+)
 # Other config fields per optimizer, not swept (benchmarks/results/compare_digits/README.md):
 # ASAM's eta as SamsungLabs/ASAM; GSAM's rho_min / rho_max = 1/5 (the reference ViT config:
 # 0.1 / 0.6) and alpha 0.3.
 _GSAM_FIELDS = {"gsam_alpha": 0.3, "gsam_rho_min": 0.02}
-DEFAULT_FIELDS = {"asam": {"asam_eta": 0.01}, "adamw_asam": {"asam_eta": 0.01},
-                  "gsam": _GSAM_FIELDS, "adamw_gsam": _GSAM_FIELDS}
+DEFAULT_FIELDS = {
+  "asam": {"asam_eta": 0.01},
+  "adamw_asam": {"asam_eta": 0.01},
+  "gsam": _GSAM_FIELDS,
+  "adamw_gsam": _GSAM_FIELDS,
+}
 # The config's learning rate and weight decay are SGD's; the AdamW family needs its own.
 _ADAMW_FAMILY = [name for name in OPTIMIZERS if BASE_OPTIMIZER[name] == "adamw"]
 DEFAULT_LR = ",".join(f"{name}=3e-3" for name in _ADAMW_FAMILY)
@@ -77,13 +99,30 @@ DEFAULT_WEIGHT_DECAY = ",".join(f"{name}=0.05" for name in _ADAMW_FAMILY)
 
 # Per-run numbers copied from the training library's results, and the summary's metrics.
 RUN_FIELDS = (
-    "final_eval_accuracy", "final_eval_loss", "final_train_loss", "final_train_accuracy",
-    "final_sam_sharpness", "final_hessian_max_eigenvalue", "train_seconds",
-    "seconds_per_step_excluding_compilation", "eval_accuracy_before_bn_recompute", "steps", "epochs")
+  "final_eval_accuracy",
+  "final_eval_loss",
+  "final_train_loss",
+  "final_train_accuracy",
+  "final_sam_sharpness",
+  "final_hessian_max_eigenvalue",
+  "train_seconds",
+  "seconds_per_step_excluding_compilation",
+  "eval_accuracy_before_bn_recompute",
+  "steps",
+  "epochs",
+)
 SUMMARY_FIELDS = (
-    "final_eval_accuracy", "final_eval_loss", "final_train_loss", "final_sam_sharpness",
-    "final_hessian_max_eigenvalue", "training_seconds", "train_seconds", "seconds_per_step",
-    "seconds_per_step_excluding_compilation", "time_per_step_vs_base")
+  "final_eval_accuracy",
+  "final_eval_loss",
+  "final_train_loss",
+  "final_sam_sharpness",
+  "final_hessian_max_eigenvalue",
+  "training_seconds",
+  "train_seconds",
+  "seconds_per_step",
+  "seconds_per_step_excluding_compilation",
+  "time_per_step_vs_base",
+)
 
 
 # ----------------------------------------------------------------------------- input
@@ -124,8 +163,7 @@ def parse_overrides(text: str, flag: str) -> dict[str, float]:
     name, sep, value = item.partition("=")
     name = name.strip()
     if not sep or name not in OPTIMIZERS:
-      raise ValueError(f"{flag}: {item!r} is not optimizer=value with an optimizer from "
-                       f"{', '.join(OPTIMIZERS)}.")
+      raise ValueError(f"{flag}: {item!r} is not optimizer=value with an optimizer from {', '.join(OPTIMIZERS)}.")
     try:
       number = float(value)
     except ValueError:
@@ -155,8 +193,18 @@ def _steps_per_epoch(config) -> int:
   return data.steps_per_epoch(info, config.batch_size)
 
 
-def run_config(config_module, optimizer: str, seed: int, *, epochs=None, steps=None,
-               rho=None, learning_rate=None, weight_decay=None, sharpness=True):
+def run_config(
+  config_module,
+  optimizer: str,
+  seed: int,
+  *,
+  epochs=None,
+  steps=None,
+  rho=None,
+  learning_rate=None,
+  weight_decay=None,
+  sharpness=True,
+):
   """One run's config: the file's, with the comparison's fields and overrides set."""
   config = config_module.get_config()
   config.optimizer = optimizer
@@ -219,10 +267,14 @@ def train_one(config, mesh) -> dict:
     start = time.time()
     results = train_and_evaluate(config, workdir, mesh=mesh)
     wall = time.time() - start
-  record = {"optimizer": config.optimizer, "seed": config.seed,
-            "rho": config.rho if config.optimizer in USES_RHO else None,
-            "learning_rate": config.learning_rate, "weight_decay": config.weight_decay,
-            "fields": {k: config[k] for k in DEFAULT_FIELDS.get(config.optimizer, {})}}
+  record = {
+    "optimizer": config.optimizer,
+    "seed": config.seed,
+    "rho": config.rho if config.optimizer in USES_RHO else None,
+    "learning_rate": config.learning_rate,
+    "weight_decay": config.weight_decay,
+    "fields": {k: config[k] for k in DEFAULT_FIELDS.get(config.optimizer, {})},
+  }
   record.update({k: results[k] for k in RUN_FIELDS if k in results})
   record["seconds_per_step"] = steady_seconds_per_step(results["eval_history"])
   if record["seconds_per_step"] is None:
@@ -230,8 +282,9 @@ def train_one(config, mesh) -> dict:
   record["wall_seconds_including_setup"] = wall
   history = results["eval_history"]
   record["eval_history"] = [
-      {**{k: e[k] for k in ("epoch", "step", "seconds", "accuracy", "loss")}, "training_seconds": t}
-      for e, t in zip(history, training_seconds(history, record["seconds_per_step"]))]
+    {**{k: e[k] for k in ("epoch", "step", "seconds", "accuracy", "loss")}, "training_seconds": t}
+    for e, t in zip(history, training_seconds(history, record["seconds_per_step"]))
+  ]
   record["training_seconds"] = record["eval_history"][-1]["training_seconds"]
   return record
 
@@ -239,16 +292,23 @@ def train_one(config, mesh) -> dict:
 def print_run(index: int, total: int, record: dict) -> None:
   name = f"{record['optimizer']} seed {record['seed']}"
   for e in record["eval_history"]:
-    print(f"  [{index}/{total}] {name}  epoch {e['epoch']:g}/{record['epochs']:g}  "
-          f"test acc {100 * e['accuracy']:.2f}%  test loss {e['loss']:.4f}  ({e['training_seconds']:.1f} s)")
-  probes = (f"sam sharpness {record['final_sam_sharpness']:.4g}, hessian max eig "
-            f"{record['final_hessian_max_eigenvalue']:.4g}" if "final_sam_sharpness" in record
-            else "no sharpness probes")
-  print(f"  [{index}/{total}] {name} done: test acc {100 * record['final_eval_accuracy']:.2f}%, "
-        f"train loss {record['final_train_loss']:.4f}, {probes}, "
-        f"{1000 * record['seconds_per_step']:.1f} ms/step, {record['training_seconds']:.1f} s training "
-        f"({record['train_seconds']:.1f} s with the final probes, {record['wall_seconds_including_setup']:.1f} s "
-        "with setup)", flush=True)
+    print(
+      f"  [{index}/{total}] {name}  epoch {e['epoch']:g}/{record['epochs']:g}  "
+      f"test acc {100 * e['accuracy']:.2f}%  test loss {e['loss']:.4f}  ({e['training_seconds']:.1f} s)"
+    )
+  probes = (
+    f"sam sharpness {record['final_sam_sharpness']:.4g}, hessian max eig {record['final_hessian_max_eigenvalue']:.4g}"
+    if "final_sam_sharpness" in record
+    else "no sharpness probes"
+  )
+  print(
+    f"  [{index}/{total}] {name} done: test acc {100 * record['final_eval_accuracy']:.2f}%, "
+    f"train loss {record['final_train_loss']:.4f}, {probes}, "
+    f"{1000 * record['seconds_per_step']:.1f} ms/step, {record['training_seconds']:.1f} s training "
+    f"({record['train_seconds']:.1f} s with the final probes, {record['wall_seconds_including_setup']:.1f} s "
+    "with setup)",
+    flush=True,
+  )
 
 
 # ----------------------------------------------------------------------------- summary
@@ -294,25 +354,41 @@ def _cell(stat: dict, fmt: str, scale: float = 1.0) -> str:
 
 def markdown_table(summary: dict, runs: list[dict]) -> str:
   """The README table: one row per optimizer, mean ± std over its seeds."""
-  header = ("| optimizer | rho | test accuracy (%) | final train loss | SAM sharpness | "
-            "Hessian max eigenvalue | training time (s) | time per step (ms) | time per step vs base |")
+  header = (
+    "| optimizer | rho | test accuracy (%) | final train loss | SAM sharpness | "
+    "Hessian max eigenvalue | training time (s) | time per step (ms) | time per step vs base |"
+  )
   num_columns = header.count("|") - 1
   lines = [header, "|---|" + "---:|" * (num_columns - 1)]
   for name, stats in summary.items():
     rhos = sorted({r["rho"] for r in runs if r["optimizer"] == name and r["rho"] is not None})
     base = BASE_OPTIMIZER[name]
-    ratio = "1 (base)" if base == name else (
+    ratio = (
+      "1 (base)"
+      if base == name
+      else (
         f"{_cell(stats['time_per_step_vs_base'], '.2f')} × {base}"
-        if stats["time_per_step_vs_base"]["mean"] is not None else f"n/a ({base} not run)")
-    lines.append("| " + " | ".join([
-        name, ", ".join(f"{v:g}" for v in rhos) or "–",
-        _cell(stats["final_eval_accuracy"], ".2f", 100),
-        _cell(stats["final_train_loss"], ".4f"),
-        _cell(stats["final_sam_sharpness"], ".4f"),
-        _cell(stats["final_hessian_max_eigenvalue"], ".2f"),
-        _cell(stats["training_seconds"], ".1f"),
-        _cell(stats["seconds_per_step"], ".1f", 1000),
-        ratio]) + " |")
+        if stats["time_per_step_vs_base"]["mean"] is not None
+        else f"n/a ({base} not run)"
+      )
+    )
+    lines.append(
+      "| "
+      + " | ".join(
+        [
+          name,
+          ", ".join(f"{v:g}" for v in rhos) or "–",
+          _cell(stats["final_eval_accuracy"], ".2f", 100),
+          _cell(stats["final_train_loss"], ".4f"),
+          _cell(stats["final_sam_sharpness"], ".4f"),
+          _cell(stats["final_hessian_max_eigenvalue"], ".2f"),
+          _cell(stats["training_seconds"], ".1f"),
+          _cell(stats["seconds_per_step"], ".1f", 1000),
+          ratio,
+        ]
+      )
+      + " |"
+    )
   return "\n".join(lines) + "\n"
 
 
@@ -355,11 +431,10 @@ def mean_curves(runs: list[dict], optimizers: list[str]) -> dict:
     length = min(len(h) for h in histories)
     points = [[h[i] for h in histories] for i in range(length)]
     curves[name] = {
-        "epoch": [p[0]["epoch"] for p in points],
-        "seconds": [statistics.fmean(e["training_seconds"] for e in p) for p in points],
-        "accuracy": [statistics.fmean(100 * e["accuracy"] for e in p) for p in points],
-        "accuracy_std": [statistics.stdev([100 * e["accuracy"] for e in p]) if len(p) > 1 else 0.0
-                         for p in points],
+      "epoch": [p[0]["epoch"] for p in points],
+      "seconds": [statistics.fmean(e["training_seconds"] for e in p) for p in points],
+      "accuracy": [statistics.fmean(100 * e["accuracy"] for e in p) for p in points],
+      "accuracy_std": [statistics.stdev([100 * e["accuracy"] for e in p]) if len(p) > 1 else 0.0 for p in points],
     }
   return curves
 
@@ -382,7 +457,7 @@ def plot_accuracy(curves: dict, x: str, xlabel: str, title: str, path: str, dpi:
   # Zoom: the last two thirds of the evaluations, y fitted to the means there.
   x_start = min(c[x][len(c[x]) // 3] for c in curves.values())
   x_end = max(c[x][-1] for c in curves.values())
-  tail = [a for c in curves.values() for a in c["accuracy"][len(c[x]) // 3:]]
+  tail = [a for c in curves.values() for a in c["accuracy"][len(c[x]) // 3 :]]
   zoom.set_xlim(x_start, x_end + 0.01 * (x_end - x_start) + 1e-9)
   zoom.set_ylim(min(tail) - 0.5, max(tail) + 0.5)
   zoom.set_title(f"zoom: {x.replace('seconds', 'time')} from {x_start:.3g}")
@@ -392,8 +467,10 @@ def plot_accuracy(curves: dict, x: str, xlabel: str, title: str, path: str, dpi:
 def plot_sharpness(runs: list[dict], summary: dict, sharpness_rho, path: str, dpi: int) -> None:
   """Bars: mean over seeds (error bar: std), dots: the seeds; one colour per optimizer."""
   figure = _new_figure(10, 3.6)
-  panels = (("final_sam_sharpness", f"SAM sharpness (rho={sharpness_rho})"),
-            ("final_hessian_max_eigenvalue", "Hessian max eigenvalue"))
+  panels = (
+    ("final_sam_sharpness", f"SAM sharpness (rho={sharpness_rho})"),
+    ("final_hessian_max_eigenvalue", "Hessian max eigenvalue"),
+  )
   names = list(summary)
   for axes, (key, label) in zip(figure.subplots(1, 2), panels):
     for i, name in enumerate(names):
@@ -416,9 +493,15 @@ def environment() -> dict:
   import jax
 
   device = jax.devices()[0]
-  return {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-          "jax": jax.__version__, "platform": device.platform, "device": device.device_kind,
-          "cpu_count": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()}
+  return {
+    "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    "jax": jax.__version__,
+    "platform": device.platform,
+    "device": device.device_kind,
+    "cpu_count": os.cpu_count(),
+    "machine": platform.machine(),
+    "python": platform.python_version(),
+  }
 
 
 def write_json(path: str, payload: dict) -> None:
@@ -436,11 +519,17 @@ def write_report(out: str, payload: dict, dpi: int = 80) -> None:
   with open(os.path.join(out, "table.md"), "w") as f:
     f.write(markdown_table(payload["summary"], runs) + "\n" + table_notes(payload) + "\n")
   curves = mean_curves(runs, optimizers)
-  plot_accuracy(curves, "epoch", "epoch", "test accuracy (mean over seeds)",
-                os.path.join(out, "accuracy_vs_epoch.png"), dpi)
-  plot_accuracy(curves, "seconds", "wall-clock seconds (compilation included)",
-                "test accuracy (mean over seeds)",
-                os.path.join(out, "accuracy_vs_time.png"), dpi)
+  plot_accuracy(
+    curves, "epoch", "epoch", "test accuracy (mean over seeds)", os.path.join(out, "accuracy_vs_epoch.png"), dpi
+  )
+  plot_accuracy(
+    curves,
+    "seconds",
+    "wall-clock seconds (compilation included)",
+    "test accuracy (mean over seeds)",
+    os.path.join(out, "accuracy_vs_time.png"),
+    dpi,
+  )
   plot_sharpness(runs, payload["summary"], payload["sharpness_rho"], os.path.join(out, "sharpness.png"), dpi)
 
 
@@ -450,15 +539,18 @@ def table_notes(payload: dict) -> str:
   settings = {}
   for r in runs:
     settings.setdefault((r["learning_rate"], r["weight_decay"]), []).append(r["optimizer"])
-  hparams = "; ".join(f"{', '.join(dict.fromkeys(names))}: {lr:g} / {wd:g}"
-                      for (lr, wd), names in settings.items())
+  hparams = "; ".join(f"{', '.join(dict.fromkeys(names))}: {lr:g} / {wd:g}" for (lr, wd), names in settings.items())
   load = f"load average {payload['load_average_start'][0]:.1f} at the start"
   if "load_average_end" in payload:
     load += f", {payload['load_average_end'][0]:.1f} at the end"
-  sharpness = ("not measured" if payload["sharpness_rho"] is None else
-               f"at the end of training, at the unperturbed parameters, on one fixed training batch;"
-               f" SAM sharpness = L(p + rho g/|g|) - L(p) with rho = {payload['sharpness_rho']:g}")
-  return "\n".join([
+  sharpness = (
+    "not measured"
+    if payload["sharpness_rho"] is None
+    else f"at the end of training, at the unperturbed parameters, on one fixed training batch;"
+    f" SAM sharpness = L(p + rho g/|g|) - L(p) with rho = {payload['sharpness_rho']:g}"
+  )
+  return "\n".join(
+    [
       f"{payload['config_name']}, {payload['epochs']:g} epochs, seeds "
       f"{', '.join(str(s) for s in payload['seeds'])}; mean ± sample std over seeds.",
       f"Learning rate / weight decay: {hparams}.",
@@ -470,7 +562,9 @@ def table_notes(payload: dict) -> str:
       " over epochs of epoch time / steps, the first and last epoch left out; vs base: the ratio to"
       " the base optimizer's run of the same seed (run back to back), mean ± std over seeds.",
       f"Machine: one {env['platform']} device ({env['device']}), {env['cpu_count']} cores shared with other jobs,"
-      f" jax {env.get('jax', '?')}; {load}."])
+      f" jax {env.get('jax', '?')}; {load}.",
+    ]
+  )
 
 
 def merge_previous(payload: dict, path: str) -> None:
@@ -483,17 +577,20 @@ def merge_previous(payload: dict, path: str) -> None:
     previous = json.load(f)
   for key in ("config_name", "seeds", "epochs", "sharpness_rho"):
     if previous[key] != payload[key]:
-      raise SystemExit(f"--merge: {path} has {key}={previous[key]!r}, this run {payload[key]!r};"
-                       " merge only runs of the same settings.")
+      raise SystemExit(
+        f"--merge: {path} has {key}={previous[key]!r}, this run {payload[key]!r}; merge only runs of the same settings."
+      )
   kept = [r for r in previous["runs"] if r["optimizer"] not in payload["optimizers"]]
   names = set(payload["optimizers"]) | {r["optimizer"] for r in kept}
   payload["optimizers"] = [n for n in OPTIMIZERS if n in names]
   payload["runs"] = kept
   payload["merged_runs"] = {
-      "optimizers": [n for n in previous["optimizers"] if n in {r["optimizer"] for r in kept}],
-      "environment": previous["environment"], "load_average_start": previous["load_average_start"],
-      "load_average_end": previous.get("load_average_end"),
-      "total_seconds": previous.get("total_seconds")}
+    "optimizers": [n for n in previous["optimizers"] if n in {r["optimizer"] for r in kept}],
+    "environment": previous["environment"],
+    "load_average_start": previous["load_average_start"],
+    "load_average_end": previous.get("load_average_end"),
+    "total_seconds": previous.get("total_seconds"),
+  }
 
 
 def parse_args(argv=None):
@@ -507,14 +604,21 @@ def parse_args(argv=None):
   parser.add_argument("--rho", default=DEFAULT_RHO, help="per optimizer, e.g. msam=0.3,sam=0.05")
   parser.add_argument("--lr", default=DEFAULT_LR, help="per-optimizer learning rate")
   parser.add_argument("--weight_decay", default=DEFAULT_WEIGHT_DECAY, help="per-optimizer weight decay")
-  parser.add_argument("--no_sharpness", action="store_true",
-                      help="skip the sharpness probes (quick checks: their compilation dominates short runs)")
+  parser.add_argument(
+    "--no_sharpness",
+    action="store_true",
+    help="skip the sharpness probes (quick checks: their compilation dominates short runs)",
+  )
   parser.add_argument("--dpi", type=int, default=80)
-  parser.add_argument("--merge", action="store_true",
-                      help="keep OUT/results.json's runs of the optimizers not run now (same config,"
-                           " seeds and epochs) and report them all together")
-  parser.add_argument("--report_only", action="store_true",
-                      help="train nothing: rewrite the table and plots from OUT/results.json")
+  parser.add_argument(
+    "--merge",
+    action="store_true",
+    help="keep OUT/results.json's runs of the optimizers not run now (same config,"
+    " seeds and epochs) and report them all together",
+  )
+  parser.add_argument(
+    "--report_only", action="store_true", help="train nothing: rewrite the table and plots from OUT/results.json"
+  )
   args = parser.parse_args(argv)
   try:
     args.optimizers = parse_list(args.optimizers, "--optimizers", OPTIMIZERS)
@@ -543,40 +647,61 @@ def main(argv=None) -> dict:
   from msam_jax.training import mesh as mesh_lib, validate
 
   mesh = mesh_lib.create_mesh(jax.devices()[:1])  # one device: times comparable across machines
-  configs = [run_config(args.config_module, name, seed, epochs=args.epochs, steps=args.steps,
-                        rho=args.rho.get(name), learning_rate=args.lr.get(name),
-                        weight_decay=args.weight_decay.get(name), sharpness=not args.no_sharpness)
-             for seed in args.seeds for name in args.optimizers]
+  configs = [
+    run_config(
+      args.config_module,
+      name,
+      seed,
+      epochs=args.epochs,
+      steps=args.steps,
+      rho=args.rho.get(name),
+      learning_rate=args.lr.get(name),
+      weight_decay=args.weight_decay.get(name),
+      sharpness=not args.no_sharpness,
+    )
+    for seed in args.seeds
+    for name in args.optimizers
+  ]
   for config in configs:  # a bad override fails now, not after an hour of runs
     validate(config, num_devices=mesh.size)
   os.makedirs(args.out, exist_ok=True)
   first = configs[0]
   payload = {
-      "config": os.path.relpath(os.path.abspath(args.config), os.getcwd()),
-      "config_name": os.path.basename(args.config), "optimizers": args.optimizers, "seeds": args.seeds,
-      "epochs": (first.num_train_steps / _steps_per_epoch(first) if first.num_train_steps > 0
-                 else first.num_epochs),
-      "sharpness_rho": None if args.no_sharpness else first.sharpness_rho, "sharpness_num_iters": first.sharpness_num_iters,
-      "overrides": {"rho": args.rho, "learning_rate": args.lr, "weight_decay": args.weight_decay},
-      "environment": environment(), "load_average_start": os.getloadavg(), "runs": []}
+    "config": os.path.relpath(os.path.abspath(args.config), os.getcwd()),
+    "config_name": os.path.basename(args.config),
+    "optimizers": args.optimizers,
+    "seeds": args.seeds,
+    "epochs": (first.num_train_steps / _steps_per_epoch(first) if first.num_train_steps > 0 else first.num_epochs),
+    "sharpness_rho": None if args.no_sharpness else first.sharpness_rho,
+    "sharpness_num_iters": first.sharpness_num_iters,
+    "overrides": {"rho": args.rho, "learning_rate": args.lr, "weight_decay": args.weight_decay},
+    "environment": environment(),
+    "load_average_start": os.getloadavg(),
+    "runs": [],
+  }
   if args.merge:
     merge_previous(payload, os.path.join(args.out, "results.json"))
-  print(f"{len(configs)} runs ({len(args.optimizers)} optimizers x {len(args.seeds)} seeds), "
-        f"{payload['epochs']:g} epochs each, on {payload['environment']['device']}; writing {args.out}",
-        flush=True)
+  print(
+    f"{len(configs)} runs ({len(args.optimizers)} optimizers x {len(args.seeds)} seeds), "
+    f"{payload['epochs']:g} epochs each, on {payload['environment']['device']}; writing {args.out}",
+    flush=True,
+  )
   start = time.time()
   for index, config in enumerate(configs, 1):
     hparams = f"lr={config.learning_rate:g}, wd={config.weight_decay:g}" + (
-        f", rho={config.rho:g}" if config.optimizer in USES_RHO else "")
-    print(f"[{index}/{len(configs)}] {config.optimizer} seed {config.seed} ({hparams}): training...",
-          flush=True)
+      f", rho={config.rho:g}" if config.optimizer in USES_RHO else ""
+    )
+    print(f"[{index}/{len(configs)}] {config.optimizer} seed {config.seed} ({hparams}): training...", flush=True)
     record = train_one(config, mesh)
     payload["runs"].append(record)
     write_json(os.path.join(args.out, "results.json"), payload)  # partial results survive a crash
     print_run(index, len(configs), record)
     elapsed = time.time() - start
-    print(f"  {elapsed / 60:.1f} min so far, about {elapsed / index * (len(configs) - index) / 60:.1f} min "
-          "to go (rough: SAM-family runs take longer)", flush=True)
+    print(
+      f"  {elapsed / 60:.1f} min so far, about {elapsed / index * (len(configs) - index) / 60:.1f} min "
+      "to go (rough: SAM-family runs take longer)",
+      flush=True,
+    )
   payload["load_average_end"] = os.getloadavg()
   payload["total_seconds"] = time.time() - start
   if args.merge:

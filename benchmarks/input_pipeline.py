@@ -17,6 +17,7 @@ to numpy; tf.data uses every core, so they scale with the host's cores: the
 table gives images/s per core too, and the load average (other processes on
 the machine take cores away).
 """
+
 import argparse
 import gc
 import itertools
@@ -97,35 +98,57 @@ def main():
   load_before = os.getloadavg()[0]
   rows = []
 
-  rows.append(("digits train", "8x8", images_per_second(
-      data.train_iterator("digits", global_batch_size=batch, **ONE_PROCESS), batch, num * 10)))
+  rows.append(
+    (
+      "digits train",
+      "8x8",
+      images_per_second(data.train_iterator("digits", global_batch_size=batch, **ONE_PROCESS), batch, num * 10),
+    )
+  )
 
   with tfds.testing.mock_data(num_examples=10_000):
-    rows.append(("CIFAR-100 train (flip, cutout, crop)", "32x32", images_per_second(
-        data.train_iterator("cifar100", global_batch_size=batch, **ONE_PROCESS), batch, num * 20)))
-    rows.append(("CIFAR-100 eval", "32x32", images_per_second(
-        data.eval_iterator("cifar100", global_batch_size=batch, **ONE_PROCESS), batch, num * 3)))
+    rows.append(
+      (
+        "CIFAR-100 train (flip, cutout, crop)",
+        "32x32",
+        images_per_second(data.train_iterator("cifar100", global_batch_size=batch, **ONE_PROCESS), batch, num * 20),
+      )
+    )
+    rows.append(
+      (
+        "CIFAR-100 eval",
+        "32x32",
+        images_per_second(data.eval_iterator("cifar100", global_batch_size=batch, **ONE_PROCESS), batch, num * 3),
+      )
+    )
 
   with tempfile.TemporaryDirectory() as root:
     # Enough records that the timed batches stay inside one epoch.
     num_train = (WARMUP_BATCHES + num + 1) * batch
     kilobytes = write_synthetic_imagenet(root, num_train, (WARMUP_BATCHES + num) * batch)
-    rows.append((f"ImageNet train (RandomResizedCrop; JPEG ~{kilobytes:.0f} KB)", "224x224",
-                 images_per_second(data.train_iterator("imagenet2012", global_batch_size=batch,
-                                                       data_dir=root, **ONE_PROCESS), batch, num)))
+    rows.append(
+      (
+        f"ImageNet train (RandomResizedCrop; JPEG ~{kilobytes:.0f} KB)",
+        "224x224",
+        images_per_second(
+          data.train_iterator("imagenet2012", global_batch_size=batch, data_dir=root, **ONE_PROCESS), batch, num
+        ),
+      )
+    )
 
     def imagenet_eval():
-      return data.eval_iterator("imagenet2012", global_batch_size=batch, data_dir=root,
-                                **ONE_PROCESS)
+      return data.eval_iterator("imagenet2012", global_batch_size=batch, data_dir=root, **ONE_PROCESS)
 
-    rows.append(("ImageNet eval, first pass (centre crop, bicubic)", "224x224",
-                 full_pass_images_per_second(imagenet_eval)))
-    rows.append(("ImageNet eval, later passes (cached crops)", "224x224",
-                 full_pass_images_per_second(imagenet_eval)))
+    rows.append(
+      ("ImageNet eval, first pass (centre crop, bicubic)", "224x224", full_pass_images_per_second(imagenet_eval))
+    )
+    rows.append(("ImageNet eval, later passes (cached crops)", "224x224", full_pass_images_per_second(imagenet_eval)))
 
   load_after = os.getloadavg()[0]
-  print(f"\nInput pipelines, batch {batch}, {cores} CPU cores, load average "
-        f"{load_before:.1f} before / {load_after:.1f} after (TensorFlow {tf.__version__}):\n")
+  print(
+    f"\nInput pipelines, batch {batch}, {cores} CPU cores, load average "
+    f"{load_before:.1f} before / {load_after:.1f} after (TensorFlow {tf.__version__}):\n"
+  )
   print("| pipeline | output | images/s | per core |")
   print("|---|---|---:|---:|")
   for name, size, rate in rows:

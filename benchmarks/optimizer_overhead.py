@@ -19,6 +19,7 @@ the compiled step (flops, bytes accessed: deterministic). A second table
 times the optimizer alone (update + apply on the model's parameters, buffers
 donated) to show where any difference comes from.
 """
+
 import argparse
 import statistics
 import time
@@ -37,8 +38,10 @@ LABEL_SMOOTHING = 0.1
 
 
 # The original's defaults for each base optimizer, and rho per family.
-HYPERPARAMS = {"sgd": dict(learning_rate=0.05, momentum=0.9, weight_decay=5e-4),
-               "adamw": dict(learning_rate=1e-3, weight_decay=5e-2)}
+HYPERPARAMS = {
+  "sgd": dict(learning_rate=0.05, momentum=0.9, weight_decay=5e-4),
+  "adamw": dict(learning_rate=1e-3, weight_decay=5e-2),
+}
 RHO = {"base": None, "msam": 0.3, "sam": 0.05}
 
 
@@ -62,8 +65,7 @@ def build_model(name: str, vit_depth: int):
   if name == "cnn":
     return models.build("cnn", num_classes=NUM_CLASSES)
   if name == "vit":
-    return models.build("vit", num_classes=NUM_CLASSES, size="Ti", patch_size=4,
-                        image_size=IMAGE_SIZE, depth=vit_depth)
+    return models.build("vit", num_classes=NUM_CLASSES, size="Ti", patch_size=4, image_size=IMAGE_SIZE, depth=vit_depth)
   raise ValueError(f"unknown model {name!r}; valid: cnn, vit")
 
 
@@ -74,8 +76,9 @@ def make_train_step(model, tx):
     if batch_stats is None:
       logits, new_stats = model.apply({"params": params}, images, train=True), None
     else:
-      logits, updated = model.apply({"params": params, "batch_stats": batch_stats}, images,
-                                    train=True, mutable=["batch_stats"])
+      logits, updated = model.apply(
+        {"params": params, "batch_stats": batch_stats}, images, train=True, mutable=["batch_stats"]
+      )
       new_stats = updated["batch_stats"]
     targets = optax.smooth_labels(jax.nn.one_hot(labels, NUM_CLASSES), LABEL_SMOOTHING)
     return optax.softmax_cross_entropy(logits, targets), new_stats
@@ -86,9 +89,11 @@ def make_train_step(model, tx):
       return losses.mean(), (losses, new_stats)
 
     (loss, (losses, new_stats)), grads = jax.value_and_grad(mean_loss, has_aux=True)(params)
+
     def loss_fn(p, indices=None):  # SAM family's second passes: batch statistics discarded
       x, y = (images, labels) if indices is None else (images[indices], labels[indices])
       return per_example_loss(p, batch_stats, x, y)[0]
+
     updates, opt_state = tx.update(grads, opt_state, params, loss_fn=loss_fn, losses=losses)
     return optax.apply_updates(params, updates), new_stats, opt_state, loss
 
@@ -107,19 +112,24 @@ def benchmark_model(model_name: str, args) -> list[dict]:
   for name, (tx, base) in optimizers().items():
     params = jax.tree.map(jnp.copy, variables["params"])
     stats = jax.tree.map(jnp.copy, variables.get("batch_stats")) if "batch_stats" in variables else None
-    step = make_train_step(model, tx).lower(params, stats, tx.init(params), images,
-                                            labels).compile()
+    step = make_train_step(model, tx).lower(params, stats, tx.init(params), images, labels).compile()
     cost = step.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     carry = step(params, stats, tx.init(params), images, labels)  # first step
     jax.block_until_ready(carry)
-    runs[name] = {"step": step, "carry": carry[:3], "base": base, "times": [], "cpu_times": [],
-                  "flops": cost.get("flops", float("nan")),
-                  "bytes": cost.get("bytes accessed", float("nan"))}
+    runs[name] = {
+      "step": step,
+      "carry": carry[:3],
+      "base": base,
+      "times": [],
+      "cpu_times": [],
+      "flops": cost.get("flops", float("nan")),
+      "bytes": cost.get("bytes accessed", float("nan")),
+    }
 
   names = list(runs)
   for rep in range(args.repetitions):
-    order = names[rep % len(names):] + names[:rep % len(names)]  # rotate: no fixed position
+    order = names[rep % len(names) :] + names[: rep % len(names)]  # rotate: no fixed position
     for name in order:
       run = runs[name]
       carry = run["carry"]
@@ -136,26 +146,35 @@ def benchmark_model(model_name: str, args) -> list[dict]:
   for name, run in runs.items():
     ratios = [t / b for t, b in zip(run["times"], runs[run["base"]]["times"])]
     cpu_ratios = [t / b for t, b in zip(run["cpu_times"], runs[run["base"]]["cpu_times"])]
-    rows.append({"model": f"{model_name} ({num_params / 1e6:.2f}M params)", "optimizer": name,
-                 "base": run["base"], "ms": 1e3 * statistics.median(run["times"]),
-                 "ratio": statistics.median(ratios), "ratio_min": min(ratios),
-                 "ratio_max": max(ratios), "cpu_ratio": statistics.median(cpu_ratios),
-                 "flops_ratio": run["flops"] / runs[run["base"]]["flops"],
-                 "bytes_ratio": run["bytes"] / runs[run["base"]]["bytes"],
-                 "update_ms": update_ms.get(name)})
+    rows.append(
+      {
+        "model": f"{model_name} ({num_params / 1e6:.2f}M params)",
+        "optimizer": name,
+        "base": run["base"],
+        "ms": 1e3 * statistics.median(run["times"]),
+        "ratio": statistics.median(ratios),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+        "cpu_ratio": statistics.median(cpu_ratios),
+        "flops_ratio": run["flops"] / runs[run["base"]]["flops"],
+        "bytes_ratio": run["bytes"] / runs[run["base"]]["bytes"],
+        "update_ms": update_ms.get(name),
+      }
+    )
   return rows
 
 
 def update_only_times(params, args) -> dict[str, float]:
   """Median ms of `update` + `apply_updates` alone for the one-gradient optimizers."""
-  txs = {name: tx for name, (tx, _) in optimizers().items()
-         if not needs_loss_fn(tx) and name != "sgd, again"}
+  txs = {name: tx for name, (tx, _) in optimizers().items() if not needs_loss_fn(tx) and name != "sgd, again"}
   grads = jax.tree.map(lambda p: jnp.full_like(p, 1e-3), params)
   steps, carries, times = {}, {}, {name: [] for name in txs}
   for name, tx in txs.items():
+
     def step(p, s, g, tx=tx):
       updates, s = tx.update(g, s, p)
       return optax.apply_updates(p, updates), s
+
     steps[name] = jax.jit(step, donate_argnums=(0, 1))
     p = jax.tree.map(jnp.copy, params)
     carries[name] = jax.block_until_ready(steps[name](p, tx.init(p), grads))
@@ -174,40 +193,48 @@ def update_only_times(params, args) -> dict[str, float]:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--batch_size", type=int, default=16)
-  parser.add_argument("--repetitions", type=int, default=7,
-                      help="interleaved rounds; medians are taken over them")
-  parser.add_argument("--steps", type=int, default=5,
-                      help="steps per optimizer per round (LookSAM: a multiple of k=5 averages "
-                           "its SAM and reuse steps)")
+  parser.add_argument("--repetitions", type=int, default=7, help="interleaved rounds; medians are taken over them")
+  parser.add_argument(
+    "--steps",
+    type=int,
+    default=5,
+    help="steps per optimizer per round (LookSAM: a multiple of k=5 averages its SAM and reuse steps)",
+  )
   parser.add_argument("--models", default="cnn,vit")
-  parser.add_argument("--vit_depth", type=int, default=2,
-                      help="transformer blocks of the ViT-Ti/4 (the preset has 12)")
+  parser.add_argument("--vit_depth", type=int, default=2, help="transformer blocks of the ViT-Ti/4 (the preset has 12)")
   args = parser.parse_args()
 
-  print(f"jax {jax.__version__}, {jax.devices()[0].platform} x{jax.device_count()}, "
-        f"batch {args.batch_size}, {IMAGE_SIZE}x{IMAGE_SIZE} images, {args.repetitions} "
-        f"interleaved rounds of {args.steps} steps, buffers donated\n")
+  print(
+    f"jax {jax.__version__}, {jax.devices()[0].platform} x{jax.device_count()}, "
+    f"batch {args.batch_size}, {IMAGE_SIZE}x{IMAGE_SIZE} images, {args.repetitions} "
+    f"interleaved rounds of {args.steps} steps, buffers donated\n"
+  )
   rows = [row for name in args.models.split(",") for row in benchmark_model(name, args)]
-  print("| model | optimizer | median step (ms) | ratio to base: median [min, max] "
-        "| CPU-time ratio | XLA flops ratio | XLA bytes ratio |")
+  print(
+    "| model | optimizer | median step (ms) | ratio to base: median [min, max] "
+    "| CPU-time ratio | XLA flops ratio | XLA bytes ratio |"
+  )
   print("|---|---|---:|---|---:|---:|---:|")
   for r in rows:
     if r["optimizer"] == r["base"]:
       ratios = "- | - | - | -"
     else:
-      ratios = (f"{r['ratio']:.3f} [{r['ratio_min']:.3f}, {r['ratio_max']:.3f}] vs {r['base']} | "
-                f"{r['cpu_ratio']:.3f} | {r['flops_ratio']:.4f} | {r['bytes_ratio']:.4f}")
+      ratios = (
+        f"{r['ratio']:.3f} [{r['ratio_min']:.3f}, {r['ratio_max']:.3f}] vs {r['base']} | "
+        f"{r['cpu_ratio']:.3f} | {r['flops_ratio']:.4f} | {r['bytes_ratio']:.4f}"
+      )
     print(f"| {r['model']} | {r['optimizer']} | {r['ms']:.1f} | {ratios} |")
-  print("\nCPU-time ratio: process CPU time, less disturbed by other processes than wall "
-        "time. XLA ratios: the compiled step's static cost analysis (deterministic; it counts "
-        "both branches of LookSAM's lax.cond).")
+  print(
+    "\nCPU-time ratio: process CPU time, less disturbed by other processes than wall "
+    "time. XLA ratios: the compiled step's static cost analysis (deterministic; it counts "
+    "both branches of LookSAM's lax.cond)."
+  )
   print("\nOptimizer alone (update + apply_updates, donated buffers):\n")
   print("| model | optimizer | median update (ms) | share of its full step |")
   print("|---|---|---:|---:|")
   for r in rows:
     if r["update_ms"] is not None:
-      print(f"| {r['model']} | {r['optimizer']} | {r['update_ms']:.2f} | "
-            f"{100 * r['update_ms'] / r['ms']:.1f}% |")
+      print(f"| {r['model']} | {r['optimizer']} | {r['update_ms']:.2f} | {100 * r['update_ms'] / r['ms']:.1f}% |")
 
 
 if __name__ == "__main__":

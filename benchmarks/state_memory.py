@@ -7,6 +7,7 @@ allocated. The layouts are `msam_jax.training.mesh.state_sharding`'s, on a mesh
 of `--devices` virtual CPU devices, with the default `config.fsdp_min_bytes`.
 Prints a markdown table.
 """
+
 import argparse
 import functools
 import os
@@ -32,7 +33,7 @@ def main():
   config = base_config()
   config.optimizer = args.optimizer
   mesh = mesh_lib.create_mesh()
-  mib = 2 ** 20
+  mib = 2**20
   print(f"| model | optimizer | parameters | replicated MiB/device | fsdp MiB/device ({args.devices} devices) |")
   print("|---|---|---:|---:|---:|")
   for label, size, patch in (("ViT-S/32", "S", 32), ("ViT-B/16", "B", 16)):
@@ -46,8 +47,9 @@ def main():
       sharding = mesh_lib.state_sharding(mesh, state, mode, config.fsdp_min_bytes)
       counts[mode] = mesh_lib.bytes_per_device(state, sharding) / mib
     num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
-    print(f"| {label} | {args.optimizer} | {num_params / 1e6:.1f} M | {counts['replicate']:.1f} | "
-          f"{counts['fsdp']:.1f} |")
+    print(
+      f"| {label} | {args.optimizer} | {num_params / 1e6:.1f} M | {counts['replicate']:.1f} | {counts['fsdp']:.1f} |"
+    )
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ time / the device's peak (PEAK_FLOPS below) for the dtype; blank where the
 device is not in the table (CPUs). One device only: the data-parallel loop
 multiplies images/s by the device count at best.
 """
+
 import argparse
 import dataclasses
 import functools
@@ -57,19 +58,19 @@ DTYPES = ("float32", "bfloat16")
 # precision runs as one bfloat16 pass, hence the same peak). Matched as a substring of
 # `jax.devices()[0].device_kind`, first match wins (so "H100 PCIe" precedes "H100").
 PEAK_FLOPS = (
-    ("H100 PCIe", 756e12, 378e12),
-    ("H100", 989e12, 495e12),
-    ("H200", 989e12, 495e12),
-    ("GH200", 989e12, 495e12),
-    ("B200", 2250e12, 1100e12),
-    ("A100", 312e12, 156e12),
-    ("L4", 121e12, 60e12),
-    ("TPU v6 lite", 918e12, 918e12),  # v6e
-    ("TPU v5 lite", 197e12, 197e12),  # v5e
-    ("TPU v5", 459e12, 459e12),  # v5p
-    ("TPU v4", 275e12, 275e12),
-    ("TPU v3", 61.5e12, 61.5e12),
-    ("TPU v2", 22.5e12, 22.5e12),
+  ("H100 PCIe", 756e12, 378e12),
+  ("H100", 989e12, 495e12),
+  ("H200", 989e12, 495e12),
+  ("GH200", 989e12, 495e12),
+  ("B200", 2250e12, 1100e12),
+  ("A100", 312e12, 156e12),
+  ("L4", 121e12, 60e12),
+  ("TPU v6 lite", 918e12, 918e12),  # v6e
+  ("TPU v5 lite", 197e12, 197e12),  # v5e
+  ("TPU v5", 459e12, 459e12),  # v5p
+  ("TPU v4", 275e12, 275e12),
+  ("TPU v3", 61.5e12, 61.5e12),
+  ("TPU v2", 22.5e12, 22.5e12),
 )
 
 
@@ -84,6 +85,7 @@ def peak_flops(device_kind: str, dtype: str) -> float | None:
 @dataclasses.dataclass(frozen=True)
 class Setup:
   """One of the original's experiments: its config, and the batch one device runs."""
+
   config: str  # configs/<config>.py
   batch: int
   image_shape: tuple[int, int, int]
@@ -92,11 +94,12 @@ class Setup:
 
 
 SETUPS = {
-    "cifar100_wrn16_4": Setup("cifar100_wrn16_4", 256, (32, 32, 3), {"depth": 10, "width": 1}, (16, 16, 3)),
-    "cifar100_resnet50": Setup("cifar100_resnet50", 256, (32, 32, 3), {"depth": 18, "width": 4}, (16, 16, 3)),
-    "imagenet_resnet50": Setup("imagenet_resnet50", 128, (224, 224, 3), {"depth": 18, "width": 4}, (32, 32, 3)),
-    "imagenet_vit": Setup("imagenet_vit", 256, (224, 224, 3),
-                          {"size": "Ti", "depth": 1, "patch_size": 8, "image_size": 32}, (32, 32, 3)),
+  "cifar100_wrn16_4": Setup("cifar100_wrn16_4", 256, (32, 32, 3), {"depth": 10, "width": 1}, (16, 16, 3)),
+  "cifar100_resnet50": Setup("cifar100_resnet50", 256, (32, 32, 3), {"depth": 18, "width": 4}, (16, 16, 3)),
+  "imagenet_resnet50": Setup("imagenet_resnet50", 128, (224, 224, 3), {"depth": 18, "width": 4}, (32, 32, 3)),
+  "imagenet_vit": Setup(
+    "imagenet_vit", 256, (224, 224, 3), {"size": "Ti", "depth": 1, "patch_size": 8, "image_size": 32}, (32, 32, 3)
+  ),
 }
 QUICK_BATCH = 8
 
@@ -130,8 +133,17 @@ class Run:
     self.times.append((time.perf_counter() - start) / num_steps)
 
 
-def build_run(setup: Setup, optimizer: str, dtype: str, *, quick: bool, batch_size: int, device,
-              label: str | None = None, twin: "Run | None" = None) -> Run:
+def build_run(
+  setup: Setup,
+  optimizer: str,
+  dtype: str,
+  *,
+  quick: bool,
+  batch_size: int,
+  device,
+  label: str | None = None,
+  twin: "Run | None" = None,
+) -> Run:
   """The step and state exactly as the loop builds them; `twin` shares its executable (A/A)."""
   config = load_config(setup.config)
   image_shape = setup.quick_shape if quick else setup.image_shape
@@ -139,22 +151,27 @@ def build_run(setup: Setup, optimizer: str, dtype: str, *, quick: bool, batch_si
     config.model_kwargs = setup.quick_model
   config.optimizer, config.dtype, config.batch_size = optimizer, dtype, batch_size
   num_classes = data.dataset_info(config.dataset, image_size=config.image_size).num_classes
-  spec = data.synthetic.Spec(image_shape=image_shape, num_classes=num_classes,
-                             num_train=max(batch_size, 50_000), num_test=1)
+  spec = data.synthetic.Spec(
+    image_shape=image_shape, num_classes=num_classes, num_train=max(batch_size, 50_000), num_test=1
+  )
   steps_per_epoch = data.steps_per_epoch(data.dataset_info("synthetic", synthetic=spec), batch_size)
   model = models.build(config.model, num_classes, dtype=jnp.dtype(dtype), **config.model_kwargs)
   tx = build_optimizer(config, steps_per_epoch)
   init = functools.partial(create_train_state, model, tx, image_shape=image_shape)
   state = jax.jit(init)(jax.random.key(config.seed))
-  batch = next(data.train_iterator("synthetic", global_batch_size=batch_size, num_devices=1,
-                                   process_count=1, process_index=0, synthetic=spec))
+  batch = next(
+    data.train_iterator(
+      "synthetic", global_batch_size=batch_size, num_devices=1, process_count=1, process_index=0, synthetic=spec
+    )
+  )
   batch = jax.device_put(batch, device)
   state, rng = jax.device_put(state, device), jax.device_put(jax.random.key(1), device)
   if twin is not None:
     compiled, flops = twin.compiled, twin.flops
   else:
-    step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx,
-                                     label_smoothing=config.label_smoothing), donate_argnums=0)
+    step = jax.jit(
+      functools.partial(steps.train_step, model=model, tx=tx, label_smoothing=config.label_smoothing), donate_argnums=0
+    )
     compiled = step.lower(state, batch, rng).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
@@ -172,16 +189,27 @@ def summarize(runs: list[Run], batch_size: int, device_kind: str) -> list[dict]:
   for r in runs:
     step_s = statistics.median(r.times)
     base = by_key.get((base_of(r.optimizer), r.dtype))
-    ratio = (statistics.median(t / b for t, b in zip(r.times, base.times)) if base is not None
-             else float("nan"))
+    ratio = statistics.median(t / b for t, b in zip(r.times, base.times)) if base is not None else float("nan")
     f32 = by_key.get((r.label, "float32"))
-    speedup = (statistics.median(a / b for a, b in zip(f32.times, r.times))
-               if r.dtype == "bfloat16" and f32 is not None else float("nan"))
+    speedup = (
+      statistics.median(a / b for a, b in zip(f32.times, r.times))
+      if r.dtype == "bfloat16" and f32 is not None
+      else float("nan")
+    )
     peak = peak_flops(device_kind, r.dtype)
-    rows.append({"optimizer": r.label, "dtype": r.dtype, "step_ms": step_s * 1e3,
-                 "images_per_s": batch_size / step_s, "ratio_to_base": ratio, "base": base_of(r.optimizer),
-                 "bf16_speedup": speedup, "gflop_per_step": r.flops / 1e9,
-                 "mfu": r.flops / step_s / peak if peak else float("nan")})
+    rows.append(
+      {
+        "optimizer": r.label,
+        "dtype": r.dtype,
+        "step_ms": step_s * 1e3,
+        "images_per_s": batch_size / step_s,
+        "ratio_to_base": ratio,
+        "base": base_of(r.optimizer),
+        "bf16_speedup": speedup,
+        "gflop_per_step": r.flops / 1e9,
+        "mfu": r.flops / step_s / peak if peak else float("nan"),
+      }
+    )
   return rows
 
 
@@ -194,16 +222,23 @@ def print_table(name: str, rows: list[dict], batch_size: int, image_shape) -> No
   print("| optimizer | dtype | step (ms) | images/s | ratio to base | bf16 x | GFLOP/step | MFU |")
   print("|---|---|---:|---:|---:|---:|---:|---:|")
   for row in rows:
-    print(f"| {row['optimizer']} | {row['dtype']} | {row['step_ms']:.1f} | {row['images_per_s']:.0f} | "
-          f"{_fmt(row['ratio_to_base'], '.3f')} ({row['base']}) | {_fmt(row['bf16_speedup'], '.2f')} | "
-          f"{row['gflop_per_step']:.2f} | {_fmt(row['mfu'] * 100, '.1f', '%')} |",
-          flush=True)
+    print(
+      f"| {row['optimizer']} | {row['dtype']} | {row['step_ms']:.1f} | {row['images_per_s']:.0f} | "
+      f"{_fmt(row['ratio_to_base'], '.3f')} ({row['base']}) | {_fmt(row['bf16_speedup'], '.2f')} | "
+      f"{row['gflop_per_step']:.2f} | {_fmt(row['mfu'] * 100, '.1f', '%')} |",
+      flush=True,
+    )
 
 
 def benchmark_setup(name: str, args, device) -> list[dict]:
   setup = SETUPS[name]
-  batch_size = QUICK_BATCH if args.quick else (args.imagenet_batch if name == "imagenet_resnet50" else
-                                               args.vit_batch if name == "imagenet_vit" else setup.batch)
+  batch_size = (
+    QUICK_BATCH
+    if args.quick
+    else (
+      args.imagenet_batch if name == "imagenet_resnet50" else args.vit_batch if name == "imagenet_vit" else setup.batch
+    )
+  )
   runs = []
   for dtype in args.dtypes:
     for optimizer in args.optimizers:
@@ -211,8 +246,18 @@ def benchmark_setup(name: str, args, device) -> list[dict]:
     for base in dict.fromkeys(base_of(o) for o in args.optimizers):  # the A/A controls
       twin = next((r for r in runs if r.label == base and r.dtype == dtype), None)
       if twin is not None:
-        runs.append(build_run(setup, base, dtype, quick=args.quick, batch_size=batch_size, device=device,
-                              label=f"{base}, again", twin=twin))
+        runs.append(
+          build_run(
+            setup,
+            base,
+            dtype,
+            quick=args.quick,
+            batch_size=batch_size,
+            device=device,
+            label=f"{base}, again",
+            twin=twin,
+          )
+        )
   for round_index in range(args.rounds):
     shift = round_index % len(runs)
     for run in runs[shift:] + runs[:shift]:
@@ -245,8 +290,11 @@ def parse_args(argv=None):
   parser.add_argument("--steps", type=int, default=None, help="steps per run per round (default 10; --quick 2)")
   parser.add_argument("--imagenet-batch", type=int, default=128, help="ResNet-50 ImageNet batch on the device")
   parser.add_argument("--vit-batch", type=int, default=256, help="ViT-S/32 ImageNet batch on the device")
-  parser.add_argument("--profile-dir", default=None,
-                      help="also write a jax.profiler trace of one extra round per setup (TensorBoard/XProf)")
+  parser.add_argument(
+    "--profile-dir",
+    default=None,
+    help="also write a jax.profiler trace of one extra round per setup (TensorBoard/XProf)",
+  )
   args = parser.parse_args(argv)
   try:
     args.setups = parse_list(args.setups, "--setups", tuple(SETUPS))
@@ -266,10 +314,12 @@ def main(argv=None) -> dict[str, list[dict]]:
   args = parse_args(argv)
   device = jax.devices()[0]
   peak = peak_flops(device.device_kind, "bfloat16")
-  print(f"device: {device.platform} / {device.device_kind} (1 of {jax.device_count()}), jax {jax.__version__}; "
-        f"{args.rounds} interleaved rounds of {args.steps} steps; peak bf16 "
-        f"{f'{peak / 1e12:.0f} TFLOP/s' if peak else 'unknown (no MFU)'}"
-        f"{'; --quick: tiny models' if args.quick else ''}")
+  print(
+    f"device: {device.platform} / {device.device_kind} (1 of {jax.device_count()}), jax {jax.__version__}; "
+    f"{args.rounds} interleaved rounds of {args.steps} steps; peak bf16 "
+    f"{f'{peak / 1e12:.0f} TFLOP/s' if peak else 'unknown (no MFU)'}"
+    f"{'; --quick: tiny models' if args.quick else ''}"
+  )
   print(f"command: python benchmarks/train_throughput.py {' '.join(sys.argv[1:] if argv is None else argv)}")
   return {name: benchmark_setup(name, args, device) for name in args.setups}
 

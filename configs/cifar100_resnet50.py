@@ -1,4 +1,5 @@
 """ResNet-50 (CIFAR stem) on CIFAR-100, the original's `CIFAR100_ResNet50.ini`."""
+
 from msam_jax.training import base_config, set_model
 
 

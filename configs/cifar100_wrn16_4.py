@@ -2,6 +2,7 @@
 
 MSAM: `--config.optimizer=msam --config.rho=3`; SAM: `--config.optimizer=sam --config.rho=0.2`.
 """
+
 from msam_jax.training import base_config, set_model
 
 

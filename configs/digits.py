@@ -3,6 +3,7 @@
 Runs offline on a laptop CPU in about a minute:
 `python train.py --config configs/digits.py --workdir runs/digits`.
 """
+
 from msam_jax.training import base_config, set_model
 
 

@@ -1,4 +1,5 @@
 """ResNet-50 on ImageNet-2012, the original's `ImageNet_ResNet50.ini` (SAM paper's setup, batch 1024)."""
+
 from msam_jax.training import base_config, set_model
 
 

@@ -7,6 +7,7 @@ for evaluation and export. SAM needs the loss on the current batch: pass
 
     python examples/nnx_msam.py
 """
+
 import jax.numpy as jnp
 import optax
 from flax import nnx
@@ -26,8 +27,7 @@ class MLP(nnx.Module):
 def two_moons(n: int = 64):
   """A tiny separable 2-class problem."""
   t = jnp.linspace(0, jnp.pi, n // 2)
-  x = jnp.concatenate([jnp.stack([jnp.cos(t), jnp.sin(t)], 1),
-                       jnp.stack([1 - jnp.cos(t), 0.5 - jnp.sin(t)], 1)])
+  x = jnp.concatenate([jnp.stack([jnp.cos(t), jnp.sin(t)], 1), jnp.stack([1 - jnp.cos(t), 0.5 - jnp.sin(t)], 1)])
   return x, jnp.concatenate([jnp.zeros(n // 2, jnp.int32), jnp.ones(n // 2, jnp.int32)])
 
 
@@ -70,8 +70,10 @@ def unperturbed(model, optimizer):
 def main(num_steps: int = 300) -> dict[str, float]:
   x, y = two_moons()
   results = {}
-  for name, tx, step in [("msam", msam_jax.msam(0.1, rho=0.3), msam_step),
-                         ("sam", msam_jax.sam(msam_jax.sgd(0.1), rho=0.05), sam_step)]:
+  for name, tx, step in [
+    ("msam", msam_jax.msam(0.1, rho=0.3), msam_step),
+    ("sam", msam_jax.sam(msam_jax.sgd(0.1), rho=0.05), sam_step),
+  ]:
     model = MLP(nnx.Rngs(0))
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     for _ in range(num_steps):

@@ -11,6 +11,7 @@
 
     python examples/optax_loop.py
 """
+
 import os
 import tempfile
 
@@ -35,8 +36,7 @@ def loss(params, x, y):
 
 def make_optimizer(steps_per_epoch: int, accumulate: int):
   rho = msam_jax.schedules.rho_start_ramp(0.1, steps_per_epoch=steps_per_epoch, ramp_epochs=2)
-  tx = optax.chain(optax.clip_by_global_norm(1.0),
-                   msam_jax.msam(0.05, momentum=0.9, rho=rho))
+  tx = optax.chain(optax.clip_by_global_norm(1.0), msam_jax.msam(0.05, momentum=0.9, rho=rho))
   return optax.MultiSteps(tx, every_k_schedule=accumulate)
 
 
@@ -50,8 +50,9 @@ def train(params, opt_state, tx, x, y, num_steps, micro_batch):
   n = x.shape[0] // micro_batch
   for i in range(num_steps):
     j = i % n
-    params, opt_state = step(params, opt_state, x[j * micro_batch:(j + 1) * micro_batch],
-                             y[j * micro_batch:(j + 1) * micro_batch])
+    params, opt_state = step(
+      params, opt_state, x[j * micro_batch : (j + 1) * micro_batch], y[j * micro_batch : (j + 1) * micro_batch]
+    )
   return params, opt_state
 
 
@@ -70,8 +71,7 @@ def save_and_restore(directory, params, opt_state):
 def main(num_steps: int = 400, workdir: str | None = None) -> float:
   x, y = problem()
   micro_batch, accumulate = 16, 2
-  tx = make_optimizer(steps_per_epoch=x.shape[0] // (micro_batch * accumulate),
-                      accumulate=accumulate)
+  tx = make_optimizer(steps_per_epoch=x.shape[0] // (micro_batch * accumulate), accumulate=accumulate)
   params = {"w": jnp.zeros(4), "b": jnp.zeros([])}
   opt_state = tx.init(params)
   params, opt_state = train(params, opt_state, tx, x, y, num_steps // 2, micro_batch)

@@ -8,6 +8,7 @@ at `msam_jax.eval_params(state.params, state.opt_state)` (a no-op for SAM).
 
     python examples/train_state.py
 """
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -45,10 +46,8 @@ def sam_step(state, x, y):
     return per_example_loss(state.apply_fn, params, xs, ys)
 
   losses, grads = jax.value_and_grad(lambda p: loss_fn(p).mean())(state.params)
-  updates, opt_state = state.tx.update(grads, state.opt_state, state.params,
-                                       loss_fn=loss_fn, losses=losses)
-  return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                       opt_state=opt_state)
+  updates, opt_state = state.tx.update(grads, state.opt_state, state.params, loss_fn=loss_fn, losses=losses)
+  return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state)
 
 
 def accuracy(state, x, y):
@@ -61,8 +60,10 @@ def main(num_steps: int = 400) -> dict[str, float]:
   model = MLP()
   params = model.init(jax.random.key(1), x)["params"]
   results = {}
-  for name, tx, step in [("msam", msam_jax.msam(0.1, rho=0.3), msam_step),
-                         ("sam", msam_jax.sam(msam_jax.sgd(0.1), rho=0.05), sam_step)]:
+  for name, tx, step in [
+    ("msam", msam_jax.msam(0.1, rho=0.3), msam_step),
+    ("sam", msam_jax.sam(msam_jax.sgd(0.1), rho=0.05), sam_step),
+  ]:
     state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
     for _ in range(num_steps):
       state = step(state, x, y)

@@ -4,14 +4,14 @@ The core install (jax, optax, numpy) gives the optimizers, `eval_params`, the
 schedules and `msam_jax.analysis`. The subpackages below need more; importing
 one without its extra fails with one line that names the extra to install.
 """
+
 import importlib.util
 
 # subpackage -> (extra, top-level modules it imports)
 EXTRAS = {
-    "models": ("models", ("flax",)),
-    "data": ("data", ("tensorflow", "tensorflow_datasets", "sklearn")),
-    "training": ("train", ("flax", "clu", "ml_collections", "orbax.checkpoint", "tensorflow",
-                           "tensorflow_datasets")),
+  "models": ("models", ("flax",)),
+  "data": ("data", ("tensorflow", "tensorflow_datasets", "sklearn")),
+  "training": ("train", ("flax", "clu", "ml_collections", "orbax.checkpoint", "tensorflow", "tensorflow_datasets")),
 }
 
 
@@ -27,5 +27,7 @@ def require(subpackage: str) -> None:
   extra, modules = EXTRAS[subpackage]
   missing = [m for m in modules if _missing(m)]
   if missing:
-    raise ImportError(f"msam_jax.{subpackage} needs {', '.join(missing)}: "
-                      f"pip install 'msam-jax[{extra}]' (or pip install -e '.[{extra}]')")
+    raise ImportError(
+      f"msam_jax.{subpackage} needs {', '.join(missing)}: "
+      f"pip install 'msam-jax[{extra}]' (or pip install -e '.[{extra}]')"
+    )

@@ -11,6 +11,7 @@ jitted update is traced and cannot be inspected without a host
 synchronisation, so only concrete values are checked; their values were
 already checked where they were plain numbers.
 """
+
 import numbers
 from typing import Iterable, NoReturn
 
@@ -38,10 +39,13 @@ def concrete_value(value) -> float | None:
     return None
   if isinstance(value, numbers.Real):
     return float(value)
-  if (isinstance(value, (np.ndarray, np.generic, jax.Array)) and not _is_traced(value)
-      and np.ndim(value) == 0
-      and (jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer))
-      and (not isinstance(value, jax.Array) or value.is_fully_addressable)):
+  if (
+    isinstance(value, (np.ndarray, np.generic, jax.Array))
+    and not _is_traced(value)
+    and np.ndim(value) == 0
+    and (jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer))
+    and (not isinstance(value, jax.Array) or value.is_fully_addressable)
+  ):
     return float(value)
   return None
 
@@ -65,8 +69,7 @@ def non_negative(name: str, value) -> None:
     fail(name, value, "a number >= 0")
 
 
-def in_interval(name: str, value, low: float, high: float, *,
-                low_closed: bool, high_closed: bool) -> None:
+def in_interval(name: str, value, low: float, high: float, *, low_closed: bool, high_closed: bool) -> None:
   """`value` lies in the interval from `low` to `high`."""
   requirement = f"in {'[' if low_closed else '('}{low:g}, {high:g}{']' if high_closed else ')'}"
   v = _real(name, value, requirement)
@@ -85,8 +88,9 @@ def _bound(x: int) -> str:
   return str(x)
 
 
-def integer(name: str, value, low: int = 1, high: int | None = None, *,
-            optional: bool = False, static: bool = True) -> None:
+def integer(
+  name: str, value, low: int = 1, high: int | None = None, *, optional: bool = False, static: bool = True
+) -> None:
   """An integer (Python or NumPy, never a bool) with ``low <= value`` (and ``< high``).
 
   Args:
@@ -105,8 +109,12 @@ def integer(name: str, value, low: int = 1, high: int | None = None, *,
     fail(name, value, requirement)
   if isinstance(value, (int, np.integer)):
     v = int(value)
-  elif (not static and isinstance(value, (jax.Array, np.ndarray)) and np.ndim(value) == 0
-        and jnp.issubdtype(value.dtype, jnp.integer)):
+  elif (
+    not static
+    and isinstance(value, (jax.Array, np.ndarray))
+    and np.ndim(value) == 0
+    and jnp.issubdtype(value.dtype, jnp.integer)
+  ):
     if _is_traced(value):
       return
     v = int(value)

@@ -5,6 +5,7 @@ once, when jax initialises its backends, so it is set before anything imports
 jax. Helpers (not fixtures) are in tests/helpers.py. Nothing here imports
 Flax, TensorFlow or orbax at import time.
 """
+
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -30,6 +31,7 @@ def x64():
 def one_device_mesh():
   """A training mesh of this process's first device."""
   from msam_jax.training.mesh import create_mesh  # the train extra
+
   return create_mesh(jax.devices()[:1])
 
 
@@ -41,5 +43,6 @@ def mock_tfds():
   checkpoint synchronously (no orbax thread may touch files then).
   """
   import tensorflow_datasets as tfds  # the data extra
+
   with tfds.testing.mock_data(num_examples=64):
     yield

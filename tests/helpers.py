@@ -5,6 +5,7 @@ puts this directory on sys.path. Only jax and numpy at import time, so the
 optimizer tests keep running on the core install; orbax and ml_collections are
 imported by the helpers that need them.
 """
+
 import importlib.util
 import os
 
@@ -70,11 +71,12 @@ def final_checkpoint(workdir: str):
   on another device count (another process, 2 processes) restores too.
   """
   import orbax.checkpoint as ocp  # the train extra
-  manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"),
-                                  item_handlers=ocp.StandardCheckpointHandler())
+
+  manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), item_handlers=ocp.StandardCheckpointHandler())
   step = manager.latest_step()
   assert step is not None, f"no checkpoint in {workdir}"
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                          manager.item_metadata(step).tree)
+  abstract = jax.tree.map(
+    lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), manager.item_metadata(step).tree
+  )
   return step, manager.restore(step, args=ocp.args.StandardRestore(abstract))

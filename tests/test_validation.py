@@ -1,4 +1,5 @@
 """msam_jax.validation: one message format, and bools are never integers anywhere."""
+
 import importlib
 
 import jax
@@ -22,11 +23,13 @@ def test_one_message_format():
   _raises(lambda: validation.integer("k", 0), "k must be an integer >= 1, got 0")
   _raises(lambda: validation.integer("seed", -1, 0, 2**63), "seed must be an integer in [0, 2**63), got -1")
   _raises(lambda: validation.integer("index", 3, 0, 3), "index must be an integer in [0, 3), got 3")
-  _raises(lambda: validation.integer("group_size", 1.0, optional=True),
-          "group_size must be None or an integer >= 1, got 1.0")
+  _raises(
+    lambda: validation.integer("group_size", 1.0, optional=True), "group_size must be None or an integer >= 1, got 1.0"
+  )
   _raises(lambda: validation.non_negative("rho", -0.5), "rho must be a number >= 0, got -0.5")
-  _raises(lambda: validation.in_interval("b1", 1.0, 0, 1, low_closed=True, high_closed=False),
-          "b1 must be in [0, 1), got 1.0")
+  _raises(
+    lambda: validation.in_interval("b1", 1.0, 0, 1, low_closed=True, high_closed=False), "b1 must be in [0, 1), got 1.0"
+  )
   _raises(lambda: validation.one_of("depth", 12, (11, 13)), "depth must be one of 11, 13, got 12")
   _raises(lambda: validation.boolean("batch_norm", "yes"), "batch_norm must be True or False, got 'yes'")
 
@@ -60,52 +63,71 @@ def test_what_cannot_be_checked_yet_passes():
   assert traced(jnp.asarray(-1), jnp.asarray(-1.0)) == 1.0  # checked where concrete, not here
 
 
-@pytest.mark.parametrize("make, argument", [
+@pytest.mark.parametrize(
+  "make, argument",
+  [
     (lambda: msam_jax.looksam(msam_jax.sgd(0.1), k=True), "k"),
     (lambda: msam_jax.sam(msam_jax.sgd(0.1), group_size=True), "group_size"),
     (lambda: msam_jax.asam(msam_jax.sgd(0.1), group_size=True), "group_size"),
     (lambda: msam_jax.msam(0.1, rho=True), "rho"),
     (lambda: schedules.rho_start_ramp(0.1, steps_per_epoch=True, ramp_epochs=1), "steps_per_epoch"),
-    (lambda: analysis.hessian_max_eigenvalue(lambda p: p @ p, jnp.ones(2), jax.random.key(0),
-                                             num_iters=True), "num_iters"),
+    (
+      lambda: analysis.hessian_max_eigenvalue(lambda p: p @ p, jnp.ones(2), jax.random.key(0), num_iters=True),
+      "num_iters",
+    ),
     (lambda: analysis.sam_sharpness(lambda p: p @ p, jnp.ones(2), rho=True), "rho"),
-])
+  ],
+)
 def test_optimizers_and_analysis_refuse_bools(make, argument):
   with pytest.raises(ValueError, match=rf"^{argument} must be"):
     make()
 
 
-@pytest.mark.parametrize("module, call, argument", [
+@pytest.mark.parametrize(
+  "module, call, argument",
+  [
     ("msam_jax.models", lambda m: m.build("cnn", 10, width=True), "cnn width"),
     ("msam_jax.models", lambda m: m.build("vit", 10, heads=True), "vit heads"),
     ("msam_jax.models", lambda m: m.build("wrn", 10, width=True), "wrn width"),
     ("msam_jax.models", lambda m: m.build("vgg", 10, width=True), "vgg width"),
     ("msam_jax.models", lambda m: m.build("resnet", 10, width=True), "resnet width"),
-    ("msam_jax.data", lambda d: d.pipeline.shard_for(8, process_index=0, process_count=True,
-                                                      num_devices=1), "process_count"),
-    ("msam_jax.data", lambda d: d.pipeline.shard_for(8, process_index=False, process_count=1,
-                                                      num_devices=1), "process_index"),
-    ("msam_jax.data", lambda d: d.pipeline.shard_for(8, process_index=0, process_count=1,
-                                                      num_devices=True), "num_devices"),
+    (
+      "msam_jax.data",
+      lambda d: d.pipeline.shard_for(8, process_index=0, process_count=True, num_devices=1),
+      "process_count",
+    ),
+    (
+      "msam_jax.data",
+      lambda d: d.pipeline.shard_for(8, process_index=False, process_count=1, num_devices=1),
+      "process_index",
+    ),
+    (
+      "msam_jax.data",
+      lambda d: d.pipeline.shard_for(8, process_index=0, process_count=1, num_devices=True),
+      "num_devices",
+    ),
     ("msam_jax.data.synthetic", lambda s: s.Spec(num_classes=True), "synthetic num_classes"),
-    ("msam_jax.data.synthetic", lambda s: s.Spec(image_shape=(8, True, 3)),
-     "synthetic image_shape width"),
+    ("msam_jax.data.synthetic", lambda s: s.Spec(image_shape=(8, True, 3)), "synthetic image_shape width"),
     ("msam_jax.data.prefetch", lambda p: p.DevicePrefetcher(iter(()), lambda x: x, size=True), "size"),
-])
+  ],
+)
 def test_models_and_data_refuse_bools(module, call, argument):
   pytest.importorskip("flax" if module == "msam_jax.models" else "tensorflow")
   with pytest.raises(ValueError, match=rf"^{argument} must be an integer"):
     call(importlib.import_module(module))
 
 
-@pytest.mark.parametrize("tx, who", [
+@pytest.mark.parametrize(
+  "tx, who",
+  [
     (msam_jax.adamw(0.1), "weight decay"),
     (msam_jax.msam(0.1, weight_decay=1e-3), "weight decay"),
     (msam_jax.adamw_msam(0.1), "weight decay"),
     (msam_jax.sam(msam_jax.sgd(0.1)), "sam"),
     (msam_jax.gsam(msam_jax.sgd(0.1)), "gsam"),
     (msam_jax.looksam(msam_jax.sgd(0.1)), "looksam"),
-])
+  ],
+)
 def test_update_without_params_names_what_needs_them(tx, who):
   params = {"w": jnp.ones(2)}
   with pytest.raises(ValueError, match=f"^{who} needs the parameters: call update"):

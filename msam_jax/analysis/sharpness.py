@@ -14,6 +14,7 @@ Both are pure functions of ``params`` and jittable. The loss should be
 deterministic (a fixed batch, no dropout); for batch-norm models close over
 the batch and the batch statistics the caller wants to measure with.
 """
+
 from typing import Any, Callable
 
 import jax
@@ -31,8 +32,7 @@ def _widened(tree: Any) -> Any:
   return jax.tree.map(widen, tree)
 
 
-def sam_sharpness(loss_fn: LossFn, params: Any, rho: float | jax.Array
-                  ) -> jax.Array:
+def sam_sharpness(loss_fn: LossFn, params: Any, rho: float | jax.Array) -> jax.Array:
   """Returns ``L(p + rho * g / ||g||) - L(p)`` with ``g = grad L(p)``.
 
   This is the first-order estimate of the worst-case loss increase within an
@@ -52,8 +52,7 @@ def sam_sharpness(loss_fn: LossFn, params: Any, rho: float | jax.Array
   validation.non_negative("rho", rho)
   loss, grads = jax.value_and_grad(loss_fn)(params)
   scale = rho / (global_norm(grads) + NORM_EPS)
-  perturbed = jax.tree.map(
-      lambda p, g: (p + scale * widen(g)).astype(p.dtype), params, grads)
+  perturbed = jax.tree.map(lambda p, g: (p + scale * widen(g)).astype(p.dtype), params, grads)
   return loss_fn(perturbed) - loss
 
 
@@ -67,8 +66,7 @@ def hessian_vector_product(loss_fn: LossFn, params: Any, vector: Any) -> Any:
   return jax.jvp(jax.grad(loss_fn), (params,), (vector,))[1]
 
 
-def hessian_max_eigenvalue(loss_fn: LossFn, params: Any, rng: jax.Array,
-                           num_iters: int = 20) -> jax.Array:
+def hessian_max_eigenvalue(loss_fn: LossFn, params: Any, rng: jax.Array, num_iters: int = 20) -> jax.Array:
   """Estimates the Hessian eigenvalue of largest magnitude by power iteration.
 
   Starting from a random direction (drawn from ``rng``), each iteration
@@ -116,21 +114,19 @@ def hessian_max_eigenvalue(loss_fn: LossFn, params: Any, rng: jax.Array,
 
   start = normalise(optax.tree.random_like(rng, _widened(params)))
   eigenvalue0 = jnp.zeros((), wide_dtype(start))
-  _, eigenvalue = jax.lax.fori_loop(0, num_iters, power_step,
-                                    (start, eigenvalue0))
+  _, eigenvalue = jax.lax.fori_loop(0, num_iters, power_step, (start, eigenvalue0))
   return eigenvalue
 
 
-def sharpness_metrics(loss_fn: LossFn, params: Any, rng: jax.Array,
-                      rho: float | jax.Array, num_iters: int = 20
-                      ) -> dict[str, jax.Array]:
+def sharpness_metrics(
+  loss_fn: LossFn, params: Any, rng: jax.Array, rho: float | jax.Array, num_iters: int = 20
+) -> dict[str, jax.Array]:
   """Both probes at once, as a dict ready for a metrics writer.
 
   Returns ``{"sam_sharpness": ..., "hessian_max_eigenvalue": ...}``; see
   :func:`sam_sharpness` and :func:`hessian_max_eigenvalue`.
   """
   return {
-      "sam_sharpness": sam_sharpness(loss_fn, params, rho),
-      "hessian_max_eigenvalue": hessian_max_eigenvalue(
-          loss_fn, params, rng, num_iters=num_iters),
+    "sam_sharpness": sam_sharpness(loss_fn, params, rho),
+    "hessian_max_eigenvalue": hessian_max_eigenvalue(loss_fn, params, rng, num_iters=num_iters),
   }

@@ -1,8 +1,9 @@
 """Input pipelines: TFDS / tf.data datasets, augmentation, per-process sharding.
 
-    info = data.dataset_info("cifar100")
-    for batch in data.train_iterator("cifar100", global_batch_size=128, seed=0): ...
+info = data.dataset_info("cifar100")
+for batch in data.train_iterator("cifar100", global_batch_size=128, seed=0): ...
 """
+
 from msam_jax._extras import require
 
 require("data")
@@ -26,6 +27,13 @@ from msam_jax.data.pipeline import train_iterator  # noqa: E402
 from msam_jax.data import synthetic  # noqa: E402
 
 __all__ = [
-    "DATASETS", "DatasetInfo", "DatasetNotFoundError", "dataset_info", "eval_iterator",
-    "prefetch", "steps_per_epoch", "synthetic", "train_iterator",
+  "DATASETS",
+  "DatasetInfo",
+  "DatasetNotFoundError",
+  "dataset_info",
+  "eval_iterator",
+  "prefetch",
+  "steps_per_epoch",
+  "synthetic",
+  "train_iterator",
 ]

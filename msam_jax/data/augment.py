@@ -9,6 +9,7 @@ multi-process runs see exactly the images of an uninterrupted single process.
 
 Images stay uint8 until `normalize`, which maps them to float32 once.
 """
+
 import math
 from collections.abc import Sequence
 
@@ -28,8 +29,7 @@ def _per_pixel(values, shape: tf.TensorShape, dtype) -> tf.Tensor:
   return tf.constant(np.broadcast_to(values, shape[-3:]), dtype)
 
 
-def normalize(images: tf.Tensor, mean: Sequence[float], std: Sequence[float], *,
-              max_value: float = 255.0) -> tf.Tensor:
+def normalize(images: tf.Tensor, mean: Sequence[float], std: Sequence[float], *, max_value: float = 255.0) -> tf.Tensor:
   """(images / max_value - mean) / std per channel, as float32; images of any dtype in [0, max_value]."""
   mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
   scale = _per_pixel(1.0 / (max_value * std), images.shape, tf.float32)
@@ -37,8 +37,9 @@ def normalize(images: tf.Tensor, mean: Sequence[float], std: Sequence[float], *,
   return tf.cast(images, tf.float32) * scale + shift
 
 
-def flip_cutout_pad_crop(images: tf.Tensor, params: dict[str, tf.Tensor], *, cutout_size: int,
-                         fill: Sequence[int], padding: int) -> tf.Tensor:
+def flip_cutout_pad_crop(
+  images: tf.Tensor, params: dict[str, tf.Tensor], *, cutout_size: int, fill: Sequence[int], padding: int
+) -> tf.Tensor:
   """The CIFAR augmentation of a batch [B, H, W, C] in one gather, in the original's order.
 
   1. flip: mirror images[i] left-right where params["flip"][i];
@@ -58,11 +59,12 @@ def flip_cutout_pad_crop(images: tf.Tensor, params: dict[str, tf.Tensor], *, cut
   rows = offsets[:, :1] + tf.range(height)[None, :] - padding  # [B, H] rows of the flipped image
   cols = offsets[:, 1:] + tf.range(width)[None, :] - padding  # [B, W] columns of the flipped image
   top, left = centres[:, :1] - cutout_size // 2, centres[:, 1:] - cutout_size // 2
-  in_square = (((rows >= top) & (rows < top + cutout_size))[:, :, None]
-               & ((cols >= left) & (cols < left + cutout_size))[:, None, :]
-               & params["cutout_apply"][:, None, None])
-  in_image = (((rows >= 0) & (rows < height))[:, :, None]
-              & ((cols >= 0) & (cols < width))[:, None, :])
+  in_square = (
+    ((rows >= top) & (rows < top + cutout_size))[:, :, None]
+    & ((cols >= left) & (cols < left + cutout_size))[:, None, :]
+    & params["cutout_apply"][:, None, None]
+  )
+  in_image = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :]
   source_cols = tf.where(params["flip"][:, None], width - 1 - cols, cols)
   out = tf.gather(images, tf.clip_by_value(rows, 0, height - 1), axis=1, batch_dims=1)
   out = tf.gather(out, tf.clip_by_value(source_cols, 0, width - 1), axis=2, batch_dims=1)
@@ -71,10 +73,14 @@ def flip_cutout_pad_crop(images: tf.Tensor, params: dict[str, tf.Tensor], *, cut
   return out * keep + tf.constant(fill, images.dtype) * filled
 
 
-def random_resized_crop_window(image_shape: tf.Tensor, seed, *,
-                               scale: tuple[float, float] = (0.08, 1.0),
-                               ratio: tuple[float, float] = (3 / 4, 4 / 3),
-                               max_attempts: int = 10) -> tf.Tensor:
+def random_resized_crop_window(
+  image_shape: tf.Tensor,
+  seed,
+  *,
+  scale: tuple[float, float] = (0.08, 1.0),
+  ratio: tuple[float, float] = (3 / 4, 4 / 3),
+  max_attempts: int = 10,
+) -> tf.Tensor:
   """Crop window [top, left, height, width] of torchvision's `RandomResizedCrop` (Szegedy et al. 2015).
 
   torchvision's `RandomResizedCrop.get_params`, drawn from the stateless
@@ -85,9 +91,16 @@ def random_resized_crop_window(image_shape: tf.Tensor, seed, *,
   return resized_crop_window_from_uniforms(image_shape, *uniforms, scale=scale, ratio=ratio)
 
 
-def resized_crop_window_from_uniforms(image_shape: tf.Tensor, u_area, u_log_ratio, u_top, u_left, *,
-                                      scale: tuple[float, float] = (0.08, 1.0),
-                                      ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tf.Tensor:
+def resized_crop_window_from_uniforms(
+  image_shape: tf.Tensor,
+  u_area,
+  u_log_ratio,
+  u_top,
+  u_left,
+  *,
+  scale: tuple[float, float] = (0.08, 1.0),
+  ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> tf.Tensor:
   """torchvision's `RandomResizedCrop.get_params` given its uniforms in [0, 1) (float64 [attempts]).
 
   For each attempt k: area = U(scale) * H * W, log(r) = U(log ratio),

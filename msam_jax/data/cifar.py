@@ -10,6 +10,7 @@ Cutout fill: as the original, which fills the uint8 image with
 `ToTensor` and `Normalize`: CIFAR-100's square becomes (129, 124, 112) / 255,
 i.e. about -0.005, -0.001, -0.006 after normalising, not exactly 0.
 """
+
 import functools
 
 import numpy as np
@@ -19,12 +20,12 @@ from msam_jax.data import augment
 from msam_jax.data.datasets import tfds_reader_identity, tfds_split
 
 MEAN = {
-    "cifar10": (0.4913999140262604, 0.48215872049331665, 0.4465313255786896),
-    "cifar100": (0.5070753693580627, 0.4865487813949585, 0.44091784954071045),
+  "cifar10": (0.4913999140262604, 0.48215872049331665, 0.4465313255786896),
+  "cifar100": (0.5070753693580627, 0.4865487813949585, 0.44091784954071045),
 }
 STD = {
-    "cifar10": (0.24703197181224823, 0.243484228849411, 0.26158687472343445),
-    "cifar100": (0.2673334777355194, 0.25643861293792725, 0.2761503756046295),
+  "cifar10": (0.24703197181224823, 0.243484228849411, 0.26158687472343445),
+  "cifar100": (0.2673334777355194, 0.25643861293792725, 0.2761503756046295),
 }
 CUTOUT_FILL = {name: tuple(int(255 * m) for m in mean) for name, mean in MEAN.items()}
 IMAGE_SIZE = 32
@@ -59,24 +60,21 @@ def _load_split(name, split, data_dir, reader) -> tuple[np.ndarray, np.ndarray]:
 
 def sample_augmentation(key: tf.Tensor, batch_size: int) -> dict[str, tf.Tensor]:
   """Random parameters of `batch_size` train images from the stateless `key` (shape [2])."""
-  flip_key, apply_key, centre_key, offset_key = tf.unstack(
-      tf.random.experimental.stateless_split(key, 4))
+  flip_key, apply_key, centre_key, offset_key = tf.unstack(tf.random.experimental.stateless_split(key, 4))
   return {
-      "flip": tf.random.stateless_uniform([batch_size], flip_key) < 0.5,
-      "cutout_apply": tf.random.stateless_uniform([batch_size], apply_key) < CUTOUT_PROBABILITY,
-      # Centre uniform over all pixels: the square may overhang the border.
-      "cutout_centre": tf.random.stateless_uniform([batch_size, 2], centre_key, 0, IMAGE_SIZE,
-                                                   tf.int32),
-      "crop_offset": tf.random.stateless_uniform([batch_size, 2], offset_key, 0,
-                                                 2 * CROP_PADDING + 1, tf.int32),
+    "flip": tf.random.stateless_uniform([batch_size], flip_key) < 0.5,
+    "cutout_apply": tf.random.stateless_uniform([batch_size], apply_key) < CUTOUT_PROBABILITY,
+    # Centre uniform over all pixels: the square may overhang the border.
+    "cutout_centre": tf.random.stateless_uniform([batch_size, 2], centre_key, 0, IMAGE_SIZE, tf.int32),
+    "crop_offset": tf.random.stateless_uniform([batch_size, 2], offset_key, 0, 2 * CROP_PADDING + 1, tf.int32),
   }
 
 
-def train_preprocess(images: tf.Tensor, augmentation: dict[str, tf.Tensor], *,
-                     name: str) -> tf.Tensor:
+def train_preprocess(images: tf.Tensor, augmentation: dict[str, tf.Tensor], *, name: str) -> tf.Tensor:
   """uint8 [B, 32, 32, 3] -> augmented (the original's order), normalised float32."""
-  images = augment.flip_cutout_pad_crop(images, augmentation, cutout_size=CUTOUT_SIZE,
-                                        fill=CUTOUT_FILL[name], padding=CROP_PADDING)
+  images = augment.flip_cutout_pad_crop(
+    images, augmentation, cutout_size=CUTOUT_SIZE, fill=CUTOUT_FILL[name], padding=CROP_PADDING
+  )
   return augment.normalize(images, MEAN[name], STD[name])
 
 

@@ -3,6 +3,7 @@
 The facts here (classes, image shape, split sizes) are constants, so configs,
 models and schedules can ask for them without touching the data.
 """
+
 import dataclasses
 from typing import Any
 
@@ -16,6 +17,7 @@ from msam_jax.data import synthetic as synthetic_data
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
   """Static description of a dataset as the model sees it (after preprocessing)."""
+
   name: str
   num_classes: int
   image_shape: tuple[int, int, int]  # (height, width, channels)
@@ -29,9 +31,9 @@ DEFAULT_IMAGENET_SIZE = 224
 
 # The digits split sizes are those of `digits.py` (1797 scans, 360 held out).
 _FIXED = {
-    "digits": DatasetInfo("digits", 10, (8, 8, 1), 1437, 360),
-    "cifar10": DatasetInfo("cifar10", 10, (32, 32, 3), 50_000, 10_000),
-    "cifar100": DatasetInfo("cifar100", 100, (32, 32, 3), 50_000, 10_000),
+  "digits": DatasetInfo("digits", 10, (8, 8, 1), 1437, 360),
+  "cifar10": DatasetInfo("cifar10", 10, (32, 32, 3), 50_000, 10_000),
+  "cifar100": DatasetInfo("cifar100", 100, (32, 32, 3), 50_000, 10_000),
 }
 _IMAGENET_COUNTS = dict(num_classes=1000, num_train=1_281_167, num_test=50_000)
 
@@ -61,9 +63,10 @@ def dataset_info(name: str, *, image_size: int | None = None, synthetic=None) ->
   info = _FIXED[name]
   if image_size is not None and image_size != info.image_shape[0]:
     raise ValueError(
-        f"image_size={image_size!r} is not available for {name}: its images are "
-        f"{info.image_shape[0]}x{info.image_shape[1]}; only imagenet2012 is resized "
-        "(leave image_size as None).")
+      f"image_size={image_size!r} is not available for {name}: its images are "
+      f"{info.image_shape[0]}x{info.image_shape[1]}; only imagenet2012 is resized "
+      "(leave image_size as None)."
+    )
   return info
 
 
@@ -73,8 +76,8 @@ def steps_per_epoch(name_or_info: str | DatasetInfo, global_batch_size: int) -> 
   check_batch_size(global_batch_size)
   if global_batch_size > info.num_train:
     raise ValueError(
-        f"global_batch_size={global_batch_size} exceeds the {info.num_train} training "
-        f"examples of {info.name}.")
+      f"global_batch_size={global_batch_size} exceeds the {info.num_train} training examples of {info.name}."
+    )
   return info.num_train // global_batch_size
 
 
@@ -84,9 +87,11 @@ def check_batch_size(global_batch_size: Any) -> None:
 
 def _preparation_hint(name: str, data_dir: str) -> str:
   if name == "imagenet2012":
-    return (f"ImageNet needs a manual download: put ILSVRC2012_img_train.tar and "
-            f"ILSVRC2012_img_val.tar into {data_dir}/downloads/manual/, then run "
-            f"`tfds build imagenet2012 --data_dir {data_dir}` (hours; about 300 GB of disk).")
+    return (
+      f"ImageNet needs a manual download: put ILSVRC2012_img_train.tar and "
+      f"ILSVRC2012_img_val.tar into {data_dir}/downloads/manual/, then run "
+      f"`tfds build imagenet2012 --data_dir {data_dir}` (hours; about 300 GB of disk)."
+    )
   return f"Prepare it once (downloads it) with `tfds build {name} --data_dir {data_dir}`."
 
 
@@ -113,6 +118,7 @@ def tfds_split(name: str, split: Any, *, data_dir: str | None, **as_dataset_kwar
   except AssertionError:  # TFDS's way of saying "not prepared here".
     root = str(builder.data_dir_root)
     raise DatasetNotFoundError(
-        f"Dataset {name!r} was not found in data_dir {root!r}. "
-        f"{_preparation_hint(name, root)} Then pass that directory as data_dir "
-        "(config.data_dir).") from None
+      f"Dataset {name!r} was not found in data_dir {root!r}. "
+      f"{_preparation_hint(name, root)} Then pass that directory as data_dir "
+      "(config.data_dir)."
+    ) from None

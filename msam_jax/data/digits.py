@@ -6,6 +6,7 @@ out 360 of them as the test split; the other 1437 train. Pixels are scaled
 to [0, 1] and normalised by the train split's mean and standard deviation.
 No augmentation.
 """
+
 import functools
 
 import numpy as np

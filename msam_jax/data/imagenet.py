@@ -6,6 +6,7 @@ random horizontal flip, as the original. Eval: centre crop of 0.875 of the
 shorter side resized (bicubic) to `image_size`. Both normalised with the
 usual ImageNet mean/std. The test split is TFDS's 'validation'.
 """
+
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -27,8 +28,14 @@ def read(split, *, data_dir: str | None, shuffle_seed: int | None = None) -> tf.
   without, files are read in order.
   """
   read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, try_autocache=False)
-  return tfds_split(NAME, split, data_dir=data_dir, shuffle_files=shuffle_seed is not None,
-                    decoders={"image": tfds.decode.SkipDecoding()}, read_config=read_config)
+  return tfds_split(
+    NAME,
+    split,
+    data_dir=data_dir,
+    shuffle_files=shuffle_seed is not None,
+    decoders={"image": tfds.decode.SkipDecoding()},
+    read_config=read_config,
+  )
 
 
 def split_size(split, *, data_dir: str | None) -> int:
@@ -61,8 +68,7 @@ def train_preprocess(jpeg: tf.Tensor, seed, *, image_size: int) -> tf.Tensor:
 
 def eval_crop(jpeg: tf.Tensor, *, image_size: int) -> tf.Tensor:
   """JPEG bytes -> centre crop resized: uint8 [size, size, 3] (what the eval cache holds)."""
-  return augment.decode_and_centre_crop(jpeg, image_size=image_size,
-                                        crop_fraction=EVAL_CROP_FRACTION)
+  return augment.decode_and_centre_crop(jpeg, image_size=image_size, crop_fraction=EVAL_CROP_FRACTION)
 
 
 def eval_preprocess(jpeg: tf.Tensor, *, image_size: int) -> tf.Tensor:

@@ -30,6 +30,7 @@ cropped uint8 test images are cached in memory by the first evaluation
 (image_size^2 * 3 bytes each: 7.5 GB for 50,000 at 224, divided among the
 processes), so later evaluations skip reading and decoding.
 """
+
 import functools
 import dataclasses
 import math
@@ -52,6 +53,7 @@ _SHUFFLE_STREAM, _AUGMENT_STREAM = 0, 1
 @dataclasses.dataclass(frozen=True)
 class Shard:
   """This process's share of every global batch: rows [index*local_batch, (index+1)*local_batch)."""
+
   index: int
   count: int
   global_batch: int
@@ -65,12 +67,18 @@ class Shard:
     return self.index * self.local_batch
 
 
-def shard_for(global_batch_size: int, *, process_index: int | None = None,
-              process_count: int | None = None, num_devices: int | None = None) -> Shard:
+def shard_for(
+  global_batch_size: int,
+  *,
+  process_index: int | None = None,
+  process_count: int | None = None,
+  num_devices: int | None = None,
+) -> Shard:
   """Validates the batch against the processes and devices (defaults: jax's)."""
   check_batch_size(global_batch_size)
   if process_index is None or process_count is None or num_devices is None:
     import jax  # pylint: disable=g-import-not-at-top
+
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
     num_devices = jax.device_count() if num_devices is None else num_devices
@@ -80,8 +88,8 @@ def shard_for(global_batch_size: int, *, process_index: int | None = None,
   for count, what in ((num_devices, "devices"), (process_count, "processes")):
     if global_batch_size % count:
       raise ValueError(
-          f"global_batch_size={global_batch_size} is not divisible by the {count} {what}; "
-          f"use a multiple of {count}.")
+        f"global_batch_size={global_batch_size} is not divisible by the {count} {what}; use a multiple of {count}."
+      )
   return Shard(process_index, process_count, global_batch_size)
 
 
@@ -118,10 +126,11 @@ def _epoch_batches(num_examples: int, shard: Shard, seed: int, epoch: tf.Tensor)
   """(example indices [local_batch], global step) of this process for each step of one epoch."""
   steps = num_examples // shard.global_batch
   order = tf.random.experimental.stateless_shuffle(
-      tf.range(num_examples, dtype=tf.int64),
-      seed=tf.random.experimental.stateless_fold_in(_stream_key(seed, _SHUFFLE_STREAM), epoch))
-  rows = tf.reshape(order[:steps * shard.global_batch], [steps, shard.global_batch])
-  rows = rows[:, shard.offset:shard.offset + shard.local_batch]
+    tf.range(num_examples, dtype=tf.int64),
+    seed=tf.random.experimental.stateless_fold_in(_stream_key(seed, _SHUFFLE_STREAM), epoch),
+  )
+  rows = tf.reshape(order[: steps * shard.global_batch], [steps, shard.global_batch])
+  rows = rows[:, shard.offset : shard.offset + shard.local_batch]
   return tf.data.Dataset.from_tensor_slices((rows, epoch * steps + tf.range(steps, dtype=tf.int64)))
 
 
@@ -129,75 +138,82 @@ def _in_memory_train(name, shard: Shard, seed: int, start_step: int, data_dir) -
   images, labels, preprocess = _in_memory_split(name, True, shard, data_dir)
   steps = len(labels) // shard.global_batch
   if steps == 0:
-    raise ValueError(f"global_batch_size={shard.global_batch} exceeds the {len(labels)} "
-                     f"training examples of {name}.")
+    raise ValueError(f"global_batch_size={shard.global_batch} exceeds the {len(labels)} training examples of {name}.")
   first_epoch, first_step = divmod(start_step, steps)
   images, labels = tf.constant(images), tf.constant(labels)
   augment_key = _stream_key(seed, _AUGMENT_STREAM)
 
   def batch(indices, step):
     key = tf.random.experimental.stateless_fold_in(augment_key, step)
-    return {"image": preprocess(tf.gather(images, indices), key),
-            "label": tf.gather(labels, indices)}
+    return {"image": preprocess(tf.gather(images, indices), key), "label": tf.gather(labels, indices)}
 
-  return (tf.data.Dataset.counter(first_epoch)
-          .flat_map(lambda epoch: _epoch_batches(len(labels), shard, seed, epoch))
-          .skip(first_step)  # indices only: cheap
-          .map(batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
+  return (
+    tf.data.Dataset.counter(first_epoch)
+    .flat_map(lambda epoch: _epoch_batches(len(labels), shard, seed, epoch))
+    .skip(first_step)  # indices only: cheap
+    .map(batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  )
 
 
 def _in_memory_eval(name, shard: Shard, data_dir) -> tf.data.Dataset:
   images, labels, preprocess = _in_memory_split(name, False, shard, data_dir)
   num_examples = len(labels)
   num_batches = math.ceil(num_examples / shard.global_batch)
-  slots = (np.arange(num_batches)[:, None] * shard.global_batch + shard.offset
-           + np.arange(shard.local_batch)[None, :])
+  slots = np.arange(num_batches)[:, None] * shard.global_batch + shard.offset + np.arange(shard.local_batch)[None, :]
   images, labels = tf.constant(images), tf.constant(labels)
 
   def batch(slots):
     real = slots < num_examples
     indices = tf.minimum(slots, num_examples - 1)
     batch_images = preprocess(tf.gather(images, indices), None)
-    return {"image": tf.where(real[:, None, None, None], batch_images, 0.0),
-            "label": tf.where(real, tf.gather(labels, indices), 0), "mask": real}
+    return {
+      "image": tf.where(real[:, None, None, None], batch_images, 0.0),
+      "label": tf.where(real, tf.gather(labels, indices), 0),
+      "mask": real,
+    }
 
-  return (tf.data.Dataset.from_tensor_slices(slots)
-          .map(batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
+  return tf.data.Dataset.from_tensor_slices(slots).map(batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def _epoch_shuffle_seed(seed: int, epoch: int) -> int:
   return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
-def _imagenet_train(shard: Shard, seed: int, start_step: int, data_dir,
-                    image_size: int) -> Iterator[Batch]:
-  split = tfds.split_for_jax_process(imagenet.TRAIN_SPLIT, process_index=shard.index,
-                                     process_count=shard.count)
+def _imagenet_train(shard: Shard, seed: int, start_step: int, data_dir, image_size: int) -> Iterator[Batch]:
+  split = tfds.split_for_jax_process(imagenet.TRAIN_SPLIT, process_index=shard.index, process_count=shard.count)
   num_train, _ = imagenet.split_sizes(data_dir)
   steps = num_train // shard.global_batch
   if steps == 0:
-    raise ValueError(f"global_batch_size={shard.global_batch} exceeds the {num_train} "
-                     "training examples of imagenet2012.")
+    raise ValueError(
+      f"global_batch_size={shard.global_batch} exceeds the {num_train} training examples of imagenet2012."
+    )
   augment_key = _stream_key(seed, _AUGMENT_STREAM)
   local_batch = shard.local_batch
 
   def epoch_batches(epoch: int, first_step: int) -> tf.data.Dataset:
     shuffle_seed = _epoch_shuffle_seed(seed, epoch)
-    records = (imagenet.read(split, data_dir=data_dir, shuffle_seed=shuffle_seed)
-               .shuffle(IMAGENET_SHUFFLE_BUFFER, seed=shuffle_seed)
-               .take(steps * local_batch)
-               .skip(first_step * local_batch)  # still encoded: no decoding wasted
-               .enumerate(start=first_step * local_batch))
+    records = (
+      imagenet.read(split, data_dir=data_dir, shuffle_seed=shuffle_seed)
+      .shuffle(IMAGENET_SHUFFLE_BUFFER, seed=shuffle_seed)
+      .take(steps * local_batch)
+      .skip(first_step * local_batch)  # still encoded: no decoding wasted
+      .enumerate(start=first_step * local_batch)
+    )
 
     def example(i, record):
       step = epoch * steps + i // local_batch
       position = step * shard.global_batch + shard.offset + i % local_batch
       key = tf.random.experimental.stateless_fold_in(augment_key, position)
-      return {"image": imagenet.train_preprocess(record["image"], key, image_size=image_size),
-              "label": tf.cast(record["label"], tf.int32)}
+      return {
+        "image": imagenet.train_preprocess(record["image"], key, image_size=image_size),
+        "label": tf.cast(record["label"], tf.int32),
+      }
 
-    return (records.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-            .batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
+    return (
+      records.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+      .batch(local_batch, drop_remainder=True)
+      .prefetch(tf.data.AUTOTUNE)
+    )
 
   def batches(epoch: int, first_step: int, first: tf.data.Dataset) -> Iterator[Batch]:
     ds = first
@@ -207,8 +223,9 @@ def _imagenet_train(shard: Shard, seed: int, start_step: int, data_dir,
         produced += 1
         yield batch
       if produced == 0 and first_step == 0:
-        raise ValueError("This process's part of the imagenet2012 train split holds fewer "
-                         f"than local batch {local_batch} examples.")
+        raise ValueError(
+          f"This process's part of the imagenet2012 train split holds fewer than local batch {local_batch} examples."
+        )
       epoch, first_step = epoch + 1, 0
       ds = epoch_batches(epoch, first_step)
 
@@ -218,49 +235,71 @@ def _imagenet_train(shard: Shard, seed: int, start_step: int, data_dir,
 
 
 @functools.lru_cache(maxsize=2)
-def _imagenet_eval_crops(shard_index: int, shard_count: int, data_dir, image_size: int,
-                         reader) -> tf.data.Dataset:
+def _imagenet_eval_crops(shard_index: int, shard_count: int, data_dir, image_size: int, reader) -> tf.data.Dataset:
   """This process's test examples {"image": uint8 crop, "label"}, cached in memory once read."""
   del reader  # part of the cache key only
-  split = tfds.split_for_jax_process(imagenet.TEST_SPLIT, process_index=shard_index,
-                                     process_count=shard_count)
+  split = tfds.split_for_jax_process(imagenet.TEST_SPLIT, process_index=shard_index, process_count=shard_count)
 
   def example(record):
-    return {"image": imagenet.eval_crop(record["image"], image_size=image_size),
-            "label": tf.cast(record["label"], tf.int32)}
+    return {
+      "image": imagenet.eval_crop(record["image"], image_size=image_size),
+      "label": tf.cast(record["label"], tf.int32),
+    }
 
-  return (imagenet.read(split, data_dir=data_dir)
-          .map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-          .cache())
+  return (
+    imagenet.read(split, data_dir=data_dir)
+    .map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    .cache()
+  )
 
 
 def _imagenet_eval(shard: Shard, data_dir, image_size: int) -> tf.data.Dataset:
   # Every process pads its part to the same number of batches. The padding is counted
   # exactly (no `take` after the cache): a cache read only partly would be dropped.
-  local_sizes = [imagenet.split_size(tfds.split_for_jax_process(
-      imagenet.TEST_SPLIT, process_index=index, process_count=shard.count), data_dir=data_dir)
-      for index in range(shard.count)]
+  local_sizes = [
+    imagenet.split_size(
+      tfds.split_for_jax_process(imagenet.TEST_SPLIT, process_index=index, process_count=shard.count), data_dir=data_dir
+    )
+    for index in range(shard.count)
+  ]
   num_batches = math.ceil(max(local_sizes) / shard.local_batch)
   num_padding = num_batches * shard.local_batch - local_sizes[shard.index]
-  crops = _imagenet_eval_crops(shard.index, shard.count, data_dir, image_size,
-                               tfds_reader_identity())
+  crops = _imagenet_eval_crops(shard.index, shard.count, data_dir, image_size, tfds_reader_identity())
 
   def normalise(example):
-    return {"image": augment.normalize(example["image"], imagenet.MEAN, imagenet.STD),
-            "label": example["label"], "mask": tf.constant(True)}
+    return {
+      "image": augment.normalize(example["image"], imagenet.MEAN, imagenet.STD),
+      "label": example["label"],
+      "mask": tf.constant(True),
+    }
 
-  padding = tf.data.Dataset.from_tensors({
+  padding = tf.data.Dataset.from_tensors(
+    {
       "image": tf.zeros([image_size, image_size, 3], tf.float32),
-      "label": tf.constant(0, tf.int32), "mask": tf.constant(False)}).repeat(num_padding)
-  return (crops.map(normalise, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-          .concatenate(padding)
-          .batch(shard.local_batch))
+      "label": tf.constant(0, tf.int32),
+      "mask": tf.constant(False),
+    }
+  ).repeat(num_padding)
+  return (
+    crops.map(normalise, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    .concatenate(padding)
+    .batch(shard.local_batch)
+  )
 
 
-def train_iterator(name: str, *, global_batch_size: int, seed: int = 0, start_step: int = 0,
-                   data_dir: str | None = None, image_size: int | None = None,
-                   process_index: int | None = None, process_count: int | None = None,
-                   num_devices: int | None = None, synthetic=None) -> Iterator[Batch]:
+def train_iterator(
+  name: str,
+  *,
+  global_batch_size: int,
+  seed: int = 0,
+  start_step: int = 0,
+  data_dir: str | None = None,
+  image_size: int | None = None,
+  process_index: int | None = None,
+  process_count: int | None = None,
+  num_devices: int | None = None,
+  synthetic=None,
+) -> Iterator[Batch]:
   """Endless training batches of this process: {"image": float32 [b, H, W, C], "label": int32 [b]}.
 
   b = global_batch_size / process_count. An epoch is num_train // global_batch_size
@@ -268,37 +307,54 @@ def train_iterator(name: str, *, global_batch_size: int, seed: int = 0, start_st
   iterator yields exactly what an uninterrupted one yields from its n-th batch on.
   """
   info = dataset_info(name, image_size=image_size, synthetic=synthetic)
-  shard = shard_for(global_batch_size, process_index=process_index,
-                    process_count=process_count, num_devices=num_devices)
+  shard = shard_for(
+    global_batch_size, process_index=process_index, process_count=process_count, num_devices=num_devices
+  )
   _check_seed(seed)
   validation.integer("start_step", start_step, 0)
   if name == "synthetic":
     return synthetic_data.train_batches(
-        synthetic or synthetic_data.Spec(), seed=seed, start_step=start_step,
-        global_batch=shard.global_batch, offset=shard.offset, local_batch=shard.local_batch)
+      synthetic or synthetic_data.Spec(),
+      seed=seed,
+      start_step=start_step,
+      global_batch=shard.global_batch,
+      offset=shard.offset,
+      local_batch=shard.local_batch,
+    )
   if name == "imagenet2012":
     return _imagenet_train(shard, seed, start_step, data_dir, info.image_shape[0])
   ds = _in_memory_train(name, shard, seed, start_step, data_dir)
   return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 
 
-def eval_iterator(name: str, *, global_batch_size: int, data_dir: str | None = None,
-                  image_size: int | None = None, process_index: int | None = None,
-                  process_count: int | None = None,
-                  num_devices: int | None = None, synthetic=None) -> Iterator[Batch]:
+def eval_iterator(
+  name: str,
+  *,
+  global_batch_size: int,
+  data_dir: str | None = None,
+  image_size: int | None = None,
+  process_index: int | None = None,
+  process_count: int | None = None,
+  num_devices: int | None = None,
+  synthetic=None,
+) -> Iterator[Batch]:
   """Every test example once: {"image", "label", "mask": bool [b]}, padding masked out.
 
   All processes yield the same number of batches (needed for multi-host jit).
   """
   info = dataset_info(name, image_size=image_size, synthetic=synthetic)
-  shard = shard_for(global_batch_size, process_index=process_index,
-                    process_count=process_count, num_devices=num_devices)
+  shard = shard_for(
+    global_batch_size, process_index=process_index, process_count=process_count, num_devices=num_devices
+  )
   if name == "synthetic":
-    return synthetic_data.eval_batches(synthetic or synthetic_data.Spec(), global_batch=shard.global_batch,
-                                       offset=shard.offset, local_batch=shard.local_batch)
+    return synthetic_data.eval_batches(
+      synthetic or synthetic_data.Spec(),
+      global_batch=shard.global_batch,
+      offset=shard.offset,
+      local_batch=shard.local_batch,
+    )
   if name == "imagenet2012":
     ds = _imagenet_eval(shard, data_dir, info.image_shape[0])
   else:
     ds = _in_memory_eval(name, shard, data_dir)
   return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
-

@@ -13,6 +13,7 @@ exactly that time.
 
 No JAX here: `put` does the device work.
 """
+
 import atexit
 import queue
 import threading
@@ -43,8 +44,7 @@ class _End:
     self.error = error
 
 
-def _produce(host: Iterator[Any], put: Callable[[Any], Any], ready: queue.Queue,
-             stop: threading.Event) -> None:
+def _produce(host: Iterator[Any], put: Callable[[Any], Any], ready: queue.Queue, stop: threading.Event) -> None:
   """Fills `ready` with put(batch) until the host iterator ends or `stop` is set."""
   try:
     _fill(host, put, ready, stop)
@@ -92,8 +92,9 @@ class DevicePrefetcher:
     self._ready: queue.Queue = queue.Queue(maxsize=size)
     self._stop = threading.Event()
     # The thread holds no reference to self, so dropping the prefetcher stops it.
-    self._thread = threading.Thread(target=_produce, args=(host, put, self._ready, self._stop),
-                                    name="device-prefetch", daemon=True)
+    self._thread = threading.Thread(
+      target=_produce, args=(host, put, self._ready, self._stop), name="device-prefetch", daemon=True
+    )
     running = (self._stop, self._thread)
     _RUNNING.add(running)
     self._thread.start()

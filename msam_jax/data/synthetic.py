@@ -14,6 +14,7 @@ Host cost is two broadcast adds per example (still about 3 ms of one core per
 loop does not prefetch it on another thread, so at high step rates it can bound
 the loop.
 """
+
 import dataclasses
 import math
 from collections.abc import Iterator
@@ -31,6 +32,7 @@ PATTERN_SCALE = 0.5  # class signal relative to unit noise
 @dataclasses.dataclass(frozen=True)
 class Spec:
   """What the synthetic dataset looks like: `config.synthetic` in a training config."""
+
   image_shape: tuple[int, int, int] = (32, 32, 3)
   num_classes: int = 10
   num_train: int = 50_000  # defines an epoch, for schedules and evaluation cadence
@@ -79,12 +81,15 @@ def _examples(spec: Spec, profiles, noise, keys) -> tuple[np.ndarray, np.ndarray
   return images, labels
 
 
-def train_batches(spec: Spec, *, seed: int, start_step: int, global_batch: int, offset: int,
-                  local_batch: int) -> Iterator[dict[str, np.ndarray]]:
+def train_batches(
+  spec: Spec, *, seed: int, start_step: int, global_batch: int, offset: int, local_batch: int
+) -> Iterator[dict[str, np.ndarray]]:
   """Endless {"image", "label"} of rows offset..offset+local_batch-1 of each global batch."""
   if global_batch > spec.num_train:
-    raise ValueError(f"global_batch_size={global_batch} exceeds the {spec.num_train} training "
-                     "examples of synthetic (config.synthetic.num_train).")
+    raise ValueError(
+      f"global_batch_size={global_batch} exceeds the {spec.num_train} training "
+      "examples of synthetic (config.synthetic.num_train)."
+    )
   profiles, noise = _profiles(spec), _noise_pool(spec)
   step = start_step
   while True:
@@ -94,14 +99,15 @@ def train_batches(spec: Spec, *, seed: int, start_step: int, global_batch: int, 
     step += 1
 
 
-def eval_batches(spec: Spec, *, global_batch: int, offset: int,
-                 local_batch: int) -> Iterator[dict[str, np.ndarray]]:
+def eval_batches(spec: Spec, *, global_batch: int, offset: int, local_batch: int) -> Iterator[dict[str, np.ndarray]]:
   """The test set once, padded like the other pipelines: zero images, `mask` False."""
   profiles, noise = _profiles(spec), _noise_pool(spec)
   for b in range(math.ceil(spec.num_test / global_batch)):
     slots = b * global_batch + offset + np.arange(local_batch)
     real = slots < spec.num_test
-    images, labels = _examples(spec, profiles, noise, [[_TEST_STREAM, int(j)] for j in np.minimum(slots, spec.num_test - 1)])
+    images, labels = _examples(
+      spec, profiles, noise, [[_TEST_STREAM, int(j)] for j in np.minimum(slots, spec.num_test - 1)]
+    )
     images[~real] = 0.0
     labels[~real] = 0
     yield {"image": images, "label": labels, "mask": real}

@@ -10,6 +10,7 @@ arguments are the model's options; adding a family is one line in `_BUILDERS`.
 Every builder takes `dtype` (the computation dtype; parameters stay float32,
 logits come out float32).
 """
+
 from msam_jax._extras import require
 
 require("models")
@@ -23,12 +24,12 @@ from msam_jax import validation
 from msam_jax.models import cnn, resnet, vgg, vit, wide_resnet
 
 _BUILDERS = {
-    "wrn": wide_resnet.wide_resnet,
-    "resnet_cifar": resnet.resnet_cifar,
-    "resnet": resnet.resnet_imagenet,
-    "vit": vit.simple_vit,
-    "vgg": vgg.vgg,
-    "cnn": cnn.cnn,
+  "wrn": wide_resnet.wide_resnet,
+  "resnet_cifar": resnet.resnet_cifar,
+  "resnet": resnet.resnet_imagenet,
+  "vit": vit.simple_vit,
+  "vgg": vgg.vgg,
+  "cnn": cnn.cnn,
 }
 MODELS = tuple(_BUILDERS)
 
@@ -52,8 +53,7 @@ def build(name: str, num_classes: int, **kwargs) -> nn.Module:
   valid = options(name)
   unknown = sorted(set(kwargs) - set(valid))
   if unknown:
-    raise ValueError(f"unknown argument(s) {', '.join(unknown)} for model {name!r}; "
-                     f"valid: {', '.join(valid)}")
+    raise ValueError(f"unknown argument(s) {', '.join(unknown)} for model {name!r}; valid: {', '.join(valid)}")
   validation.integer("num_classes", num_classes)
   if "dtype" in kwargs:
     kwargs["dtype"] = _float_dtype(kwargs["dtype"])

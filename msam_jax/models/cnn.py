@@ -6,6 +6,7 @@ batch norm so that it exercises the same `batch_stats` path as the ResNets.
 Convolutions He-normal (fan-out) like the ResNets; the head keeps Flax's
 default init (LeCun-normal weight, zero bias).
 """
+
 import flax.linen as nn
 import jax.numpy as jnp
 

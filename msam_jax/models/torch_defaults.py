@@ -4,6 +4,7 @@ The models reproduce experiments that were run in PyTorch, so every place where
 the original relied on a PyTorch default (rather than setting an initialiser
 itself) uses the equivalent defined here.
 """
+
 import functools
 import math
 
@@ -42,17 +43,25 @@ def batch_norm(train: bool, dtype, name: str | None = None) -> nn.BatchNorm:
   mesh, the batch statistics are already those of the global batch.
   """
   return nn.BatchNorm(
-      use_running_average=not train,
-      momentum=BATCH_NORM_MOMENTUM,
-      epsilon=BATCH_NORM_EPSILON,
-      dtype=dtype,
-      param_dtype=jnp.float32,
-      name=name,
+    use_running_average=not train,
+    momentum=BATCH_NORM_MOMENTUM,
+    epsilon=BATCH_NORM_EPSILON,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    name=name,
   )
 
 
-def conv(features: int, kernel_size: int, strides: int = 1, *, use_bias: bool = False,
-         kernel_init=he_normal_fan_out, dtype=jnp.float32, name: str | None = None) -> nn.Conv:
+def conv(
+  features: int,
+  kernel_size: int,
+  strides: int = 1,
+  *,
+  use_bias: bool = False,
+  kernel_init=he_normal_fan_out,
+  dtype=jnp.float32,
+  name: str | None = None,
+) -> nn.Conv:
   """A square convolution padded like torch's ``padding=kernel_size // 2``.
 
   Flax's ``"SAME"`` pads stride-2 convolutions asymmetrically (0 before, 1 after
@@ -60,30 +69,37 @@ def conv(features: int, kernel_size: int, strides: int = 1, *, use_bias: bool = 
   """
   pad = kernel_size // 2
   return nn.Conv(
-      features,
-      (kernel_size, kernel_size),
-      strides=(strides, strides),
-      padding=((pad, pad), (pad, pad)),
-      use_bias=use_bias,
-      kernel_init=kernel_init,
-      dtype=dtype,
-      param_dtype=jnp.float32,
-      name=name,
+    features,
+    (kernel_size, kernel_size),
+    strides=(strides, strides),
+    padding=((pad, pad), (pad, pad)),
+    use_bias=use_bias,
+    kernel_init=kernel_init,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    name=name,
   )
 
 
-def torch_linear(features: int, fan_in: int, *, use_bias: bool = True, zero_bias: bool = False,
-                 dtype=jnp.float32, name: str | None = None) -> nn.Dense:
+def torch_linear(
+  features: int,
+  fan_in: int,
+  *,
+  use_bias: bool = True,
+  zero_bias: bool = False,
+  dtype=jnp.float32,
+  name: str | None = None,
+) -> nn.Dense:
   """nn.Linear with torch's default init (optionally with the bias set to zero)."""
   bias_init = nn.initializers.zeros if zero_bias else torch_default_bias_init(fan_in)
   return nn.Dense(
-      features,
-      use_bias=use_bias,
-      kernel_init=torch_default_kernel_init,
-      bias_init=bias_init,
-      dtype=dtype,
-      param_dtype=jnp.float32,
-      name=name,
+    features,
+    use_bias=use_bias,
+    kernel_init=torch_default_kernel_init,
+    bias_init=bias_init,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    name=name,
   )
 
 

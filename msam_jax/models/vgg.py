@@ -13,6 +13,7 @@ the head keeps its 25088 inputs and its 123.6M parameters although it sees
 only 512 distinct numbers. The original ran VGG like this; set
 `classifier_width` for a smaller head if that is not the experiment you want.
 """
+
 import functools
 
 import flax.linen as nn
@@ -25,11 +26,10 @@ from msam_jax.models import torch_defaults as td
 
 # depth -> output channels of each 3x3 conv ("M": 2x2 max-pool), for width 64.
 CONFIGS = {
-    11: (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
-    13: (64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
-    16: (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"),
-    19: (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
-         512, 512, 512, 512, "M"),
+  11: (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+  13: (64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+  16: (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"),
+  19: (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"),
 }
 POOLED_SIZE = 7
 
@@ -74,17 +74,29 @@ class VGG(nn.Module):
     # Flattened (h, w, c), not torch's (c, h, w): a fixed permutation of the rows
     # of the first linear layer, so the same model and the same init distribution.
     x = x.reshape(x.shape[0], -1)
-    dense = functools.partial(nn.Dense, kernel_init=nn.initializers.normal(0.01),
-                              bias_init=nn.initializers.zeros, dtype=self.dtype,
-                              param_dtype=jnp.float32)
+    dense = functools.partial(
+      nn.Dense,
+      kernel_init=nn.initializers.normal(0.01),
+      bias_init=nn.initializers.zeros,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+    )
     for _ in range(2):
       x = nn.relu(dense(self.classifier_width)(x))
       x = nn.Dropout(self.dropout, deterministic=not train)(x)
     return dense(self.num_classes)(x).astype(jnp.float32)
 
 
-def vgg(num_classes: int, *, depth: int = 16, batch_norm: bool = False, width: int = 64,
-        classifier_width: int = 4096, dropout: float = 0.5, dtype=jnp.float32) -> VGG:
+def vgg(
+  num_classes: int,
+  *,
+  depth: int = 16,
+  batch_norm: bool = False,
+  width: int = 64,
+  classifier_width: int = 4096,
+  dropout: float = 0.5,
+  dtype=jnp.float32,
+) -> VGG:
   """`build("vgg", ...)`: torchvision's vgg{depth}[_bn].
 
   `width` (64) is the first stage's channel count, the others scale with it;
@@ -96,5 +108,4 @@ def vgg(num_classes: int, *, depth: int = 16, batch_norm: bool = False, width: i
   validation.integer("vgg width", width)
   validation.integer("vgg classifier_width", classifier_width)
   validation.in_interval("vgg dropout", dropout, 0.0, 1.0, low_closed=True, high_closed=False)
-  return VGG(num_classes, CONFIGS[depth], batch_norm, width, classifier_width, float(dropout),
-             dtype)
+  return VGG(num_classes, CONFIGS[depth], batch_norm, width, classifier_width, float(dropout), dtype)

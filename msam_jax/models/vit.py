@@ -8,6 +8,7 @@ inside the transformer, no dropout, no batch norm. It sets no initialiser, so
 every linear layer has torch's default (weight and bias uniform(+-1/sqrt(fan_in)))
 and every LayerNorm scale 1 / bias 0, eps 1e-5.
 """
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -18,9 +19,9 @@ from msam_jax.models import torch_defaults as td
 
 # size -> (dim, depth, mlp_dim, heads): the original's presets (it cites arXiv:2106.04560, Table 2).
 SIZES = {
-    "Ti": (192, 12, 768, 3),
-    "S": (384, 12, 1536, 6),
-    "B": (768, 12, 3072, 12),
+  "Ti": (192, 12, 768, 3),
+  "S": (384, 12, 1536, 6),
+  "B": (768, 12, 3072, 12),
 }
 HEAD_DIM = 64
 
@@ -54,6 +55,7 @@ def posemb_sincos_2d(height: int, width: int, dim: int, temperature: float = 10_
 
 class Attention(nn.Module):
   """Pre-norm multi-head self-attention with one fused, bias-free qkv projection."""
+
   heads: int
   dtype: jnp.dtype = jnp.float32
 
@@ -72,6 +74,7 @@ class Attention(nn.Module):
 
 class FeedForward(nn.Module):
   """Pre-norm MLP: LayerNorm, Linear, exact (erf) GELU as torch.nn.GELU, Linear."""
+
   mlp_dim: int
   dtype: jnp.dtype = jnp.float32
 
@@ -86,6 +89,7 @@ class FeedForward(nn.Module):
 
 class SimpleViT(nn.Module):
   """Takes (b, image_size, image_size, c) images; the patch grid fixes the position embedding."""
+
   num_classes: int
   image_size: int
   patch_size: int
@@ -99,8 +103,9 @@ class SimpleViT(nn.Module):
   def __call__(self, images, train: bool = False):
     del train  # no dropout, no batch norm
     if images.shape[1:3] != (self.image_size, self.image_size):
-      raise ValueError(f"vit was built for {self.image_size}x{self.image_size} images, "
-                       f"got {images.shape[1]}x{images.shape[2]}")
+      raise ValueError(
+        f"vit was built for {self.image_size}x{self.image_size} images, got {images.shape[1]}x{images.shape[2]}"
+      )
     patches = patchify(images, self.patch_size)
     b, h, w, patch_dim = patches.shape
     x = td.layer_norm(dtype=self.dtype, name="patch_norm")(patches)
@@ -116,9 +121,18 @@ class SimpleViT(nn.Module):
     return x.astype(jnp.float32)
 
 
-def simple_vit(num_classes: int, *, size: str = "S", patch_size: int = 32, image_size: int = 224,
-               depth: int | None = None, dim: int | None = None, mlp_dim: int | None = None,
-               heads: int | None = None, dtype=jnp.float32) -> SimpleViT:
+def simple_vit(
+  num_classes: int,
+  *,
+  size: str = "S",
+  patch_size: int = 32,
+  image_size: int = 224,
+  depth: int | None = None,
+  dim: int | None = None,
+  mlp_dim: int | None = None,
+  heads: int | None = None,
+  dtype=jnp.float32,
+) -> SimpleViT:
   """`build("vit", ...)`: SimpleViT-{Ti,S,B}/patch_size for image_size-px images.
 
   `depth`, `dim`, `mlp_dim`, `heads` override the size preset (for small test models).
@@ -129,8 +143,14 @@ def simple_vit(num_classes: int, *, size: str = "S", patch_size: int = 32, image
   depth = preset_depth if depth is None else depth
   mlp_dim = preset_mlp_dim if mlp_dim is None else mlp_dim
   heads = preset_heads if heads is None else heads
-  for name, value in (("patch_size", patch_size), ("image_size", image_size), ("depth", depth),
-                      ("dim", dim), ("mlp_dim", mlp_dim), ("heads", heads)):
+  for name, value in (
+    ("patch_size", patch_size),
+    ("image_size", image_size),
+    ("depth", depth),
+    ("dim", dim),
+    ("mlp_dim", mlp_dim),
+    ("heads", heads),
+  ):
     validation.integer(f"vit {name}", value)
   if image_size % patch_size:
     validation.fail("vit image_size", image_size, f"divisible by patch_size {patch_size}")

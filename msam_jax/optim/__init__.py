@@ -14,6 +14,7 @@ arguments it does not use, so one training step can pass ``loss_fn=`` to any.
 * `all_but_biases`: the parameter mask of SamsungLabs/ASAM for Flax trees.
 * `schedules`: the original's learning-rate and rho schedules, and GSAM's rho.
 """
+
 from msam_jax.optim import registry, schedules
 from msam_jax.optim.asam import all_but_biases, asam
 from msam_jax.optim.baselines import AdamWState, adamw, sgd
@@ -25,8 +26,27 @@ from msam_jax.optim.sam import SamState, ascent_perturbation, sam
 from msam_jax.optim.state_utils import current_hyperparams, needs_loss_fn, perturbs_params
 
 __all__ = [
-    "AdamWMsamState", "AdamWState", "EsamState", "LookSamState", "MsamState", "SamState",
-    "adamw", "adamw_msam", "all_but_biases", "asam", "ascent_perturbation",
-    "current_hyperparams", "esam", "eval_params", "gsam", "looksam", "msam", "needs_loss_fn",
-    "perturbs_params", "registry", "sam", "schedules", "sgd",
+  "AdamWMsamState",
+  "AdamWState",
+  "EsamState",
+  "LookSamState",
+  "MsamState",
+  "SamState",
+  "adamw",
+  "adamw_msam",
+  "all_but_biases",
+  "asam",
+  "ascent_perturbation",
+  "current_hyperparams",
+  "esam",
+  "eval_params",
+  "gsam",
+  "looksam",
+  "msam",
+  "needs_loss_fn",
+  "perturbs_params",
+  "registry",
+  "sam",
+  "schedules",
+  "sgd",
 ]

@@ -13,6 +13,7 @@ Two reference codes, both reachable here:
 * davda54/sam ``SAM(..., adaptive=True)``: ``eta=0`` on every parameter:
   ``asam(base, rho, eta=0.0)`` (``mask=None``).
 """
+
 from typing import Any, Callable, Optional, Union
 
 import jax
@@ -40,8 +41,7 @@ def all_but_biases(params: optax.Params) -> Any:
   With Flax parameter trees this selects kernels, embeddings and norm scales,
   what SamsungLabs/ASAM selects by the torch name "weight".
   """
-  return jax.tree_util.tree_map_with_path(lambda path, _: _last_key_name(path) != "bias",
-                                          params)
+  return jax.tree_util.tree_map_with_path(lambda path, _: _last_key_name(path) != "bias", params)
 
 
 def _mask_flags(mask: Mask, params: optax.Params) -> list:
@@ -51,13 +51,14 @@ def _mask_flags(mask: Mask, params: optax.Params) -> list:
     return [True] * len(leaves)
   tree = mask(params) if callable(mask) else mask
   if jax.tree.structure(tree) != jax.tree.structure(params):
-    raise ValueError(f"mask must have the structure of the params, got "
-                     f"{jax.tree.structure(tree)} for params {jax.tree.structure(params)}")
+    raise ValueError(
+      f"mask must have the structure of the params, got "
+      f"{jax.tree.structure(tree)} for params {jax.tree.structure(params)}"
+    )
   return jax.tree.leaves(tree)
 
 
-def _adaptive_perturbation(grads: optax.Updates, params: optax.Params, rho, eta,
-                           flags: list) -> optax.Updates:
+def _adaptive_perturbation(grads: optax.Updates, params: optax.Params, rho, eta, flags: list) -> optax.Updates:
   """ASAM's ascent ``e = rho T^2 g / (||T g|| + 1e-12)``, ``T = |w| + eta`` where flagged.
 
   The norm is over all leaves, in float32 or wider; `e` has the grads' dtypes.
@@ -83,10 +84,14 @@ def _adaptive_perturbation(grads: optax.Updates, params: optax.Params, rho, eta,
   return jax.tree.map(lambda d, g: d.astype(g.dtype), e, grads)
 
 
-def asam(base: optax.GradientTransformation, rho: optax.ScalarOrSchedule = 0.5,
-         eta: float = 0.01, mask: Mask = None,
-         group_size: Optional[int] = None,
-         axis_name: Optional[str] = None) -> optax.GradientTransformationExtraArgs:
+def asam(
+  base: optax.GradientTransformation,
+  rho: optax.ScalarOrSchedule = 0.5,
+  eta: float = 0.01,
+  mask: Mask = None,
+  group_size: Optional[int] = None,
+  axis_name: Optional[str] = None,
+) -> optax.GradientTransformationExtraArgs:
   """Adaptive SAM: the base step with the gradient at ``p + e``, `e` scaled by ``|w|``.
 
   One update::

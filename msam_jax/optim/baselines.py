@@ -12,6 +12,7 @@ original differs from them:
   while `optax.adamw` (like `torch.optim.AdamW`) decays the old parameters.
   The difference, ``lr^2 wd`` times the Adam step, is far above round-off.
 """
+
 from typing import NamedTuple
 
 import jax
@@ -34,8 +35,9 @@ def applies_weight_decay(weight_decay, params) -> bool:
   return True
 
 
-def sgd(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9,
-        weight_decay: float = 0.0, nesterov: bool = False) -> optax.GradientTransformationExtraArgs:
+def sgd(
+  learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9, weight_decay: float = 0.0, nesterov: bool = False
+) -> optax.GradientTransformationExtraArgs:
   """SGD with torch-style momentum and coupled (L2) weight decay.
 
   Args:
@@ -52,14 +54,15 @@ def sgd(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9,
   validation.in_interval("momentum", momentum, 0.0, 1.0, low_closed=True, high_closed=False)
   validation.non_negative("weight_decay", weight_decay)
   return optax.chain(
-      optax.add_decayed_weights(weight_decay),
-      optax.trace(decay=momentum, nesterov=nesterov),
-      optax.scale_by_learning_rate(learning_rate),
+    optax.add_decayed_weights(weight_decay),
+    optax.trace(decay=momentum, nesterov=nesterov),
+    optax.scale_by_learning_rate(learning_rate),
   )
 
 
 class AdamWState(NamedTuple):
   """State of `adamw`: the update count and the two Adam moments."""
+
   count: jax.Array  # int32 scalar: number of updates applied so far
   mu: optax.Updates  # exp_avg
   nu: optax.Updates  # exp_avg_sq
@@ -103,8 +106,13 @@ def adam_descent(mu, nu, count, learning_rate, b1, b2, eps):
   return jax.tree.map(leaf, mu, nu)
 
 
-def adamw(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
-          eps: float = 1e-8, weight_decay: float = 1e-2) -> optax.GradientTransformationExtraArgs:
+def adamw(
+  learning_rate: optax.ScalarOrSchedule,
+  b1: float = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-8,
+  weight_decay: float = 1e-2,
+) -> optax.GradientTransformationExtraArgs:
   """AdamW as the original runs it: decoupled decay after the Adam step.
 
   Update (t the 1-based step count)::

@@ -3,6 +3,7 @@
 Du, Yan, Feng, Zhou, Zhen, Goh & Tan, "Efficient Sharpness-aware Minimization
 for Improved Training of Neural Networks", ICLR 2022 (arXiv:2110.03141).
 """
+
 import math
 from typing import NamedTuple, Optional
 
@@ -12,14 +13,22 @@ import optax
 
 from msam_jax import validation
 from msam_jax.optim.numerics import value_at
-from msam_jax.optim.sam import (UPDATE_CALL, LossFn, ascent_perturbation, base_update,
-                                check_base, mean_loss_grad, perturb)
+from msam_jax.optim.sam import (
+  UPDATE_CALL,
+  LossFn,
+  ascent_perturbation,
+  base_update,
+  check_base,
+  mean_loss_grad,
+  perturb,
+)
 
 KEEP_ALL_GAMMA = 0.99  # the original keeps the whole batch from this gamma on
 
 
 class EsamState(NamedTuple):
   """State of `esam`: update count, the key of the tensor draws, the base's state."""
+
   count: jax.Array
   key: jax.Array  # raw uint32[2] PRNG key, advanced every update
   base_state: optax.OptState
@@ -36,8 +45,9 @@ def _kept_examples(gamma: float, batch_size: int) -> int:
     return batch_size
   k = math.floor(gamma * batch_size)
   if k < 1:
-    raise ValueError(f"gamma * batch size must be >= 1 to keep an example, got gamma={gamma} "
-                     f"with batch size {batch_size}")
+    raise ValueError(
+      f"gamma * batch size must be >= 1 to keep an example, got gamma={gamma} with batch size {batch_size}"
+    )
   return k
 
 
@@ -45,14 +55,19 @@ def _static_gamma(gamma) -> float:
   value = validation.concrete_value(gamma)
   if value is None:
     raise ValueError(
-        "gamma must be a concrete float: it fixes the static size of the second pass's "
-        "sub-batch. With optax.inject_hyperparams pass static_args=('gamma',).")
+      "gamma must be a concrete float: it fixes the static size of the second pass's "
+      "sub-batch. With optax.inject_hyperparams pass static_args=('gamma',)."
+    )
   return value
 
 
-def esam(base: optax.GradientTransformation, rho: optax.ScalarOrSchedule = 0.05,
-         beta: float = 0.5, gamma: float = 0.5,
-         seed: int = 0) -> optax.GradientTransformationExtraArgs:
+def esam(
+  base: optax.GradientTransformation,
+  rho: optax.ScalarOrSchedule = 0.05,
+  beta: float = 0.5,
+  gamma: float = 0.5,
+  seed: int = 0,
+) -> optax.GradientTransformationExtraArgs:
   """Efficient SAM: stochastic weight perturbation and sharpness-sensitive data selection.
 
   One update (batch of `B` examples)::
@@ -92,11 +107,9 @@ def esam(base: optax.GradientTransformation, rho: optax.ScalarOrSchedule = 0.05,
   validation.in_interval("gamma", gamma, 0.0, 1.0, low_closed=False, high_closed=True)
 
   def init_fn(params):
-    return EsamState(count=jnp.zeros([], jnp.int32), key=jax.random.PRNGKey(seed),
-                     base_state=base.init(params))
+    return EsamState(count=jnp.zeros([], jnp.int32), key=jax.random.PRNGKey(seed), base_state=base.init(params))
 
-  def update_fn(grads, state, params=None, *, loss_fn: LossFn,
-                losses: Optional[jax.Array] = None, **extra):
+  def update_fn(grads, state, params=None, *, loss_fn: LossFn, losses: Optional[jax.Array] = None, **extra):
     validation.require_params(params, "esam", UPDATE_CALL)
     key, draw = jax.random.split(state.key)
     num_tensors = len(jax.tree.leaves(grads))
@@ -115,7 +128,6 @@ def esam(base: optax.GradientTransformation, rho: optax.ScalarOrSchedule = 0.05,
       g2 = mean_loss_grad(loss_fn, perturbed, jnp.sort(kept))
 
     updates, base_state = base_update(base, g2, state.base_state, params, extra)
-    return updates, EsamState(count=optax.safe_increment(state.count), key=key,
-                              base_state=base_state)
+    return updates, EsamState(count=optax.safe_increment(state.count), key=key, base_state=base_state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -6,6 +6,7 @@ Reference code: `gsam_gradient` in google-research/big_vision
 (trainers/proj/gsam/gsam.py), a function for its pmap trainer; here an optax
 transformation around any base. Its rho schedule is `schedules.gsam_rho`.
 """
+
 from typing import Optional
 
 import jax
@@ -44,10 +45,14 @@ def _surrogate_gap_gradient(g, gr, alpha, minimize_fp: bool = True) -> optax.Upd
   return jax.tree.map(lambda x, ref: x.astype(ref.dtype), h, gr)
 
 
-def gsam(base: optax.GradientTransformation, rho: optax.ScalarOrSchedule = 0.05,
-         alpha: float = 0.0, minimize_fp: bool = True,
-         group_size: Optional[int] = None,
-         axis_name: Optional[str] = None) -> optax.GradientTransformationExtraArgs:
+def gsam(
+  base: optax.GradientTransformation,
+  rho: optax.ScalarOrSchedule = 0.05,
+  alpha: float = 0.0,
+  minimize_fp: bool = True,
+  group_size: Optional[int] = None,
+  axis_name: Optional[str] = None,
+) -> optax.GradientTransformationExtraArgs:
   """Surrogate-gap guided SAM.
 
   One update::

@@ -3,6 +3,7 @@
 Liu, Mai, Chen, Hsieh & You, "Towards Efficient and Scalable Sharpness-Aware
 Minimization", CVPR 2022 (arXiv:2203.02714).
 """
+
 from typing import NamedTuple, Optional
 
 import jax
@@ -11,19 +12,29 @@ import optax
 
 from msam_jax import validation
 from msam_jax.optim.numerics import NORM_EPS, global_norm, value_at, vdot
-from msam_jax.optim.sam import (UPDATE_CALL, GradFn, LossFn, ascent_perturbation, base_update,
-                                check_base, mean_loss_grad, perturb)
+from msam_jax.optim.sam import (
+  UPDATE_CALL,
+  GradFn,
+  LossFn,
+  ascent_perturbation,
+  base_update,
+  check_base,
+  mean_loss_grad,
+  perturb,
+)
 
 
 class LookSamState(NamedTuple):
   """State of `looksam`: update count, the unit direction `gv`, the base's state."""
+
   count: jax.Array
   orthogonal_direction: optax.Updates  # gv: unit part of g2 orthogonal to g, one buffer
   base_state: optax.OptState
 
 
-def looksam(base: optax.GradientTransformation, rho: optax.ScalarOrSchedule = 0.05,
-            k: int = 5, alpha: float = 0.2) -> optax.GradientTransformationExtraArgs:
+def looksam(
+  base: optax.GradientTransformation, rho: optax.ScalarOrSchedule = 0.05, k: int = 5, alpha: float = 0.2
+) -> optax.GradientTransformationExtraArgs:
   """LookSAM: SAM's second gradient only every `k`-th step.
 
   On updates 0, k, 2k, ... (the original's counter starts at k)::
@@ -56,12 +67,20 @@ def looksam(base: optax.GradientTransformation, rho: optax.ScalarOrSchedule = 0.
   validation.non_negative("alpha", alpha)
 
   def init_fn(params):
-    return LookSamState(count=jnp.zeros([], jnp.int32),
-                        orthogonal_direction=optax.tree.zeros_like(params),
-                        base_state=base.init(params))
+    return LookSamState(
+      count=jnp.zeros([], jnp.int32), orthogonal_direction=optax.tree.zeros_like(params), base_state=base.init(params)
+    )
 
-  def update_fn(grads, state, params=None, *, loss_fn: LossFn,
-                losses: Optional[jax.Array] = None, grad_fn: Optional[GradFn] = None, **extra):
+  def update_fn(
+    grads,
+    state,
+    params=None,
+    *,
+    loss_fn: LossFn,
+    losses: Optional[jax.Array] = None,
+    grad_fn: Optional[GradFn] = None,
+    **extra,
+  ):
     del losses
     validation.require_params(params, "looksam", UPDATE_CALL)
     rho_now = value_at(rho, state.count)
@@ -70,7 +89,7 @@ def looksam(base: optax.GradientTransformation, rho: optax.ScalarOrSchedule = 0.
     def sam_step(_):
       e = ascent_perturbation(grads, rho_now, norm=grad_norm)
       g2 = mean_loss_grad(loss_fn, perturb(params, e), grad_fn=grad_fn)
-      along = vdot(g2, grads) / (grad_norm ** 2 + NORM_EPS)
+      along = vdot(g2, grads) / (grad_norm**2 + NORM_EPS)
       gv = jax.tree.map(lambda a, b: a - along * b, g2, grads)
       gv_norm = global_norm(gv)
       inv = jnp.where(gv_norm > 0, 1 / jnp.where(gv_norm > 0, gv_norm, 1), 0)
@@ -79,13 +98,13 @@ def looksam(base: optax.GradientTransformation, rho: optax.ScalarOrSchedule = 0.
 
     def reuse_step(_):
       scale = alpha * grad_norm
-      g = jax.tree.map(lambda a, b: (a + scale * b).astype(a.dtype),
-                       grads, state.orthogonal_direction)
+      g = jax.tree.map(lambda a, b: (a + scale * b).astype(a.dtype), grads, state.orthogonal_direction)
       return g, state.orthogonal_direction
 
     step_grads, gv = jax.lax.cond(state.count % k == 0, sam_step, reuse_step, None)
     updates, base_state = base_update(base, step_grads, state.base_state, params, extra)
-    return updates, LookSamState(count=optax.safe_increment(state.count),
-                                 orthogonal_direction=gv, base_state=base_state)
+    return updates, LookSamState(
+      count=optax.safe_increment(state.count), orthogonal_direction=gv, base_state=base_state
+    )
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -10,6 +10,7 @@ optimizer state carries `v` (which SGD/Adam keep anyway) and the scalar `c`;
 `eval_params` adds ``c v`` back to give the unperturbed parameters for
 evaluation and export.
 """
+
 import sys
 from typing import NamedTuple
 
@@ -24,6 +25,7 @@ from msam_jax.optim.numerics import NORM_EPS, global_norm, value_at, wide_dtype,
 
 class MsamState(NamedTuple):
   """State of `msam`. The stored parameters are ``p - offset_scale * momentum``."""
+
   count: jax.Array  # int32 scalar: number of updates applied so far
   momentum: optax.Updates  # v, one buffer like the params
   offset_scale: jax.Array  # c = rho / (||v|| + 1e-12), float32 or wider
@@ -31,6 +33,7 @@ class MsamState(NamedTuple):
 
 class AdamWMsamState(NamedTuple):
   """State of `adamw_msam`. The stored parameters are ``p - offset_scale * mu``."""
+
   count: jax.Array  # int32 scalar: number of updates applied so far
   mu: optax.Updates  # exp_avg, also the ascent direction
   nu: optax.Updates  # exp_avg_sq
@@ -51,9 +54,12 @@ def _reconstructs_old(decay) -> bool:
   return value is not None and value >= _MIN_RECONSTRUCTING_DECAY
 
 
-def msam(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9,
-         rho: optax.ScalarOrSchedule = 0.3,
-         weight_decay: float = 0.0) -> optax.GradientTransformationExtraArgs:
+def msam(
+  learning_rate: optax.ScalarOrSchedule,
+  momentum: float = 0.9,
+  rho: optax.ScalarOrSchedule = 0.3,
+  weight_decay: float = 0.0,
+) -> optax.GradientTransformationExtraArgs:
   """Momentum-SAM on SGD with momentum (the original's `MSAM`).
 
   `params` (and the gradients) are the perturbed parameters ``p~``. One update::
@@ -101,9 +107,11 @@ def msam(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9,
   validation.non_negative("weight_decay", weight_decay)
 
   def init_fn(params):
-    return MsamState(count=jnp.zeros([], jnp.int32),
-                     momentum=optax.tree.zeros_like(params),
-                     offset_scale=jnp.zeros([], wide_dtype(params)))
+    return MsamState(
+      count=jnp.zeros([], jnp.int32),
+      momentum=optax.tree.zeros_like(params),
+      offset_scale=jnp.zeros([], wide_dtype(params)),
+    )
 
   def update_fn(grads, state, params=None, **extra):
     del extra  # optax's convention: extra arguments meant for others are ignored
@@ -122,21 +130,29 @@ def msam(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9,
       if d is grads:
         update = lambda v, nv, g, p: -k * widen(g) + (k - step) * widen(nv)
       else:
-        update = lambda v, nv, g, p: (-k * widen(g) - (k * weight_decay) * widen(p)
-                                      + (k - step) * widen(nv))
+        update = lambda v, nv, g, p: -k * widen(g) - (k * weight_decay) * widen(p) + (k - step) * widen(nv)
     else:
       update = lambda v, nv, g, p: c_old * widen(v) - step * widen(nv)
-    updates = jax.tree.map(lambda v, nv, g, p: update(v, nv, g, p).astype(g.dtype),
-                           state.momentum, new_v, grads, grads if params is None else params)
-    return updates, MsamState(count=optax.safe_increment(state.count), momentum=new_v,
-                              offset_scale=c_new)
+    updates = jax.tree.map(
+      lambda v, nv, g, p: update(v, nv, g, p).astype(g.dtype),
+      state.momentum,
+      new_v,
+      grads,
+      grads if params is None else params,
+    )
+    return updates, MsamState(count=optax.safe_increment(state.count), momentum=new_v, offset_scale=c_new)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def adamw_msam(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
-               eps: float = 1e-8, weight_decay: float = 1e-2,
-               rho: optax.ScalarOrSchedule = 0.3) -> optax.GradientTransformationExtraArgs:
+def adamw_msam(
+  learning_rate: optax.ScalarOrSchedule,
+  b1: float = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-8,
+  weight_decay: float = 1e-2,
+  rho: optax.ScalarOrSchedule = 0.3,
+) -> optax.GradientTransformationExtraArgs:
   """Momentum-SAM on AdamW (the original's `AdamW_MSAM`), ascent along ``-m``.
 
   `params` are the perturbed parameters ``p~``. One update (t = 1-based step)::
@@ -168,8 +184,7 @@ def adamw_msam(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float
 
   def init_fn(params):
     mu, nu = baselines.init_adam_moments(params)
-    return AdamWMsamState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu,
-                          offset_scale=jnp.zeros([], wide_dtype(params)))
+    return AdamWMsamState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu, offset_scale=jnp.zeros([], wide_dtype(params)))
 
   def update_fn(grads, state, params=None, **extra):
     del extra  # optax's convention: extra arguments meant for others are ignored
@@ -184,8 +199,7 @@ def adamw_msam(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float
     if _reconstructs_old(b1):
       # c_old m_old = k (m - (1 - b1) g) with k = c_old / b1: no read of m_old.
       k = c_old / b1
-      moved = jax.tree.map(lambda m, g, s: k * widen(m) - (k * (1 - b1)) * widen(g) + s,
-                           mu, grads, descent)
+      moved = jax.tree.map(lambda m, g, s: k * widen(m) - (k * (1 - b1)) * widen(g) + s, mu, grads, descent)
     else:
       moved = jax.tree.map(lambda m, s: c_old * widen(m) + s, state.mu, descent)
     decayed = moved
@@ -193,8 +207,7 @@ def adamw_msam(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float
       decay = lr * weight_decay
       # p_new = (p~ + moved)(1 - lr wd)  =>  p_new - p~ = moved - lr wd (p~ + moved)
       decayed = jax.tree.map(lambda x, p: x - decay * (p + x), moved, params)
-    updates = jax.tree.map(lambda x, m, g: (x - c_new * widen(m)).astype(g.dtype),
-                           decayed, mu, grads)
+    updates = jax.tree.map(lambda x, m, g: (x - c_new * widen(m)).astype(g.dtype), decayed, mu, grads)
     return updates, AdamWMsamState(count=count, mu=mu, nu=nu, offset_scale=c_new)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -241,14 +254,16 @@ def _check_msam_is_last(opt_state: optax.OptState) -> None:
     for position, member in enumerate(opt_state[:-1]):
       if _contains_msam_state(member):
         raise ValueError(
-            f"msam/adamw_msam is member {position} of an optax.chain of {len(opt_state)} and "
-            f"{len(opt_state) - 1 - position} transformation(s) follow it; they would rescale its "
-            "perturbation and eval_params would be wrong. Put gradient transformations (clipping, "
-            "accumulation) before msam and schedule the learning rate inside msam(learning_rate=...).")
+          f"msam/adamw_msam is member {position} of an optax.chain of {len(opt_state)} and "
+          f"{len(opt_state) - 1 - position} transformation(s) follow it; they would rescale its "
+          "perturbation and eval_params would be wrong. Put gradient transformations (clipping, "
+          "accumulation) before msam and schedule the learning rate inside msam(learning_rate=...)."
+        )
   if _is_msam_state(opt_state):
     return
-  children = (opt_state.values() if isinstance(opt_state, dict) else
-              opt_state if isinstance(opt_state, (tuple, list)) else ())
+  children = (
+    opt_state.values() if isinstance(opt_state, dict) else opt_state if isinstance(opt_state, (tuple, list)) else ()
+  )
   for child in children:
     _check_msam_is_last(child)
 

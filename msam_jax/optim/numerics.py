@@ -6,6 +6,7 @@ bfloat16 sum of squares keeps about 3 significant digits). Under `jax.jit` with
 sharded arrays XLA turns the sums into cross-device reductions, so the norm is
 always global, never per shard.
 """
+
 import jax
 import jax.numpy as jnp
 
@@ -20,8 +21,9 @@ def widen(x, dtype=jnp.float32) -> jax.Array:
 
 def wide_dtype(*trees) -> jnp.dtype:
   """float32, or the widest float dtype among the leaves when that is wider."""
-  dtypes = [jnp.asarray(x).dtype if not hasattr(x, "dtype") else x.dtype
-            for tree in trees for x in jax.tree.leaves(tree)]
+  dtypes = [
+    jnp.asarray(x).dtype if not hasattr(x, "dtype") else x.dtype for tree in trees for x in jax.tree.leaves(tree)
+  ]
   return jnp.result_type(jnp.float32, *[d for d in dtypes if jnp.issubdtype(d, jnp.floating)])
 
 

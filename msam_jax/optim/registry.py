@@ -34,6 +34,7 @@ Adding an optimizer (say ``asam`` around SGD and ``adamw_asam`` around AdamW):
    a new type, make `needs_loss_fn` / `perturbs_params` recognise it (the
    registry test checks that they agree with the family).
 """
+
 import dataclasses
 import functools
 import inspect
@@ -69,6 +70,7 @@ class Entry:
       (GSAM: `schedules.gsam_rho`, config.rho its maximum) instead of
       `config.rho_schedule`.
   """
+
   name: str
   family: str
   factory: Callable[..., optax.GradientTransformation]
@@ -98,24 +100,20 @@ _ASAM_TRAINING = functools.partial(asam, mask=all_but_biases)
 
 # The order is the one `config.optimizer`'s error message and the benchmarks list.
 _ENTRIES = (
-    Entry("sgd", "base", sgd, base="sgd", config_fields={**_SGD_FIELDS, "nesterov": "nesterov"}),
-    Entry("msam", "msam", msam, base="sgd", config_fields=_SGD_FIELDS),
-    Entry("sam", "sam", sam, base="sgd"),
-    Entry("esam", "sam", esam, base="sgd",
-          config_fields={"beta": "esam_beta", "gamma": "esam_gamma", "seed": "seed"}),
-    Entry("looksam", "sam", looksam, base="sgd",
-          config_fields={"k": "looksam_k", "alpha": "looksam_alpha"}),
-    Entry("adamw", "base", adamw, base="adamw", config_fields=_ADAM_FIELDS),
-    Entry("adamw_msam", "msam", adamw_msam, base="adamw", config_fields=_ADAM_FIELDS),
-    Entry("adamw_sam", "sam", sam, base="adamw"),
-    # ASAM as SamsungLabs/ASAM trains: kernels and norm scales adapted, biases not.
-    Entry("asam", "sam", _ASAM_TRAINING, base="sgd", config_fields={"eta": "asam_eta"}),
-    Entry("adamw_asam", "sam", _ASAM_TRAINING, base="adamw", config_fields={"eta": "asam_eta"}),
-    # rho is GSAM's rho_max; training ties it to the learning rate (training/optimizer.py).
-    Entry("gsam", "sam", gsam, base="sgd", config_fields={"alpha": "gsam_alpha"},
-          rho_follows_lr=True),
-    Entry("adamw_gsam", "sam", gsam, base="adamw", config_fields={"alpha": "gsam_alpha"},
-          rho_follows_lr=True),
+  Entry("sgd", "base", sgd, base="sgd", config_fields={**_SGD_FIELDS, "nesterov": "nesterov"}),
+  Entry("msam", "msam", msam, base="sgd", config_fields=_SGD_FIELDS),
+  Entry("sam", "sam", sam, base="sgd"),
+  Entry("esam", "sam", esam, base="sgd", config_fields={"beta": "esam_beta", "gamma": "esam_gamma", "seed": "seed"}),
+  Entry("looksam", "sam", looksam, base="sgd", config_fields={"k": "looksam_k", "alpha": "looksam_alpha"}),
+  Entry("adamw", "base", adamw, base="adamw", config_fields=_ADAM_FIELDS),
+  Entry("adamw_msam", "msam", adamw_msam, base="adamw", config_fields=_ADAM_FIELDS),
+  Entry("adamw_sam", "sam", sam, base="adamw"),
+  # ASAM as SamsungLabs/ASAM trains: kernels and norm scales adapted, biases not.
+  Entry("asam", "sam", _ASAM_TRAINING, base="sgd", config_fields={"eta": "asam_eta"}),
+  Entry("adamw_asam", "sam", _ASAM_TRAINING, base="adamw", config_fields={"eta": "asam_eta"}),
+  # rho is GSAM's rho_max; training ties it to the learning rate (training/optimizer.py).
+  Entry("gsam", "sam", gsam, base="sgd", config_fields={"alpha": "gsam_alpha"}, rho_follows_lr=True),
+  Entry("adamw_gsam", "sam", gsam, base="adamw", config_fields={"alpha": "gsam_alpha"}, rho_follows_lr=True),
 )
 
 REGISTRY: Mapping[str, Entry] = types.MappingProxyType({e.name: e for e in _ENTRIES})
@@ -151,9 +149,7 @@ def build(name: str, **hyperparams) -> optax.GradientTransformation:
   A ``"sam"`` entry wraps ``build(entry.base, **hyperparams)``.
   """
   entry = get(name)
-  taken = {k: v for k, v in hyperparams.items()
-           if k in entry.injected or k in entry.config_fields}
+  taken = {k: v for k, v in hyperparams.items() if k in entry.injected or k in entry.config_fields}
   if entry.family == "sam":
     return entry.factory(build(entry.base, **hyperparams), **taken)
   return entry.factory(**taken)
-

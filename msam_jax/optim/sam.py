@@ -33,6 +33,7 @@ official SAM code's per-replica perturbation (m = the per-device batch). Its
 result equals ``group_size=m`` on the whole batch, the devices' batches
 concatenated in axis order.
 """
+
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -52,12 +53,14 @@ UPDATE_CALL = "update(grads, state, params, loss_fn=...)"  # named when params a
 
 class SamState(NamedTuple):
   """State of `sam`: the update count (for a rho schedule) and the base's state."""
+
   count: jax.Array
   base_state: optax.OptState
 
 
-def ascent_perturbation(grads: optax.Updates, rho, participating=None,
-                        norm: Optional[jax.Array] = None) -> optax.Updates:
+def ascent_perturbation(
+  grads: optax.Updates, rho, participating=None, norm: Optional[jax.Array] = None
+) -> optax.Updates:
   """SAM's ascent ``e = rho g / (||g|| + 1e-12)``, the norm in float32 or wider.
 
   Args:
@@ -88,8 +91,9 @@ def perturb(params: optax.Params, e: optax.Updates) -> optax.Params:
   return jax.tree.map(lambda p, d: (p + d).astype(p.dtype), params, e)
 
 
-def mean_loss_grad(loss_fn: LossFn, params: optax.Params, indices=None,
-                   grad_fn: Optional[GradFn] = None) -> optax.Updates:
+def mean_loss_grad(
+  loss_fn: LossFn, params: optax.Params, indices=None, grad_fn: Optional[GradFn] = None
+) -> optax.Updates:
   """Gradient of the mean of `loss_fn`'s per-example losses; `grad_fn(params)` when given."""
   if grad_fn is not None:
     if indices is not None:
@@ -105,9 +109,9 @@ def _batch_size_of(loss_fn: LossFn, params: optax.Params) -> int:
   return jax.eval_shape(loss_fn, params).shape[0]
 
 
-def _sam_family_gradient(direction: Direction, grads, params, loss_fn: LossFn,
-                         group_size: Optional[int],
-                         grad_fn: Optional[GradFn] = None) -> optax.Updates:
+def _sam_family_gradient(
+  direction: Direction, grads, params, loss_fn: LossFn, group_size: Optional[int], grad_fn: Optional[GradFn] = None
+) -> optax.Updates:
   """The gradient a SAM variant hands its base, for the batch or per group of examples.
 
   ``group_size=None``: ``direction(grads, params, grad_at)`` with `grad_at` the
@@ -132,12 +136,15 @@ def _sam_family_gradient(direction: Direction, grads, params, loss_fn: LossFn,
   """
   if group_size is not None:
     if grad_fn is not None:
-      raise ValueError("group_size cannot be combined with grad_fn (accumulated whole-batch "
-                       "gradients): each group needs its own gradients")
+      raise ValueError(
+        "group_size cannot be combined with grad_fn (accumulated whole-batch "
+        "gradients): each group needs its own gradients"
+      )
     batch_size = _batch_size_of(loss_fn, params)
     if batch_size % group_size:
-      raise ValueError(f"group_size must divide the batch size, got group_size={group_size} "
-                       f"for a batch of {batch_size}")
+      raise ValueError(
+        f"group_size must divide the batch size, got group_size={group_size} for a batch of {batch_size}"
+      )
   if group_size is None or group_size == batch_size:
     whole_batch = lambda point: mean_loss_grad(loss_fn, point, grad_fn=grad_fn)
     return direction(whole_batch(params) if grads is None else grads, params, whole_batch)
@@ -170,10 +177,14 @@ def _device_local(params: optax.Params, axis_name: str) -> optax.Params:
   return jax.tree.map(lambda p: jax.lax.pcast(p, axis_name, to="varying"), params)
 
 
-def sam_variant(name: str, base: optax.GradientTransformation, rho: optax.ScalarOrSchedule,
-                group_size: Optional[int],
-                direction_at: Callable[[Any, optax.Params], Direction],
-                axis_name: Optional[str] = None) -> optax.GradientTransformationExtraArgs:
+def sam_variant(
+  name: str,
+  base: optax.GradientTransformation,
+  rho: optax.ScalarOrSchedule,
+  group_size: Optional[int],
+  direction_at: Callable[[Any, optax.Params], Direction],
+  axis_name: Optional[str] = None,
+) -> optax.GradientTransformationExtraArgs:
   """A SAM variant that differs from `sam` only in the gradient its base steps with.
 
   `direction_at(radius, params)` returns the variant's `Direction` for one
@@ -192,9 +203,16 @@ def sam_variant(name: str, base: optax.GradientTransformation, rho: optax.Scalar
   def init_fn(params):
     return SamState(count=jnp.zeros([], jnp.int32), base_state=base.init(params))
 
-  def update_fn(grads, state, params=None, *, loss_fn: LossFn,
-                losses: Optional[jax.Array] = None, grad_fn: Optional[GradFn] = None,
-                **extra):
+  def update_fn(
+    grads,
+    state,
+    params=None,
+    *,
+    loss_fn: LossFn,
+    losses: Optional[jax.Array] = None,
+    grad_fn: Optional[GradFn] = None,
+    **extra,
+  ):
     del losses  # these variants recompute nothing of the first pass
     validation.require_params(params, name, UPDATE_CALL)
     direction = direction_at(value_at(rho, state.count), params)
@@ -208,9 +226,12 @@ def sam_variant(name: str, base: optax.GradientTransformation, rho: optax.Scalar
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def sam(base: optax.GradientTransformation, rho: optax.ScalarOrSchedule = 0.05,
-        group_size: Optional[int] = None,
-        axis_name: Optional[str] = None) -> optax.GradientTransformationExtraArgs:
+def sam(
+  base: optax.GradientTransformation,
+  rho: optax.ScalarOrSchedule = 0.05,
+  group_size: Optional[int] = None,
+  axis_name: Optional[str] = None,
+) -> optax.GradientTransformationExtraArgs:
   """Sharpness-aware minimization: the base step with the gradient at ``p + e``.
 
   One update::
@@ -242,6 +263,7 @@ def sam(base: optax.GradientTransformation, rho: optax.ScalarOrSchedule = 0.05,
     An `optax.GradientTransformationExtraArgs`; `update(grads, state, params, *,
     loss_fn, losses=None, grad_fn=None)` (see the module docstring).
   """
+
   def direction_at(radius, params):
     del params
 

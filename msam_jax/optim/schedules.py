@@ -6,6 +6,7 @@ progress ``x = (count + 1) / steps_per_epoch`` epochs. Each schedule here is
 that formula (docs/algorithms.md), assembled from optax's schedule pieces evaluated
 at ``count + 1`` steps. A constant is a plain float.
 """
+
 import math
 
 import jax.numpy as jnp
@@ -32,9 +33,8 @@ def _ramp(ramp_steps: float) -> optax.Schedule:
   return optax.linear_schedule(0.0, 1.0, transition_steps=ramp_steps)
 
 
-def lr_start_ramp_cos(base_lr: float, *, epochs: float, steps_per_epoch: int,
-                      ramp_epochs: float) -> optax.Schedule:
-  """"startRamp cos": ``base * min(1, x / ramp) * 0.5 (1 + cos(pi x / epochs))``."""
+def lr_start_ramp_cos(base_lr: float, *, epochs: float, steps_per_epoch: int, ramp_epochs: float) -> optax.Schedule:
+  """ "startRamp cos": ``base * min(1, x / ramp) * 0.5 (1 + cos(pi x / epochs))``."""
   validation.non_negative("base_lr", base_lr)
   _check_timing(steps_per_epoch, ramp_epochs=ramp_epochs)
   validation.in_interval("epochs", epochs, 0, math.inf, low_closed=False, high_closed=False)
@@ -43,23 +43,22 @@ def lr_start_ramp_cos(base_lr: float, *, epochs: float, steps_per_epoch: int,
   return _at_next_step(lambda step: ramp(step) * cosine(step))
 
 
-def lr_cos_warmup(base_lr: float, *, epochs: float, steps_per_epoch: int,
-                  warmup_epochs: float) -> optax.Schedule:
-  """"cosWarmUp": ``base x / warm`` for ``x < warm``, then a half cosine to 0 at `epochs`."""
+def lr_cos_warmup(base_lr: float, *, epochs: float, steps_per_epoch: int, warmup_epochs: float) -> optax.Schedule:
+  """ "cosWarmUp": ``base x / warm`` for ``x < warm``, then a half cosine to 0 at `epochs`."""
   validation.non_negative("base_lr", base_lr)
   _check_timing(steps_per_epoch)
   validation.in_interval("epochs", epochs, 0, math.inf, low_closed=False, high_closed=False)
-  validation.in_interval("warmup_epochs", warmup_epochs, 0, epochs, low_closed=True,
-                      high_closed=False)
+  validation.in_interval("warmup_epochs", warmup_epochs, 0, epochs, low_closed=True, high_closed=False)
   total, warmup = epochs * steps_per_epoch, warmup_epochs * steps_per_epoch
   if warmup == 0:
     return _at_next_step(optax.cosine_decay_schedule(base_lr, decay_steps=total))
-  return _at_next_step(optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=base_lr, warmup_steps=warmup, decay_steps=total))
+  return _at_next_step(
+    optax.warmup_cosine_decay_schedule(init_value=0.0, peak_value=base_lr, warmup_steps=warmup, decay_steps=total)
+  )
 
 
 def rho_start_ramp(rho: float, *, steps_per_epoch: int, ramp_epochs: float) -> optax.Schedule:
-  """"startRamp": ``rho * min(1, x / ramp)``."""
+  """ "startRamp": ``rho * min(1, x / ramp)``."""
   validation.non_negative("rho", rho)
   _check_timing(steps_per_epoch, ramp_epochs=ramp_epochs)
   ramp = _ramp(ramp_epochs * steps_per_epoch)
@@ -81,16 +80,17 @@ def _first_count_after(epochs: float, steps_per_epoch: int) -> int:
 
 
 def rho_start_jump(rho: float, *, steps_per_epoch: int, jump_epochs: float) -> optax.Schedule:
-  """"startJump": ``0`` while ``x <= jump``, then `rho`."""
+  """ "startJump": ``0`` while ``x <= jump``, then `rho`."""
   validation.non_negative("rho", rho)
   _check_timing(steps_per_epoch, jump_epochs=jump_epochs)
   return optax.join_schedules(
-      [optax.constant_schedule(0.0), optax.constant_schedule(rho)],
-      [_first_count_after(jump_epochs, steps_per_epoch)])
+    [optax.constant_schedule(0.0), optax.constant_schedule(rho)], [_first_count_after(jump_epochs, steps_per_epoch)]
+  )
 
 
-def gsam_rho(lr_schedule: optax.ScalarOrSchedule, lr_max: float, lr_min: float,
-             rho_max: float, rho_min: float) -> optax.Schedule:
+def gsam_rho(
+  lr_schedule: optax.ScalarOrSchedule, lr_max: float, lr_min: float, rho_max: float, rho_min: float
+) -> optax.Schedule:
   """GSAM's rho, proportional to the learning rate, clamped to ``[rho_min, rho_max]``.
 
   ``rho_t = rho_min + (rho_max - rho_min) (lr_t - lr_min) / (lr_max - lr_min)``,
@@ -103,8 +103,7 @@ def gsam_rho(lr_schedule: optax.ScalarOrSchedule, lr_max: float, lr_min: float,
   evaluates the schedule at the 1-based step, i.e. the next update's learning
   rate; ``lambda count: lr_schedule(count + 1)`` reproduces that.
   """
-  for name, value in (("lr_max", lr_max), ("lr_min", lr_min), ("rho_max", rho_max),
-                      ("rho_min", rho_min)):
+  for name, value in (("lr_max", lr_max), ("lr_min", lr_min), ("rho_max", rho_max), ("rho_min", rho_min)):
     validation.non_negative(name, value)
   if rho_min > rho_max:
     raise ValueError(f"rho_min must be <= rho_max, got rho_min={rho_min!r}, rho_max={rho_max!r}")

@@ -5,6 +5,7 @@ Wrappers such as `optax.inject_hyperparams`, `optax.chain` or
 in the state tree. Looking there lets one training step serve every optimizer
 without branching on names.
 """
+
 from typing import Any
 
 import jax
@@ -22,6 +23,7 @@ def _sam_family_states() -> tuple[type, ...]:
   # Imported here so that each optimizer module only depends on sam.py.
   from msam_jax.optim.esam import EsamState
   from msam_jax.optim.looksam import LookSamState
+
   return (SamState, EsamState, LookSamState)
 
 
@@ -57,8 +59,10 @@ def needs_loss_fn(tx_or_state, params=None) -> bool:
     except Exception as error:  # e.g. a mask or label tree that needs the real params
       if params is not None:
         raise
-      raise ValueError("needs_loss_fn could not initialise the transformation on a probe "
-                       "parameter tree; pass params=(the model's params)") from error
+      raise ValueError(
+        "needs_loss_fn could not initialise the transformation on a probe "
+        "parameter tree; pass params=(the model's params)"
+      ) from error
   return bool(_find(state, _sam_family_states()))
 
 
@@ -85,6 +89,7 @@ def current_hyperparams(opt_state) -> dict[str, jax.Array]:
 
 def _msam_family_states() -> tuple[type, ...]:
   from msam_jax.optim.msam import AdamWMsamState, MsamState
+
   return (MsamState, AdamWMsamState)
 
 

@@ -8,6 +8,7 @@ visited by `lax.scan`, so only one micro-batch's activations are alive at a time
 All micro-batches have the same size, so the mean of their mean-loss gradients
 is the gradient of the mean loss over the whole batch.
 """
+
 from collections.abc import Callable
 from typing import Any
 
@@ -18,15 +19,19 @@ import optax
 
 def split(batch, k: int):
   """`[B, ...]` leaves -> `[k, B // k, ...]`, micro-batch `j` = examples `j::k`."""
+
   def one(x):
     return jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1)
+
   return jax.tree.map(one, batch)
 
 
 def merge(stacked):
   """The inverse of `split`: `[k, B // k, ...]` -> `[B, ...]` in the batch's order."""
+
   def one(x):
     return jnp.swapaxes(x, 0, 1).reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+
   return jax.tree.map(one, stacked)
 
 

@@ -8,6 +8,7 @@ the run resumes from the newest readable one. In a multi-process run every
 process calls `save` (it is a collective); orbax writes replicated arrays from
 the primary process only.
 """
+
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
@@ -29,8 +30,7 @@ def create_manager(workdir: epath.PathLike, max_to_keep: int, asynchronous: bool
   such as `tfds.testing.mock_data`.) `asynchronous=False` writes each checkpoint
   before training goes on.
   """
-  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                         enable_async_checkpointing=asynchronous)
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, enable_async_checkpointing=asynchronous)
   return ocp.CheckpointManager(epath.Path(workdir) / "checkpoints", options=options)
 
 
@@ -73,15 +73,15 @@ def restore_latest(manager: ocp.CheckpointManager, state):
       continue
     for bad in unreadable:
       target = _move_aside(manager, bad)
-      logging.warning("Moved the unreadable checkpoint of step %d to %s; resuming from step %d.",
-                      bad, target, step)
+      logging.warning("Moved the unreadable checkpoint of step %d to %s; resuming from step %d.", bad, target, step)
     if unreadable:
       manager.reload()
     return restored
   if unreadable:
     steps = ", ".join(map(str, unreadable))
     raise CheckpointError(
-        f"no checkpoint in {manager.directory} can be read (steps {steps}; newest: "
-        f"{next(iter(unreadable.values()))}); if it was written by another config or version, "
-        f"pass a new --workdir; to start this one from scratch, move {manager.directory} away.")
+      f"no checkpoint in {manager.directory} can be read (steps {steps}; newest: "
+      f"{next(iter(unreadable.values()))}); if it was written by another config or version, "
+      f"pass a new --workdir; to start this one from scratch, move {manager.directory} away."
+    )
   return state

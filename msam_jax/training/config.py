@@ -8,6 +8,7 @@ model and its default, so any option can be set from the command line
 TensorFlow or devices; `validate` adds the device and dataset checks. Neither
 compiles anything.
 """
+
 import math
 import types
 import typing
@@ -35,7 +36,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 512
   # dataset="synthetic": generated batches, nothing on disk (msam_jax/data/synthetic.py).
   c.synthetic = ml_collections.ConfigDict(
-      {"image_shape": (32, 32, 3), "num_classes": 10, "num_train": 50_000, "num_test": 1_000})
+    {"image_shape": (32, 32, 3), "num_classes": 10, "num_train": 50_000, "num_test": 1_000}
+  )
 
   # Model: `msam_jax.models.build(model, num_classes, **model_kwargs)`.
   c.model = "wrn"
@@ -104,10 +106,20 @@ def base_config() -> ml_collections.ConfigDict:
 # depend on `num_epochs`, so that one may not change), and how the work is laid
 # out on the hardware (a preempted pod slice may come back with another shape:
 # checkpoints restore into any sharding and device count).
-RESUMABLE_FIELDS = ("data_dir", "num_train_steps", "log_every_steps", "eval_every_epochs",
-                    "checkpoint_every_steps", "max_checkpoints_to_keep", "async_checkpointing",
-                    "sharpness_every_steps", "sharding", "fsdp_min_bytes", "grad_accum_steps",
-                    "checkpoint_on_preemption")
+RESUMABLE_FIELDS = (
+  "data_dir",
+  "num_train_steps",
+  "log_every_steps",
+  "eval_every_epochs",
+  "checkpoint_every_steps",
+  "max_checkpoints_to_keep",
+  "async_checkpointing",
+  "sharpness_every_steps",
+  "sharding",
+  "fsdp_min_bytes",
+  "grad_accum_steps",
+  "checkpoint_on_preemption",
+)
 
 
 class ConfigError(ValueError):
@@ -145,14 +157,15 @@ def set_model(config: ml_collections.ConfigDict, name: str, **kwargs) -> None:
   unknown = sorted(set(kwargs) - set(options))
   if unknown:
     raise ConfigError(
-        f"config.model_kwargs.{unknown[0]} is not an option of model {name!r}; "
-        f"its options are {', '.join(options)}.")
+      f"config.model_kwargs.{unknown[0]} is not an option of model {name!r}; its options are {', '.join(options)}."
+    )
   if "image_size" in options:
     size = kwargs.pop("image_size", None)
     if size is not None and config.image_size is not None and size != config.image_size:
       raise ConfigError(
-          f"config.model_kwargs.image_size={size!r} differs from config.image_size="
-          f"{config.image_size!r}; set only config.image_size.")
+        f"config.model_kwargs.image_size={size!r} differs from config.image_size="
+        f"{config.image_size!r}; set only config.image_size."
+      )
     if config.image_size is None:
       config.image_size = options["image_size"] if size is None else size
   was_locked = config.is_locked
@@ -193,8 +206,10 @@ def _check_types(config) -> None:
   defaults = base_config()
   unknown = sorted(set(config) - set(defaults))
   if unknown:
-    raise ConfigError(f"config.{unknown[0]} is not a config field; the fields are those of "
-                      "msam_jax.training.base_config() (see msam_jax/training/config.py).")
+    raise ConfigError(
+      f"config.{unknown[0]} is not a config field; the fields are those of "
+      "msam_jax.training.base_config() (see msam_jax/training/config.py)."
+    )
   for field in defaults:
     if field == "model_kwargs":
       continue
@@ -248,25 +263,42 @@ def validate_fields(config: ml_collections.ConfigDict) -> None:
   unknown = sorted(set(model_kwargs) - set(options))
   if unknown:
     raise ConfigError(
-        f"config.model_kwargs.{unknown[0]} is not an option of model {config.model!r}; "
-        f"its options are {', '.join(options)}.")
+      f"config.model_kwargs.{unknown[0]} is not an option of model {config.model!r}; "
+      f"its options are {', '.join(options)}."
+    )
   for option, value in model_kwargs.items():
     default = options[option]
     if isinstance(value, float) and not math.isfinite(value):
       raise ConfigError(f"config.model_kwargs.{option}={value!r} must be a finite number.")
-    if default is not None and value is not None and type(value) is not type(default) and not (
-        isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool)):
-      raise ConfigError(f"config.model_kwargs.{option}={value!r} must be a {type(default).__name__} "
-                        f"like its default {default!r}.")
+    if (
+      default is not None
+      and value is not None
+      and type(value) is not type(default)
+      and not (isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool))
+    ):
+      raise ConfigError(
+        f"config.model_kwargs.{option}={value!r} must be a {type(default).__name__} like its default {default!r}."
+      )
   from msam_jax import models  # noqa: PLC0415 (Flax; no TensorFlow)
+
   try:  # the builders check their options' values (e.g. a WRN's depth is 6n+4); nothing is initialised
     models.build(config.model, 2, dtype=config.dtype, **{k: v for k, v in model_kwargs.items() if v is not None})
   except (ValueError, TypeError) as e:
-    raise ConfigError(f"config.model_kwargs of model {config.model!r}: {e}; set valid "
-                      f"--config.model_kwargs.* values.") from None
+    raise ConfigError(
+      f"config.model_kwargs of model {config.model!r}: {e}; set valid --config.model_kwargs.* values."
+    ) from None
   _at_least(config, "learning_rate", 0.0, strict=True)
-  for field in ("rho", "weight_decay", "grad_clip_norm", "lr_ramp_epochs", "lr_warmup_epochs",
-                "rho_ramp_epochs", "rho_jump_epochs", "checkpoint_every_steps", "sharpness_every_steps"):
+  for field in (
+    "rho",
+    "weight_decay",
+    "grad_clip_norm",
+    "lr_ramp_epochs",
+    "lr_warmup_epochs",
+    "rho_ramp_epochs",
+    "rho_jump_epochs",
+    "checkpoint_every_steps",
+    "sharpness_every_steps",
+  ):
     _at_least(config, field, 0)
   _in_unit(config, "label_smoothing")
   _in_unit(config, "momentum")
@@ -282,8 +314,15 @@ def validate_fields(config: ml_collections.ConfigDict) -> None:
   _at_least(config, "sam_group_size", 0)
   _validate_variants(config)
   _at_least(config, "sharpness_rho", 0.0, strict=True)
-  for field in ("looksam_k", "log_every_steps", "eval_every_epochs", "max_checkpoints_to_keep",
-                "sharpness_num_iters", "batch_size", "eval_batch_size"):
+  for field in (
+    "looksam_k",
+    "log_every_steps",
+    "eval_every_epochs",
+    "max_checkpoints_to_keep",
+    "sharpness_num_iters",
+    "batch_size",
+    "eval_batch_size",
+  ):
     _at_least(config, field, 1)
   _at_least(config, "bn_recompute_batches", -1)
   if config.image_size is not None:
@@ -305,17 +344,20 @@ def _validate_variants(config: ml_collections.ConfigDict) -> None:
   if entry.rho_follows_lr:
     if config.gsam_rho_min > config.rho:
       raise ConfigError(
-          f"config.gsam_rho_min={config.gsam_rho_min!r} exceeds config.rho={config.rho!r} (GSAM's"
-          " rho_max); set --config.gsam_rho_min <= --config.rho.")
+        f"config.gsam_rho_min={config.gsam_rho_min!r} exceeds config.rho={config.rho!r} (GSAM's"
+        " rho_max); set --config.gsam_rho_min <= --config.rho."
+      )
     if config.rho_schedule != "const":
       raise ConfigError(
-          f"config.rho_schedule={config.rho_schedule!r} cannot be used with {config.optimizer}"
-          " (its rho follows the learning rate); set --config.rho_schedule=const.")
+        f"config.rho_schedule={config.rho_schedule!r} cannot be used with {config.optimizer}"
+        " (its rho follows the learning rate); set --config.rho_schedule=const."
+      )
   if config.sam_group_size and not entry.has_groups:
     raise ConfigError(
-        f"config.sam_group_size={config.sam_group_size} needs an optimizer with m-sharpness"
-        f" ({', '.join(n for n in registry.names() if registry.get(n).has_groups)}), not"
-        f" {config.optimizer}; set --config.sam_group_size=0.")
+      f"config.sam_group_size={config.sam_group_size} needs an optimizer with m-sharpness"
+      f" ({', '.join(n for n in registry.names() if registry.get(n).has_groups)}), not"
+      f" {config.optimizer}; set --config.sam_group_size=0."
+    )
 
 
 def validate(config: ml_collections.ConfigDict, *, num_devices: int, process_count: int = 1) -> None:
@@ -331,16 +373,16 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, process_cou
   for field in ("batch_size", "eval_batch_size"):
     if config[field] % num_devices or config[field] % process_count:
       raise ConfigError(
-          f"config.{field}={config[field]} is not divisible by the {num_devices} devices"
-          f" ({process_count} processes); choose a multiple of {num_devices}.")
+        f"config.{field}={config[field]} is not divisible by the {num_devices} devices"
+        f" ({process_count} processes); choose a multiple of {num_devices}."
+      )
   if config.dataset == "synthetic":
     try:
       data.synthetic.Spec(**config.synthetic)
     except (TypeError, ValueError) as e:
       raise ConfigError(f"config.synthetic: {e}") from None
   try:
-    info = data.dataset_info(config.dataset, image_size=config.image_size,
-                             synthetic=synthetic_spec(config))
+    info = data.dataset_info(config.dataset, image_size=config.image_size, synthetic=synthetic_spec(config))
     data.steps_per_epoch(info, config.batch_size)
   except ValueError as e:
     raise ConfigError(f"config.dataset={config.dataset!r}: {e}") from None
@@ -352,8 +394,9 @@ def _divides_per_device_batch(config: ml_collections.ConfigDict, field: str, num
   per_device = config.batch_size // num_devices
   if per_device % config[field]:
     raise ConfigError(
-        f"config.{field}={config[field]} does not divide the per-device batch {per_device}"
-        f" (batch_size {config.batch_size} / {num_devices} devices); choose a divisor of {per_device}.")
+      f"config.{field}={config[field]} does not divide the per-device batch {per_device}"
+      f" (batch_size {config.batch_size} / {num_devices} devices); choose a divisor of {per_device}."
+    )
 
 
 def _validate_pod(config: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -367,16 +410,19 @@ def _validate_pod(config: ml_collections.ConfigDict, num_devices: int) -> None:
   _divides_per_device_batch(config, "grad_accum_steps", num_devices)
   if k > 1 and config.dtype == "float16":
     raise ConfigError(
-        f"config.grad_accum_steps={k} is not supported with dtype float16 (its loss scaling runs on"
-        " the whole batch); use grad_accum_steps=1 or dtype bfloat16.")
+      f"config.grad_accum_steps={k} is not supported with dtype float16 (its loss scaling runs on"
+      " the whole batch); use grad_accum_steps=1 or dtype bfloat16."
+    )
   m = config.sam_group_size
   if m:
     _divides_per_device_batch(config, "sam_group_size", num_devices)
   if m and (k > 1 or config.dtype == "float16"):
     raise ConfigError(
-        f"config.sam_group_size={m} is not supported with grad_accum_steps > 1 or dtype float16"
-        " (each group needs its own unscaled gradients); set --config.sam_group_size=0.")
+      f"config.sam_group_size={m} is not supported with grad_accum_steps > 1 or dtype float16"
+      " (each group needs its own unscaled gradients); set --config.sam_group_size=0."
+    )
   if k > 1 and config.optimizer == "esam":
     raise ConfigError(
-        f"config.grad_accum_steps={k} is not supported with esam (it picks examples by sharpness"
-        " over the whole batch); use grad_accum_steps=1 or another optimizer.")
+      f"config.grad_accum_steps={k} is not supported with esam (it picks examples by sharpness"
+      " over the whole batch); use grad_accum_steps=1 or another optimizer."
+    )

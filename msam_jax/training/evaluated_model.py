@@ -7,6 +7,7 @@ with `load_for_eval(workdir)` for evaluation or export.
     model, variables, config = load_for_eval("runs/digits")
     logits = model.apply(variables, images, train=False)
 """
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -20,8 +21,7 @@ MODEL_DIR = "evaluated_model"
 
 def _manager(workdir: epath.Path, create: bool) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=1, create=create, enable_async_checkpointing=False)
-  return ocp.CheckpointManager(workdir / MODEL_DIR, options=options,
-                               item_handlers=ocp.StandardCheckpointHandler())
+  return ocp.CheckpointManager(workdir / MODEL_DIR, options=options, item_handlers=ocp.StandardCheckpointHandler())
 
 
 def save(workdir: epath.Path, step: int, variables: dict) -> epath.Path:
@@ -52,8 +52,9 @@ def load_for_eval(workdir: str | epath.PathLike):
   if step is None:
     raise FileNotFoundError(f"{workdir / MODEL_DIR} holds no model; it is written when the run finishes.")
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                          manager.item_metadata(step).tree)
+  abstract = jax.tree.map(
+    lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), manager.item_metadata(step).tree
+  )
   variables = manager.restore(step, args=ocp.args.StandardRestore(abstract))
   info = data.dataset_info(config.dataset, image_size=config.image_size)
   model = models.build(config.model, info.num_classes, dtype=jnp.dtype(config.dtype), **config.model_kwargs)

@@ -7,6 +7,7 @@ a fixed cadence; finally recompute batch-norm statistics at the unperturbed
 point (MSAM family), save that evaluated model and write `results.json`. What
 the workdir records (run identity, evaluation history) is `run_record`'s.
 """
+
 import contextlib
 import functools
 import logging as std_logging
@@ -86,20 +87,28 @@ def _check_finite(first_bad, last_good_step: int | None, state: TrainState | Non
   if bad < 0 and state is not None and not mesh_lib.to_host(jax.jit(_all_finite)(state)):
     bad = int(mesh_lib.to_host(state.step))
   if bad >= 0:
-    where = (f"the last good checkpoint is step {last_good_step}" if last_good_step is not None
-             else "no checkpoint was written")
+    where = (
+      f"the last good checkpoint is step {last_good_step}"
+      if last_good_step is not None
+      else "no checkpoint was written"
+    )
     raise NonFiniteLossError(
-        f"Training loss (or state) became non-finite at step {bad}; {where}. Lower the learning rate or rho.")
+      f"Training loss (or state) became non-finite at step {bad}; {where}. Lower the learning rate or rho."
+    )
 
 
 def _evaluate(eval_fn, config, mesh, state, batch_stats=None) -> dict[str, float]:
   """Every test example once (padded, masked batches), at the unperturbed parameters."""
   acc = None
   for local in data.eval_iterator(
-      config.dataset, global_batch_size=config.eval_batch_size, data_dir=config.data_dir,
-      image_size=config.image_size, num_devices=mesh.size, synthetic=config_lib.synthetic_spec(config)):
-    m = eval_fn(state, state.batch_stats if batch_stats is None else batch_stats,
-                mesh_lib.global_batch(mesh, local))
+    config.dataset,
+    global_batch_size=config.eval_batch_size,
+    data_dir=config.data_dir,
+    image_size=config.image_size,
+    num_devices=mesh.size,
+    synthetic=config_lib.synthetic_spec(config),
+  ):
+    m = eval_fn(state, state.batch_stats if batch_stats is None else batch_stats, mesh_lib.global_batch(mesh, local))
     acc = m if acc is None else acc.merge(m)
   return {k: float(v) for k, v in mesh_lib.to_host(acc.compute()).items()}
 
@@ -107,9 +116,15 @@ def _evaluate(eval_fn, config, mesh, state, batch_stats=None) -> dict[str, float
 def _train_iterator(config, mesh, *, seed: int, start_step: int = 0):
   """This process's training batches; other seeds give the probe and batch-norm batches."""
   return data.train_iterator(
-      config.dataset, global_batch_size=config.batch_size, seed=seed, start_step=start_step,
-      data_dir=config.data_dir, image_size=config.image_size, num_devices=mesh.size,
-      synthetic=config_lib.synthetic_spec(config))
+    config.dataset,
+    global_batch_size=config.batch_size,
+    seed=seed,
+    start_step=start_step,
+    data_dir=config.data_dir,
+    image_size=config.image_size,
+    num_devices=mesh.size,
+    synthetic=config_lib.synthetic_spec(config),
+  )
 
 
 def _recompute_batch_norm(bn_fn, config, mesh, state: TrainState, num_batches: int):
@@ -127,23 +142,34 @@ def _recompute_batch_norm(bn_fn, config, mesh, state: TrainState, num_batches: i
 
 def _check_prepared(config, mesh) -> None:
   """Raises data.DatasetNotFoundError unless the test split can be read (training data lives beside it)."""
-  next(iter(data.eval_iterator(config.dataset, global_batch_size=config.eval_batch_size,
-                               data_dir=config.data_dir, image_size=config.image_size,
-                               num_devices=mesh.size)))
+  next(
+    iter(
+      data.eval_iterator(
+        config.dataset,
+        global_batch_size=config.eval_batch_size,
+        data_dir=config.data_dir,
+        image_size=config.image_size,
+        num_devices=mesh.size,
+      )
+    )
+  )
 
 
 def _summary(config, info, steps_per_epoch: int, num_steps: int, start_step: int, state, mesh) -> str:
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   start = f"Resuming from the checkpoint of step {start_step}" if start_step else "Starting"
-  return (f"{config.model} ({num_params:,} parameters) on {config.dataset} "
-          f"({info.num_train:,} train / {info.num_test:,} test examples, batch {config.batch_size}); "
-          f"{config.optimizer} lr {config.learning_rate:g} ({config.lr_schedule}) rho {config.rho:g} "
-          f"({config.rho_schedule}); {mesh.size} devices, {jax.process_count()} processes; "
-          f"{num_steps} steps ({num_steps / steps_per_epoch:g} epochs of {steps_per_epoch}). {start}.")
+  return (
+    f"{config.model} ({num_params:,} parameters) on {config.dataset} "
+    f"({info.num_train:,} train / {info.num_test:,} test examples, batch {config.batch_size}); "
+    f"{config.optimizer} lr {config.learning_rate:g} ({config.lr_schedule}) rho {config.rho:g} "
+    f"({config.rho_schedule}); {mesh.size} devices, {jax.process_count()} processes; "
+    f"{num_steps} steps ({num_steps / steps_per_epoch:g} epochs of {steps_per_epoch}). {start}."
+  )
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
-                       mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir, *, mesh: jax.sharding.Mesh | None = None
+) -> dict[str, Any]:
   """Trains as `config` says, resuming from `workdir` if it holds a checkpoint.
 
   Everything is checked before the workdir is touched or anything compiled:
@@ -170,8 +196,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
     log.info("%s holds this run finished; nothing to do.", workdir)
     return finished
   _check_prepared(config, mesh)
-  model = models.build(config.model, info.num_classes, dtype=jnp.dtype(config.dtype),
-                       **config.model_kwargs)
+  model = models.build(config.model, info.num_classes, dtype=jnp.dtype(config.dtype), **config.model_kwargs)
   tx = build_optimizer(config, steps_per_epoch)
   if config.dtype == "float16":
     tx = loss_scale.dynamic_loss_scale(tx)
@@ -188,8 +213,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
   start_step = int(mesh_lib.to_host(state.step))
   if start_step > num_steps:
     raise config_lib.ConfigError(
-        f"config.num_train_steps={config.num_train_steps} ends the run at step {num_steps}, but {workdir} "
-        f"already holds a checkpoint of step {start_step}; set --config.num_train_steps to at least {start_step}.")
+      f"config.num_train_steps={config.num_train_steps} ends the run at step {num_steps}, but {workdir} "
+      f"already holds a checkpoint of step {start_step}; set --config.num_train_steps to at least {start_step}."
+    )
   if is_primary:
     run_record.record_config(workdir, config)
   if is_primary:
@@ -199,28 +225,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
   if start_step == 0:
     writer.write_hparams({k: v for k, v in config.to_dict().items() if not isinstance(v, dict)})
 
-  train_kwargs = dict(model=model, tx=tx, label_smoothing=config.label_smoothing,
-                      grad_accum_steps=config.grad_accum_steps,
-                      group_mesh=mesh if config.sam_group_size else None)
+  train_kwargs = dict(
+    model=model,
+    tx=tx,
+    label_smoothing=config.label_smoothing,
+    grad_accum_steps=config.grad_accum_steps,
+    group_mesh=mesh if config.sam_group_size else None,
+  )
   train_fn = jax.jit(
-      functools.partial(_accumulating_train_step, **train_kwargs),
-      in_shardings=(state_sharding, replicated, replicated, mesh_lib.batch_sharding(mesh), replicated),
-      out_shardings=(state_sharding, replicated, replicated),
-      donate_argnums=(0, 1, 2))
+    functools.partial(_accumulating_train_step, **train_kwargs),
+    in_shardings=(state_sharding, replicated, replicated, mesh_lib.batch_sharding(mesh), replicated),
+    out_shardings=(state_sharding, replicated, replicated),
+    donate_argnums=(0, 1, 2),
+  )
   eval_fn = jax.jit(functools.partial(steps.eval_step, model=model, label_smoothing=config.label_smoothing))
-  train_collection = steps.metrics_collection(info.num_classes, train=True,
-                                              grad_norm=not config.sam_group_size)
+  train_collection = steps.metrics_collection(info.num_classes, train=True, grad_norm=not config.sam_group_size)
 
   sharpness_fn = None
   if config.sharpness_every_steps > 0:
     probe_batch = mesh_lib.global_batch(mesh, next(_train_iterator(config, mesh, seed=config.seed + 2)))
-    sharpness_fn = jax.jit(functools.partial(
-        steps.sharpness_step, model=model, batch=probe_batch, label_smoothing=config.label_smoothing,
-        rho=config.sharpness_rho, num_iters=config.sharpness_num_iters))
+    sharpness_fn = jax.jit(
+      functools.partial(
+        steps.sharpness_step,
+        model=model,
+        batch=probe_batch,
+        label_smoothing=config.label_smoothing,
+        rho=config.sharpness_rho,
+        num_iters=config.sharpness_num_iters,
+      )
+    )
 
   train_iter = data.prefetch.to_devices(  # the next batches copy to the devices during the step
-      _train_iterator(config, mesh, seed=config.seed, start_step=start_step),
-      functools.partial(mesh_lib.global_batch, mesh))
+    _train_iterator(config, mesh, seed=config.seed, start_step=start_step),
+    functools.partial(mesh_lib.global_batch, mesh),
+  )
   hooks = [periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)] if is_primary else []
   acc = jax.device_put(train_collection.empty(), replicated)
   first_bad = jax.device_put(jnp.array(-1, jnp.int32), replicated)
@@ -255,12 +293,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
         with clock.paused(state):
           eval_metrics = _evaluate(eval_fn, config, mesh, state)
           writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
-          eval_history.append({"step": step, "epoch": step / steps_per_epoch,
-                               "seconds": time.time() - train_start, **eval_metrics})
+          eval_history.append(
+            {"step": step, "epoch": step / steps_per_epoch, "seconds": time.time() - train_start, **eval_metrics}
+          )
           if is_primary:
             run_record.save_history(workdir, eval_history)
-            log.info("step %d (epoch %g): eval accuracy %.4f, loss %.4f", step, step / steps_per_epoch,
-                     eval_metrics["accuracy"], eval_metrics["loss"])
+            log.info(
+              "step %d (epoch %g): eval accuracy %.4f, loss %.4f",
+              step,
+              step / steps_per_epoch,
+              eval_metrics["accuracy"],
+              eval_metrics["loss"],
+            )
       if (config.checkpoint_every_steps > 0 and step % config.checkpoint_every_steps == 0) or is_last:
         with clock.paused(state):
           _check_finite(first_bad, last_good_checkpoint, state)
@@ -281,17 +325,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
   timed_seconds = clock.seconds(train_end) if timed_steps > 0 else 0.0
 
   results = {
-      "optimizer": config.optimizer, "dataset": config.dataset, "model": config.model,
-      "steps": num_steps, "epochs": num_steps / steps_per_epoch,
-      "train_seconds": train_seconds,
-      "steps_per_second": timed_steps / timed_seconds if timed_steps > 0 else float("nan"),
-      "seconds_per_step_excluding_compilation": timed_seconds / timed_steps if timed_steps > 0 else float("nan"),
-      "input_wait_fraction": train_iter.wait_seconds / timed_seconds if timed_steps > 0 else float("nan"),
-      "eval_history": eval_history,
-      "sharding": config.sharding, "grad_accum_steps": config.grad_accum_steps,
-      "params_bytes_per_device": mesh_lib.bytes_per_device(abstract_state.params, state_sharding.params),
-      "opt_state_bytes_per_device": mesh_lib.bytes_per_device(abstract_state.opt_state,
-                                                              state_sharding.opt_state),
+    "optimizer": config.optimizer,
+    "dataset": config.dataset,
+    "model": config.model,
+    "steps": num_steps,
+    "epochs": num_steps / steps_per_epoch,
+    "train_seconds": train_seconds,
+    "steps_per_second": timed_steps / timed_seconds if timed_steps > 0 else float("nan"),
+    "seconds_per_step_excluding_compilation": timed_seconds / timed_steps if timed_steps > 0 else float("nan"),
+    "input_wait_fraction": train_iter.wait_seconds / timed_seconds if timed_steps > 0 else float("nan"),
+    "eval_history": eval_history,
+    "sharding": config.sharding,
+    "grad_accum_steps": config.grad_accum_steps,
+    "params_bytes_per_device": mesh_lib.bytes_per_device(abstract_state.params, state_sharding.params),
+    "opt_state_bytes_per_device": mesh_lib.bytes_per_device(abstract_state.opt_state, state_sharding.opt_state),
   }
   # Averages over the last logging interval of this process's run.
   results.update({f"final_train_{k}": float(train_scalars[k]) for k in ("loss", "accuracy") if k in train_scalars})
@@ -324,9 +371,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
   if is_primary:
     run_record.write_results(workdir, results)
     before = results.get("eval_accuracy_before_bn_recompute")
-    log.info("final eval accuracy %.4f%s; model saved in %s; results in %s", results["final_eval_accuracy"],
-             "" if before is None else f" ({before:.4f} before the batch-norm recomputation)",
-             results["evaluated_model"], workdir / run_record.RESULTS_FILE)
+    log.info(
+      "final eval accuracy %.4f%s; model saved in %s; results in %s",
+      results["final_eval_accuracy"],
+      "" if before is None else f" ({before:.4f} before the batch-norm recomputation)",
+      results["evaluated_model"],
+      workdir / run_record.RESULTS_FILE,
+    )
   return results
 
 
@@ -336,4 +387,3 @@ def _unperturbed_params(state: TrainState):
 
 def _unperturbed_norm(state: TrainState) -> jax.Array:
   return optax.tree.norm(msam_jax.eval_params(state.params, state.opt_state))
-

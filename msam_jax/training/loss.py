@@ -1,4 +1,5 @@
 """The original's label-smoothed cross-entropy, and top-k accuracy."""
+
 import jax
 import jax.numpy as jnp
 

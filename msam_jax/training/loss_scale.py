@@ -17,6 +17,7 @@ cotangent entering the loss and unscales it at the parameters
 unscaled gradients (MSAM's perturbation, SAM's ascent direction and its base
 step alike).
 """
+
 from typing import NamedTuple
 
 import jax
@@ -52,6 +53,7 @@ def scaled_backward(loss_fn, scale: jax.Array):
   those of `loss_fn`, but every intermediate (float16) cotangent is `scale`
   times larger and does not underflow.
   """
+
   def wrapped(params, *args, **kwargs):
     @jax.custom_vjp
     def call(p):
@@ -66,19 +68,23 @@ def scaled_backward(loss_fn, scale: jax.Array):
 
     call.defvjp(forward, backward)
     return call(params)
+
   return wrapped
 
 
-def dynamic_loss_scale(inner: optax.GradientTransformation, *, initial_scale: float = 2.0**15,
-                       period: int = 2000, factor: float = 2.0) -> optax.GradientTransformation:
+def dynamic_loss_scale(
+  inner: optax.GradientTransformation, *, initial_scale: float = 2.0**15, period: int = 2000, factor: float = 2.0
+) -> optax.GradientTransformation:
   """Wraps `inner` with a dynamic loss scale (see the module docstring).
 
   `update` takes unscaled gradients (the step divides by the scale it used);
   extra keyword arguments reach `inner.update`, `loss_fn` wrapped by `scaled_backward`.
   """
   if initial_scale < 1 or period < 1 or factor <= 1:
-    raise ValueError("dynamic_loss_scale needs initial_scale >= 1, period >= 1 and factor > 1; "
-                     f"got {initial_scale}, {period}, {factor}.")
+    raise ValueError(
+      "dynamic_loss_scale needs initial_scale >= 1, period >= 1 and factor > 1; "
+      f"got {initial_scale}, {period}, {factor}."
+    )
 
   def init(params):
     return LossScaleState(jnp.asarray(initial_scale, jnp.float32), jnp.zeros((), jnp.int32), inner.init(params))
@@ -89,11 +95,12 @@ def dynamic_loss_scale(inner: optax.GradientTransformation, *, initial_scale: fl
     updates, inner_state = inner.update(grads, state.inner_state, params, **extra)
     finite = _all_finite(grads) & _all_finite(updates)
     updates, inner_state = jax.lax.cond(
-        finite, lambda: (updates, inner_state),
-        lambda: (jax.tree.map(jnp.zeros_like, updates), state.inner_state))
+      finite, lambda: (updates, inner_state), lambda: (jax.tree.map(jnp.zeros_like, updates), state.inner_state)
+    )
     grow = finite & (state.good_steps + 1 >= period)
-    scale = jnp.where(finite, jnp.where(grow, state.scale * factor, state.scale),
-                      jnp.maximum(state.scale / factor, 1.0))
+    scale = jnp.where(
+      finite, jnp.where(grow, state.scale * factor, state.scale), jnp.maximum(state.scale / factor, 1.0)
+    )
     good_steps = jnp.where(finite & ~grow, state.good_steps + 1, 0).astype(jnp.int32)
     return updates, LossScaleState(scale, good_steps, inner_state)
 

@@ -10,6 +10,7 @@ parameter where a layer needs it and reduce-scatters its gradient; reductions
 such as the optimizers' global norms stay global because they are ordinary
 jitted reductions over NamedSharding arrays.
 """
+
 import math
 
 import jax
@@ -59,14 +60,16 @@ def state_sharding(mesh: Mesh, state, mode: str = "replicate", min_bytes: int = 
     raise ValueError(f"sharding={mode!r} is not valid; choose one of {', '.join(SHARDINGS)}.")
   size = mesh.shape[DATA_AXIS]
   return jax.tree.map(
-      lambda x: NamedSharding(mesh, fsdp_spec(x.shape, np.dtype(x.dtype).itemsize, size, min_bytes)),
-      state)
+    lambda x: NamedSharding(mesh, fsdp_spec(x.shape, np.dtype(x.dtype).itemsize, size, min_bytes)), state
+  )
 
 
 def bytes_per_device(state, shardings) -> int:
   """Bytes of `state` (arrays or shape structs) that one device holds under `shardings`."""
+
   def leaf_bytes(x, sharding):
     return math.prod(sharding.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize
+
   return sum(jax.tree.leaves(jax.tree.map(leaf_bytes, state, shardings)))
 
 
@@ -83,10 +86,12 @@ def to_host(tree):
   replicated array's local shard already holds the whole value, a sharded one
   (FSDP) is gathered from all processes.
   """
+
   def fetch(x):
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
       if x.sharding.is_fully_replicated:
         return np.asarray(x.addressable_data(0))
       return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(jax.device_get(x))
+
   return jax.tree.map(fetch, tree)

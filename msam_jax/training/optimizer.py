@@ -5,6 +5,7 @@ Every optimizer of `msam_jax.optim.registry` is wrapped in
 log their current values (`msam_jax.optim.current_hyperparams`) without
 knowing which optimizer it runs.
 """
+
 import inspect
 
 import ml_collections
@@ -20,12 +21,15 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: i
     return config.learning_rate
   if config.lr_schedule == "start_ramp_cos":
     return schedules.lr_start_ramp_cos(
-        config.learning_rate, epochs=config.num_epochs, steps_per_epoch=steps_per_epoch,
-        ramp_epochs=config.lr_ramp_epochs)
+      config.learning_rate, epochs=config.num_epochs, steps_per_epoch=steps_per_epoch, ramp_epochs=config.lr_ramp_epochs
+    )
   if config.lr_schedule == "cos_warmup":
     return schedules.lr_cos_warmup(
-        config.learning_rate, epochs=config.num_epochs, steps_per_epoch=steps_per_epoch,
-        warmup_epochs=config.lr_warmup_epochs)
+      config.learning_rate,
+      epochs=config.num_epochs,
+      steps_per_epoch=steps_per_epoch,
+      warmup_epochs=config.lr_warmup_epochs,
+    )
   raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}")
 
 
@@ -40,17 +44,19 @@ def rho_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int):
   """
   if registry.get(config.optimizer).rho_follows_lr:
     lr_min = config.learning_rate if config.lr_schedule == "const" else 0.0
-    return schedules.gsam_rho(learning_rate_schedule(config, steps_per_epoch),
-                              lr_max=config.learning_rate, lr_min=lr_min,
-                              rho_max=config.rho, rho_min=config.gsam_rho_min)
+    return schedules.gsam_rho(
+      learning_rate_schedule(config, steps_per_epoch),
+      lr_max=config.learning_rate,
+      lr_min=lr_min,
+      rho_max=config.rho,
+      rho_min=config.gsam_rho_min,
+    )
   if config.rho_schedule == "const":
     return config.rho
   if config.rho_schedule == "start_ramp":
-    return schedules.rho_start_ramp(
-        config.rho, steps_per_epoch=steps_per_epoch, ramp_epochs=config.rho_ramp_epochs)
+    return schedules.rho_start_ramp(config.rho, steps_per_epoch=steps_per_epoch, ramp_epochs=config.rho_ramp_epochs)
   if config.rho_schedule == "start_jump":
-    return schedules.rho_start_jump(
-        config.rho, steps_per_epoch=steps_per_epoch, jump_epochs=config.rho_jump_epochs)
+    return schedules.rho_start_jump(config.rho, steps_per_epoch=steps_per_epoch, jump_epochs=config.rho_jump_epochs)
   raise ValueError(f"unknown rho_schedule {config.rho_schedule!r}")
 
 
@@ -85,8 +91,10 @@ def build_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
   families, inside the SAM family (around the base it wraps).
   """
   entry = registry.get(config.optimizer)
-  scheduled = {"learning_rate": learning_rate_schedule(config, steps_per_epoch),
-               "rho": rho_schedule(config, steps_per_epoch)}
+  scheduled = {
+    "learning_rate": learning_rate_schedule(config, steps_per_epoch),
+    "rho": rho_schedule(config, steps_per_epoch),
+  }
   return _build(entry, config, scheduled)
 
 

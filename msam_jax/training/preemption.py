@@ -12,6 +12,7 @@ SIGTERM in every process and agrees on the step (the largest step any process
 has reached, plus one): `multihost_utils.reached_preemption_sync_point`. A
 single process needs no agreement and uses its own signal handler.
 """
+
 import signal
 import threading
 
@@ -27,8 +28,10 @@ class Preempted(Exception):
   """The run was asked to stop and saved a checkpoint of `step`."""
 
   def __init__(self, step: int):
-    super().__init__(f"preempted (SIGTERM): saved the checkpoint of step {step}; "
-                     f"rerun the same command to resume (exit status {EXIT_CODE}).")
+    super().__init__(
+      f"preempted (SIGTERM): saved the checkpoint of step {step}; "
+      f"rerun the same command to resume (exit status {EXIT_CODE})."
+    )
     self.step = step
 
 

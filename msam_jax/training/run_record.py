@@ -12,6 +12,7 @@ Paths are `etils.epath` paths (what orbax and TFDS use), so `~` and `gs://` work
 every file is written to a temporary name and renamed, so a crash never leaves
 half a file. Nothing here imports TensorFlow or jax.
 """
+
 import json
 import os
 from typing import Any
@@ -59,8 +60,9 @@ def check_workdir(workdir: str | os.PathLike) -> epath.Path:
     raise WorkdirError(f"workdir {path} {where}; pass a directory (new or existing) as --workdir.")
   local = "://" not in os.fspath(path)
   if local and not os.access(os.fspath(existing), os.W_OK | os.X_OK):
-    raise WorkdirError(f"workdir {path} is not writable ({existing} is read-only for this user); "
-                       "pass another --workdir.")
+    raise WorkdirError(
+      f"workdir {path} is not writable ({existing} is read-only for this user); pass another --workdir."
+    )
   return path
 
 
@@ -99,8 +101,11 @@ def read_config(workdir: epath.Path) -> ml_collections.ConfigDict | None:
 def differing_fields(recorded: dict, current: dict) -> list[str]:
   """The flattened fields whose values differ, except those that may change on resume."""
   old, new = _flatten(recorded), _flatten(current)
-  return [k for k in sorted(set(old) | set(new))
-          if k not in RESUMABLE_FIELDS and old.get(k, "<absent>") != new.get(k, "<absent>")]
+  return [
+    k
+    for k in sorted(set(old) | set(new))
+    if k not in RESUMABLE_FIELDS and old.get(k, "<absent>") != new.get(k, "<absent>")
+  ]
 
 
 def check_run(workdir: epath.Path, config: ml_collections.ConfigDict, num_steps: int) -> dict | None:
@@ -116,12 +121,12 @@ def check_run(workdir: epath.Path, config: ml_collections.ConfigDict, num_steps:
     differing = differing_fields(recorded, current)
     if differing:
       old, new = _flatten(recorded), _flatten(current)
-      changes = ", ".join(f"{k} ({old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r})"
-                          for k in differing)
+      changes = ", ".join(f"{k} ({old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r})" for k in differing)
       raise RunMismatchError(
-          f"workdir {workdir} holds a run started with another config: {changes}; rerun with its "
-          f"values (recorded in {workdir / CONFIG_FILE}) or pass a new --workdir "
-          f"(only {', '.join(RESUMABLE_FIELDS)} may change on resume).")
+        f"workdir {workdir} holds a run started with another config: {changes}; rerun with its "
+        f"values (recorded in {workdir / CONFIG_FILE}) or pass a new --workdir "
+        f"(only {', '.join(RESUMABLE_FIELDS)} may change on resume)."
+      )
   results = read_json(workdir / RESULTS_FILE)
   if results is not None and results.get("steps") == num_steps:
     return results

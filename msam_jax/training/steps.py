@@ -21,6 +21,7 @@ metrics, batch statistics) and the optimizer's update runs under
 second-pass gradients are averaged over the devices, the step's only gradient
 collective. The step then reports no first-pass gradient norm.
 """
+
 import functools
 from typing import Any
 
@@ -40,8 +41,7 @@ from msam_jax.training.train_state import TrainState
 
 
 @functools.cache
-def metrics_collection(num_classes: int, train: bool,
-                       grad_norm: bool = True) -> type[metrics.Collection]:
+def metrics_collection(num_classes: int, train: bool, grad_norm: bool = True) -> type[metrics.Collection]:
   """The clu metrics a step returns; top-5 accuracy wherever there are > 5 classes.
 
   `grad_norm`: whether a training step reports its first-pass gradient norm
@@ -50,13 +50,13 @@ def metrics_collection(num_classes: int, train: bool,
   Cached: each call of `Collection.create` makes a new class, and a new pytree
   type in a jitted function's output would retrace it every step.
   """
-  fields = {"loss": metrics.Average.from_output("loss"),
-            "accuracy": metrics.Average.from_output("accuracy")}
+  fields = {"loss": metrics.Average.from_output("loss"), "accuracy": metrics.Average.from_output("accuracy")}
   if num_classes > 5:
     fields["accuracy_top5"] = metrics.Average.from_output("accuracy_top5")
   if train:
-    fields.update(learning_rate=metrics.LastValue.from_output("learning_rate"),
-                  rho=metrics.LastValue.from_output("rho"))
+    fields.update(
+      learning_rate=metrics.LastValue.from_output("learning_rate"), rho=metrics.LastValue.from_output("rho")
+    )
   if train and grad_norm:
     fields["grad_norm"] = metrics.Average.from_output("grad_norm")
   return metrics.Collection.create(**fields)
@@ -73,9 +73,17 @@ def _accuracies(logits, labels):
   return out
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *, model, tx,
-               label_smoothing: float, grad_accum_steps: int = 1,
-               group_mesh: jax.sharding.Mesh | None = None) -> tuple[TrainState, metrics.Collection]:
+def train_step(
+  state: TrainState,
+  batch: dict[str, jax.Array],
+  rng: jax.Array,
+  *,
+  model,
+  tx,
+  label_smoothing: float,
+  grad_accum_steps: int = 1,
+  group_mesh: jax.sharding.Mesh | None = None,
+) -> tuple[TrainState, metrics.Collection]:
   """One optimizer step on one global batch; returns the new state and its metrics.
 
   `group_mesh`: the mesh, for per-device m-sharpness (module docstring); None otherwise.
@@ -84,8 +92,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
 
   def forward(params, images, labels, dropout_rng=dropout_rng):
     logits, new_vars = model.apply(
-        _variables(params, state.batch_stats), images, train=True,
-        mutable=["batch_stats"], rngs={"dropout": dropout_rng})
+      _variables(params, state.batch_stats), images, train=True, mutable=["batch_stats"], rngs={"dropout": dropout_rng}
+    )
     return smoothed_kl_loss(logits, labels, label_smoothing), (logits, new_vars)
 
   scale = loss_scale.current_scale(state.opt_state)  # float16: see loss_scale.py; else None
@@ -107,7 +115,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
     if scale is not None:
       raise ValueError("float16 loss scaling is not combined with gradient accumulation")
     losses, logits, new_vars, grads, accumulated["grad_fn"] = _accumulated_first_pass(
-        forward, state.params, batch, grad_accum_steps, dropout_rng)
+      forward, state.params, batch, grad_accum_steps, dropout_rng
+    )
   if scale is not None:
     grads = loss_scale.unscale(grads, scale)
 
@@ -116,18 +125,26 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
       if indices is None:
         return forward(params, images, labels)[0]  # batch statistics discarded
       return forward(params, images[indices], labels[indices])[0]
+
     return loss_fn
 
   if group_mesh is None:
-    updates, opt_state = tx.update(grads, state.opt_state, state.params,
-                                   loss_fn=loss_fn_of(batch["image"], batch["label"]),
-                                   losses=losses, **accumulated)
+    updates, opt_state = tx.update(
+      grads,
+      state.opt_state,
+      state.params,
+      loss_fn=loss_fn_of(batch["image"], batch["label"]),
+      losses=losses,
+      **accumulated,
+    )
   else:
+
     def device_update(opt_state, params, images, labels):
       return tx.update(None, opt_state, params, loss_fn=loss_fn_of(images, labels))
+
     updates, opt_state = jax.shard_map(
-        device_update, mesh=group_mesh, in_specs=(P(), P(), P(DATA_AXIS), P(DATA_AXIS)),
-        out_specs=(P(), P()))(state.opt_state, state.params, batch["image"], batch["label"])
+      device_update, mesh=group_mesh, in_specs=(P(), P(), P(DATA_AXIS), P(DATA_AXIS)), out_specs=(P(), P())
+    )(state.opt_state, state.params, batch["image"], batch["label"])
 
   hyper = current_hyperparams(opt_state)
   norm = {}
@@ -135,16 +152,19 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
     norm["grad_norm"] = optax.tree.norm(grads)
     if scale is not None:  # an overflow is a skipped step, not a failed run: counted as norm 0
       norm["grad_norm"] = jnp.where(jnp.isfinite(norm["grad_norm"]), norm["grad_norm"], 0.0)
-  step_metrics = metrics_collection(
-      logits.shape[-1], train=True, grad_norm=grads is not None).single_from_model_output(
-      loss=losses, **norm,
-      learning_rate=hyper.get("learning_rate", jnp.nan), rho=hyper.get("rho", jnp.nan),
-      **_accuracies(logits, batch["label"]))
+  step_metrics = metrics_collection(logits.shape[-1], train=True, grad_norm=grads is not None).single_from_model_output(
+    loss=losses,
+    **norm,
+    learning_rate=hyper.get("learning_rate", jnp.nan),
+    rho=hyper.get("rho", jnp.nan),
+    **_accuracies(logits, batch["label"]),
+  )
   new_state = state.replace(
-      step=state.step + 1,
-      params=optax.apply_updates(state.params, updates),
-      batch_stats=new_vars.get("batch_stats", state.batch_stats),
-      opt_state=opt_state)
+    step=state.step + 1,
+    params=optax.apply_updates(state.params, updates),
+    batch_stats=new_vars.get("batch_stats", state.batch_stats),
+    opt_state=opt_state,
+  )
   return new_state, step_metrics
 
 
@@ -159,8 +179,7 @@ def _accumulated_first_pass(forward, params, batch, k: int, dropout_rng):
   micro_batches = accumulation.split(batch, k)
 
   def micro_loss(p, micro_batch, index):
-    losses, aux = forward(p, micro_batch["image"], micro_batch["label"],
-                          jax.random.fold_in(dropout_rng, index))
+    losses, aux = forward(p, micro_batch["image"], micro_batch["label"], jax.random.fold_in(dropout_rng, index))
     return losses.mean(), (losses, aux)
 
   (losses, (logits, new_vars)), grads = accumulation.value_and_grad(micro_loss, params, micro_batches)
@@ -173,8 +192,9 @@ def _accumulated_first_pass(forward, params, batch, k: int, dropout_rng):
   return losses, logits, new_vars, grads, grad_fn
 
 
-def eval_step(state: TrainState, batch_stats: Any, batch: dict[str, jax.Array], *, model,
-              label_smoothing: float) -> metrics.Collection:
+def eval_step(
+  state: TrainState, batch_stats: Any, batch: dict[str, jax.Array], *, model, label_smoothing: float
+) -> metrics.Collection:
   """Metrics of one (padded, masked) test batch at the unperturbed parameters.
 
   `batch_stats` is explicit so that evaluating with recomputed statistics reuses
@@ -183,8 +203,10 @@ def eval_step(state: TrainState, batch_stats: Any, batch: dict[str, jax.Array], 
   params = msam_jax.eval_params(state.params, state.opt_state)
   logits = model.apply(_variables(params, batch_stats), batch["image"], train=False)
   return metrics_collection(logits.shape[-1], train=False).single_from_model_output(
-      loss=smoothed_kl_loss(logits, batch["label"], label_smoothing), mask=batch["mask"],
-      **_accuracies(logits, batch["label"]))
+    loss=smoothed_kl_loss(logits, batch["label"], label_smoothing),
+    mask=batch["mask"],
+    **_accuracies(logits, batch["label"]),
+  )
 
 
 def batch_norm_step(state: TrainState, batch_stats: Any, batch: dict[str, jax.Array], *, model) -> Any:
@@ -193,13 +215,19 @@ def batch_norm_step(state: TrainState, batch_stats: Any, batch: dict[str, jax.Ar
   Training mode without dropout randomness mattering: only `batch_stats` is kept.
   """
   params = msam_jax.eval_params(state.params, state.opt_state)
-  _, new_vars = model.apply(_variables(params, batch_stats), batch["image"], train=True,
-                            mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
+  _, new_vars = model.apply(
+    _variables(params, batch_stats),
+    batch["image"],
+    train=True,
+    mutable=["batch_stats"],
+    rngs={"dropout": jax.random.key(0)},
+  )
   return new_vars["batch_stats"]
 
 
-def sharpness_step(state: TrainState, *, model, batch, label_smoothing: float, rho: float,
-                   num_iters: int) -> dict[str, jax.Array]:
+def sharpness_step(
+  state: TrainState, *, model, batch, label_smoothing: float, rho: float, num_iters: int
+) -> dict[str, jax.Array]:
   """SAM sharpness and top Hessian eigenvalue of the training loss on a fixed batch.
 
   At the unperturbed parameters, with batch statistics of the batch itself
@@ -209,8 +237,13 @@ def sharpness_step(state: TrainState, *, model, batch, label_smoothing: float, r
   params = msam_jax.eval_params(state.params, state.opt_state)
 
   def loss_fn(p):
-    logits, _ = model.apply(_variables(p, state.batch_stats), batch["image"], train=True,
-                            mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
+    logits, _ = model.apply(
+      _variables(p, state.batch_stats),
+      batch["image"],
+      train=True,
+      mutable=["batch_stats"],
+      rngs={"dropout": jax.random.key(0)},
+    )
     return smoothed_kl_loss(logits, batch["label"], label_smoothing).mean()
 
   return analysis.sharpness_metrics(loss_fn, params, jax.random.key(1), rho=rho, num_iters=num_iters)

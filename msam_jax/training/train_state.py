@@ -1,4 +1,5 @@
 """Everything a training run carries from step to step, as one pytree."""
+
 from typing import Any
 
 import flax.struct
@@ -16,6 +17,7 @@ class TrainState:
   unperturbed one. The data iterator's position is `step` itself (the input
   pipelines are step-indexed), so no iterator state is stored beside it.
   """
+
   step: jax.Array
   params: Any
   batch_stats: Any
@@ -28,8 +30,8 @@ def create_train_state(model, tx, rng: jax.Array, image_shape, dtype=jnp.float32
   variables = model.init({"params": rng, "dropout": rng}, dummy, train=False)
   params = variables["params"]
   return TrainState(
-      step=jnp.zeros((), jnp.int32),
-      params=params,
-      batch_stats=variables.get("batch_stats", {}),
-      opt_state=tx.init(params),
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    batch_stats=variables.get("batch_stats", {}),
+    opt_state=tx.init(params),
   )

@@ -1,4 +1,5 @@
 """Sharpness probes against closed-form answers and a dense Hessian."""
+
 import functools
 
 import jax
@@ -48,8 +49,7 @@ def test_sam_sharpness_quadratic_closed_form(x64, rho):
   loss_fn, params, a, b = _two_leaf_quadratic(EIGENVALUES)
   flat = np.asarray(ravel_pytree(params)[0])
   got = analysis.sam_sharpness(loss_fn, params, rho)
-  np.testing.assert_allclose(got, _closed_form_sharpness(a, b, flat, rho),
-                             rtol=1e-10)
+  np.testing.assert_allclose(got, _closed_form_sharpness(a, b, flat, rho), rtol=1e-10)
 
 
 def test_sam_sharpness_zero_gradient_is_zero_not_nan():
@@ -59,15 +59,17 @@ def test_sam_sharpness_zero_gradient_is_zero_not_nan():
   assert analysis.sam_sharpness(quadratic, params, 0.1) == 0.0
 
 
-@pytest.mark.parametrize("eigenvalues, expected", [
+@pytest.mark.parametrize(
+  "eigenvalues, expected",
+  [
     (EIGENVALUES, 5.0),
     # Largest magnitude wins, sign included.
     ([-6.0, 3.0, 2.0, 1.0, 0.5, 0.2, 0.1, 0.0], -6.0),
-])
+  ],
+)
 def test_hessian_max_eigenvalue_quadratic(x64, eigenvalues, expected):
   loss_fn, params, _, _ = _two_leaf_quadratic(eigenvalues, seed=3)
-  got = analysis.hessian_max_eigenvalue(loss_fn, params, jax.random.key(0),
-                                        num_iters=60)
+  got = analysis.hessian_max_eigenvalue(loss_fn, params, jax.random.key(0), num_iters=60)
   np.testing.assert_allclose(got, expected, rtol=1e-10)
 
 
@@ -76,9 +78,8 @@ def test_more_iterations_are_more_accurate(x64):
   eigenvalues = [2.0, 1.8, 1.0, 0.5, 0.3, 0.2, 0.1, 0.05]
   loss_fn, params, _, _ = _two_leaf_quadratic(eigenvalues, seed=4)
   errors = [
-      abs(float(analysis.hessian_max_eigenvalue(
-          loss_fn, params, jax.random.key(1), num_iters=n)) - 2.0)
-      for n in (2, 10, 100)
+    abs(float(analysis.hessian_max_eigenvalue(loss_fn, params, jax.random.key(1), num_iters=n)) - 2.0)
+    for n in (2, 10, 100)
   ]
   assert errors[0] > errors[1] > errors[2]
   assert errors[2] < 1e-6
@@ -89,8 +90,7 @@ def test_more_iterations_are_more_accurate(x64):
 def test_zero_hessian_gives_zero_not_nan():
   linear = lambda p: jnp.sum(p["w"]) + 2.0 * jnp.sum(p["v"])
   params = {"w": jnp.ones((2, 3)), "v": jnp.ones((2,))}
-  got = analysis.hessian_max_eigenvalue(linear, params, jax.random.key(0),
-                                        num_iters=3)
+  got = analysis.hessian_max_eigenvalue(linear, params, jax.random.key(0), num_iters=3)
   assert got == 0.0
 
 
@@ -98,8 +98,8 @@ def _mlp_problem(seed=0):
   """A 4-6-3 tanh MLP with softmax cross-entropy on a fixed batch."""
   rng = np.random.default_rng(seed)
   params = {
-      "dense0": {"kernel": rng.normal(size=(4, 6)) / 2, "bias": rng.normal(size=6) / 4},
-      "dense1": {"kernel": rng.normal(size=(6, 3)) / 2, "bias": rng.normal(size=3) / 4},
+    "dense0": {"kernel": rng.normal(size=(4, 6)) / 2, "bias": rng.normal(size=6) / 4},
+    "dense1": {"kernel": rng.normal(size=(6, 3)) / 2, "bias": rng.normal(size=3) / 4},
   }
   params = jax.tree.map(jnp.asarray, params)
   inputs = jnp.asarray(rng.normal(size=(16, 4)))
@@ -128,8 +128,7 @@ def test_mlp_eigenvalue_matches_dense_hessian(x64):
   expected = by_magnitude[0]
   # A clear spectral gap, so 200 iterations converge to float64 precision.
   assert abs(by_magnitude[1] / expected) < 0.6
-  probe = jax.jit(functools.partial(analysis.hessian_max_eigenvalue, loss_fn),
-                  static_argnames="num_iters")
+  probe = jax.jit(functools.partial(analysis.hessian_max_eigenvalue, loss_fn), static_argnames="num_iters")
   got = probe(params, jax.random.key(0), num_iters=200)
   np.testing.assert_allclose(got, expected, rtol=1e-8)
 
@@ -143,8 +142,7 @@ def test_mlp_sharpness_matches_dense_second_order_expansion(x64):
   rho = 1e-3
   probe = jax.jit(analysis.sam_sharpness, static_argnums=0)
   second_order = probe(loss_fn, params, rho) - rho * np.linalg.norm(g)
-  np.testing.assert_allclose(second_order, 0.5 * rho**2 * u @ hessian @ u,
-                             rtol=1e-2)
+  np.testing.assert_allclose(second_order, 0.5 * rho**2 * u @ hessian @ u, rtol=1e-2)
 
 
 def test_jit_matches_eager_with_traced_rho_and_both_key_kinds():
@@ -164,15 +162,12 @@ def test_bfloat16_params_give_float32_estimates():
   eigenvalues = [4.0, 1.0, 0.5, 0.2, 0.1, 0.0, -0.2, -0.5]
   loss_fn, params, a, b = _two_leaf_quadratic(eigenvalues, seed=5)
   params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)
-  eigenvalue = analysis.hessian_max_eigenvalue(loss_fn, params,
-                                               jax.random.key(0), num_iters=30)
+  eigenvalue = analysis.hessian_max_eigenvalue(loss_fn, params, jax.random.key(0), num_iters=30)
   assert eigenvalue.dtype == jnp.float32
   np.testing.assert_allclose(eigenvalue, 4.0, rtol=3e-2)
   sharpness = analysis.sam_sharpness(loss_fn, params, 0.5)
   flat = np.asarray(ravel_pytree(params)[0], np.float64)
-  np.testing.assert_allclose(sharpness,
-                             _closed_form_sharpness(a, b, flat, 0.5),
-                             rtol=5e-2)
+  np.testing.assert_allclose(sharpness, _closed_form_sharpness(a, b, flat, 0.5), rtol=5e-2)
 
 
 @pytest.mark.parametrize("rho", [-0.1, float("nan")])
@@ -186,5 +181,4 @@ def test_bad_rho_raises(rho):
 def test_bad_num_iters_raises(num_iters):
   loss_fn, params, _, _ = _two_leaf_quadratic(EIGENVALUES)
   with pytest.raises(ValueError, match="num_iters"):
-    analysis.hessian_max_eigenvalue(loss_fn, params, jax.random.key(0),
-                                    num_iters=num_iters)
+    analysis.hessian_max_eigenvalue(loss_fn, params, jax.random.key(0), num_iters=num_iters)

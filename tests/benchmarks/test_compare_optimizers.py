@@ -1,4 +1,5 @@
 """benchmarks/compare_optimizers.py: input checks, the summary arithmetic, and one tiny end-to-end run."""
+
 import importlib.util
 import json
 import os
@@ -21,16 +22,34 @@ def compare():
 
 def _record(optimizer, seed, step_time, accuracy=0.9, sharpness=0.01, epochs=3):
   """A run record shaped like `train_one`'s, with made-up numbers."""
-  history = [{"epoch": e, "step": 10 * e, "seconds": 1.0 + e * 10 * step_time,
-              "training_seconds": 1.0 + e * 10 * step_time, "accuracy": accuracy - 0.1 / e, "loss": 0.5 / e}
-             for e in range(1, epochs + 1)]
-  return {"optimizer": optimizer, "seed": seed, "rho": 0.3 if optimizer != "sgd" else None,
-          "learning_rate": 0.1, "weight_decay": 5e-4,
-          "final_eval_accuracy": accuracy, "final_eval_loss": 0.1, "final_train_loss": 0.2,
-          "final_sam_sharpness": sharpness, "final_hessian_max_eigenvalue": 10 * sharpness,
-          "training_seconds": history[-1]["training_seconds"], "train_seconds": 20.0,
-          "seconds_per_step": step_time, "seconds_per_step_excluding_compilation": step_time,
-          "eval_history": history}
+  history = [
+    {
+      "epoch": e,
+      "step": 10 * e,
+      "seconds": 1.0 + e * 10 * step_time,
+      "training_seconds": 1.0 + e * 10 * step_time,
+      "accuracy": accuracy - 0.1 / e,
+      "loss": 0.5 / e,
+    }
+    for e in range(1, epochs + 1)
+  ]
+  return {
+    "optimizer": optimizer,
+    "seed": seed,
+    "rho": 0.3 if optimizer != "sgd" else None,
+    "learning_rate": 0.1,
+    "weight_decay": 5e-4,
+    "final_eval_accuracy": accuracy,
+    "final_eval_loss": 0.1,
+    "final_train_loss": 0.2,
+    "final_sam_sharpness": sharpness,
+    "final_hessian_max_eigenvalue": 10 * sharpness,
+    "training_seconds": history[-1]["training_seconds"],
+    "train_seconds": 20.0,
+    "seconds_per_step": step_time,
+    "seconds_per_step_excluding_compilation": step_time,
+    "eval_history": history,
+  }
 
 
 def test_parse_overrides(compare):
@@ -64,20 +83,28 @@ def test_bad_command_line_exits_with_the_reason(compare, capsys):
 
 
 def test_steady_step_time_leaves_out_first_and_last_epoch(compare):
-  history = [{"step": 10, "seconds": 50.0},   # compilation
-             {"step": 20, "seconds": 51.0},   # 0.1 s/step
-             {"step": 30, "seconds": 53.0},   # 0.2 s/step
-             {"step": 40, "seconds": 54.0},   # 0.1 s/step
-             {"step": 50, "seconds": 90.0}]   # final probes
+  history = [
+    {"step": 10, "seconds": 50.0},  # compilation
+    {"step": 20, "seconds": 51.0},  # 0.1 s/step
+    {"step": 30, "seconds": 53.0},  # 0.2 s/step
+    {"step": 40, "seconds": 54.0},  # 0.1 s/step
+    {"step": 50, "seconds": 90.0},
+  ]  # final probes
   assert compare.steady_seconds_per_step(history) == pytest.approx(0.1)
   assert compare.steady_seconds_per_step(history[:2]) is None
   assert compare.training_seconds(history, 0.1) == pytest.approx([50, 51, 53, 54, 55])
 
 
 def test_time_ratio_is_taken_within_a_seed(compare):
-  runs = [_record("sgd", 0, 0.010), _record("msam", 0, 0.011), _record("sam", 0, 0.020),
-          _record("sgd", 1, 0.020), _record("msam", 1, 0.021), _record("sam", 1, 0.040),
-          _record("adamw_msam", 0, 0.010)]
+  runs = [
+    _record("sgd", 0, 0.010),
+    _record("msam", 0, 0.011),
+    _record("sam", 0, 0.020),
+    _record("sgd", 1, 0.020),
+    _record("msam", 1, 0.021),
+    _record("sam", 1, 0.040),
+    _record("adamw_msam", 0, 0.010),
+  ]
   compare.add_time_ratios(runs)
   ratios = {(r["optimizer"], r["seed"]): r["time_per_step_vs_base"] for r in runs}
   assert ratios[("sgd", 0)] == pytest.approx(1.0)
@@ -96,12 +123,21 @@ def test_time_ratio_is_taken_within_a_seed(compare):
 
 
 def test_report_from_records(compare, tmp_path):
-  runs = [_record(name, seed, 0.01 * (1 + i), accuracy=0.9 + 0.01 * seed, sharpness=0.01 * (i + 1))
-          for seed in (0, 1) for i, name in enumerate(("sgd", "msam", "adamw"))]
-  payload = {"runs": runs, "optimizers": ["sgd", "msam", "adamw"], "seeds": [0, 1],
-             "config_name": "digits.py", "epochs": 3, "sharpness_rho": 0.05,
-             "environment": {"device": "cpu", "platform": "cpu", "cpu_count": 2, "jax": "0"},
-             "load_average_start": (1.0, 1.0, 1.0)}
+  runs = [
+    _record(name, seed, 0.01 * (1 + i), accuracy=0.9 + 0.01 * seed, sharpness=0.01 * (i + 1))
+    for seed in (0, 1)
+    for i, name in enumerate(("sgd", "msam", "adamw"))
+  ]
+  payload = {
+    "runs": runs,
+    "optimizers": ["sgd", "msam", "adamw"],
+    "seeds": [0, 1],
+    "config_name": "digits.py",
+    "epochs": 3,
+    "sharpness_rho": 0.05,
+    "environment": {"device": "cpu", "platform": "cpu", "cpu_count": 2, "jax": "0"},
+    "load_average_start": (1.0, 1.0, 1.0),
+  }
   compare.write_report(str(tmp_path), payload, dpi=40)
   _check_outputs(tmp_path, ["sgd", "msam", "adamw"], num_runs=6)
   notes = (tmp_path / "table.md").read_text()
@@ -123,8 +159,16 @@ def _check_outputs(out, optimizers, num_runs, probes=True):
   assert set(results["summary"]) == set(optimizers)
   probe_keys = ("final_sam_sharpness", "final_hessian_max_eigenvalue")
   for run in results["runs"]:
-    for key in ("optimizer", "seed", "final_eval_accuracy", "final_train_loss", "training_seconds",
-                "seconds_per_step", "time_per_step_vs_base", "eval_history") + probe_keys * probes:
+    for key in (
+      "optimizer",
+      "seed",
+      "final_eval_accuracy",
+      "final_train_loss",
+      "training_seconds",
+      "seconds_per_step",
+      "time_per_step_vs_base",
+      "eval_history",
+    ) + probe_keys * probes:
       assert run[key] is not None, key
     if not probes:
       assert not set(probe_keys) & set(run)
@@ -139,8 +183,9 @@ def test_reads_the_names_the_sharpness_probes_write(compare):
   import jax.numpy as jnp
   from msam_jax import analysis
 
-  metrics = analysis.sharpness_metrics(lambda p: 0.5 * jnp.sum(p * p), jnp.ones(3), jax.random.key(0),
-                                       rho=0.1, num_iters=2)
+  metrics = analysis.sharpness_metrics(
+    lambda p: 0.5 * jnp.sum(p * p), jnp.ones(3), jax.random.key(0), rho=0.1, num_iters=2
+  )
   assert {f"final_{k}" for k in metrics} <= set(compare.RUN_FIELDS)
 
 
@@ -148,8 +193,9 @@ def test_reads_the_names_the_sharpness_probes_write(compare):
 def test_end_to_end_two_optimizers(compare, tmp_path, capsys):
   """Real training, a few steps; the probes are left out (their compilation takes longer than
   both runs), the probe names are checked above and the probes themselves in tests/analysis."""
-  results = compare.main(["--optimizers", "sgd,msam", "--seeds", "0", "--steps", "3", "--no_sharpness",
-                          "--out", str(tmp_path)])
+  results = compare.main(
+    ["--optimizers", "sgd,msam", "--seeds", "0", "--steps", "3", "--no_sharpness", "--out", str(tmp_path)]
+  )
   results = _check_outputs(tmp_path, ["sgd", "msam"], num_runs=2, probes=False)
   by_name = {r["optimizer"]: r for r in results["runs"]}
   assert by_name["msam"]["rho"] == 0.3 and by_name["sgd"]["rho"] is None

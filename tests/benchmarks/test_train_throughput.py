@@ -1,4 +1,5 @@
 """benchmarks/train_throughput.py: the peak table, the summary arithmetic, and one --quick run."""
+
 import importlib.util
 import math
 import os
@@ -27,6 +28,7 @@ def test_peak_table_matches_device_kinds(bench):
 
 def test_every_registered_optimizer_has_a_base(bench):
   from msam_jax.training.config import OPTIMIZERS
+
   assert {bench.base_of(name) for name in OPTIMIZERS} <= set(OPTIMIZERS)
 
 
@@ -35,9 +37,13 @@ def test_summary_ratios_are_per_round_medians(bench):
     r = bench.Run(label, optimizer, dtype, None, None, None, None, flops)
     r.times = times
     return r
-  runs = [run("sgd", "sgd", "float32", [1.0, 2.0, 1.0]), run("msam", "msam", "float32", [1.1, 2.2, 1.1]),
-          run("sgd", "sgd", "bfloat16", [0.5, 1.0, 0.5]),
-          run("sgd, again", "sgd", "bfloat16", [0.5, 1.0, 0.6])]
+
+  runs = [
+    run("sgd", "sgd", "float32", [1.0, 2.0, 1.0]),
+    run("msam", "msam", "float32", [1.1, 2.2, 1.1]),
+    run("sgd", "sgd", "bfloat16", [0.5, 1.0, 0.5]),
+    run("sgd, again", "sgd", "bfloat16", [0.5, 1.0, 0.6]),
+  ]
   rows = {(r["optimizer"], r["dtype"]): r for r in bench.summarize(runs, 10, "NVIDIA H100 80GB HBM3")}
   assert rows["msam", "float32"]["ratio_to_base"] == pytest.approx(1.1)
   assert rows["msam", "float32"]["images_per_s"] == pytest.approx(10 / 1.1)
@@ -57,8 +63,9 @@ def test_bad_flags_exit_with_the_reason(bench, capsys):
 @pytest.mark.slow
 def test_quick_run_on_cpu(bench, capsys):
   """Four compiled steps of a tiny WRN: SAM's second pass shows in the flops, A/A present."""
-  results = bench.main(["--quick", "--setups", "cifar100_wrn16_4", "--optimizers", "sgd,sam",
-                        "--rounds", "2", "--steps", "1"])
+  results = bench.main(
+    ["--quick", "--setups", "cifar100_wrn16_4", "--optimizers", "sgd,sam", "--rounds", "2", "--steps", "1"]
+  )
   rows = {(r["optimizer"], r["dtype"]): r for r in results["cifar100_wrn16_4"]}
   assert set(rows) == {(o, d) for o in ("sgd", "sam", "sgd, again") for d in ("float32", "bfloat16")}
   for row in rows.values():

@@ -4,6 +4,7 @@
 examples), so the sharding, resume and padding tests of the ImageNet stream
 read a small dataset written exactly as `tfds build` lays it out.
 """
+
 import dataclasses
 
 import numpy as np
@@ -42,11 +43,10 @@ def fake_imagenet(tmp_path_factory) -> FakeImagenet:
         for _ in range(size):
           shape = (int(rng.integers(40, 90)), int(rng.integers(40, 90)), 3)
           image = rng.integers(0, 256, shape, dtype=np.uint8)
-          writer.write(features.serialize_example(
-              {"image": image, "label": label, "file_name": f"{split}_{label}.JPEG"}))
+          writer.write(
+            features.serialize_example({"image": image, "label": label, "file_name": f"{split}_{label}.JPEG"})
+          )
           label += 1
-  tfds.folder_dataset.write_metadata(data_dir=str(version_dir), features=features,
-                                     split_infos=None, check_data=False)
-  labels = {split: np.arange(_FIRST_LABEL[split], _FIRST_LABEL[split] + sum(sizes))
-            for split, sizes in _SHARDS.items()}
+  tfds.folder_dataset.write_metadata(data_dir=str(version_dir), features=features, split_infos=None, check_data=False)
+  labels = {split: np.arange(_FIRST_LABEL[split], _FIRST_LABEL[split] + sum(sizes)) for split, sizes in _SHARDS.items()}
   return FakeImagenet(str(root), labels["train"], labels["validation"])

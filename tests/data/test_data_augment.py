@@ -1,4 +1,5 @@
 """Each augmentation against a numpy transcription of the original's (torchvision's) definition."""
+
 import math
 
 import numpy as np
@@ -54,26 +55,36 @@ def _original_cifar_augment(image, flip, apply, centre, offset, fill):
     top, left = centre[0] - 8, centre[1] - 8
     bottom, right = min(32, top + 16), min(32, left + 16)
     for c in range(3):
-      img[max(0, top):bottom, max(0, left):right, c].fill(fill[c] * 255)
+      img[max(0, top) : bottom, max(0, left) : right, c].fill(fill[c] * 255)
   padded = np.pad(img, [(4, 4), (4, 4), (0, 0)])
-  return padded[offset[0]:offset[0] + 32, offset[1]:offset[1] + 32]
+  return padded[offset[0] : offset[0] + 32, offset[1] : offset[1] + 32]
 
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
 def test_cifar_augmentation_equals_the_original_pixel_for_pixel(cifar_draws, name):
   images = np.random.default_rng(0).integers(0, 256, [NUM_DRAWS, 32, 32, 3], dtype=np.uint8)
   got = augment.flip_cutout_pad_crop(
-      tf.constant(images), {k: tf.constant(v) for k, v in cifar_draws.items()},
-      cutout_size=16, fill=cifar.CUTOUT_FILL[name], padding=4).numpy()
+    tf.constant(images),
+    {k: tf.constant(v) for k, v in cifar_draws.items()},
+    cutout_size=16,
+    fill=cifar.CUTOUT_FILL[name],
+    padding=4,
+  ).numpy()
   assert got.dtype == np.uint8
   for i in range(NUM_DRAWS):
-    want = _original_cifar_augment(images[i], cifar_draws["flip"][i], cifar_draws["cutout_apply"][i],
-                                   cifar_draws["cutout_centre"][i], cifar_draws["crop_offset"][i],
-                                   cifar.MEAN[name])
+    want = _original_cifar_augment(
+      images[i],
+      cifar_draws["flip"][i],
+      cifar_draws["cutout_apply"][i],
+      cifar_draws["cutout_centre"][i],
+      cifar_draws["crop_offset"][i],
+      cifar.MEAN[name],
+    )
     np.testing.assert_array_equal(got[i], want)
   # The draws cover flipped, cut, overhanging and shifted cases.
-  clipped = cifar_draws["cutout_apply"] & np.any((cifar_draws["cutout_centre"] < 8)
-                                                 | (cifar_draws["cutout_centre"] > 24), axis=1)
+  clipped = cifar_draws["cutout_apply"] & np.any(
+    (cifar_draws["cutout_centre"] < 8) | (cifar_draws["cutout_centre"] > 24), axis=1
+  )
   assert clipped.any() and cifar_draws["flip"].any()
 
 
@@ -89,15 +100,16 @@ def test_cifar_train_preprocess_normalises_after_augmenting():
   name = "cifar100"
   mean, std = np.array(cifar.MEAN[name]), np.array(cifar.STD[name])
   image = np.random.default_rng(0).integers(0, 256, [1, 32, 32, 3], dtype=np.uint8)
-  augmentation = {"flip": [True], "cutout_apply": [True], "cutout_centre": [[2, 30]],
-                  "crop_offset": [[0, 8]]}
-  out = cifar.train_preprocess(tf.constant(image), {k: tf.constant(v) for k, v in
-                                                    augmentation.items()}, name=name).numpy()[0]
+  augmentation = {"flip": [True], "cutout_apply": [True], "cutout_centre": [[2, 30]], "crop_offset": [[0, 8]]}
+  out = cifar.train_preprocess(
+    tf.constant(image), {k: tf.constant(v) for k, v in augmentation.items()}, name=name
+  ).numpy()[0]
   want = _original_cifar_augment(image[0], True, True, (2, 30), (0, 8), mean)
   np.testing.assert_allclose(out, (want / 255 - mean) / std, rtol=1e-6, atol=1e-6)
   # The Cutout square (rows 0..9 of the flipped image, columns 22..31, moved down 4, left 4).
-  np.testing.assert_allclose(out[4:14, 18:28], np.broadcast_to(
-      (np.array([129, 124, 112]) / 255 - mean) / std, (10, 10, 3)), atol=1e-6)
+  np.testing.assert_allclose(
+    out[4:14, 18:28], np.broadcast_to((np.array([129, 124, 112]) / 255 - mean) / std, (10, 10, 3)), atol=1e-6
+  )
   assert np.all(out[:4] == out[0, 0]) and np.allclose(out[0, 0], -mean / std)  # zero padding
 
 
@@ -171,8 +183,7 @@ def test_random_resized_crop_window_is_torchvision_given_the_same_uniforms():
   cases = [(shape, rng.uniform(size=(4, 10))) for shape in shapes for _ in range(400)]
   shape_arr = np.array([[h, w, 3] for (h, w), _ in cases], np.int32)
   uniforms = np.stack([u for _, u in cases])
-  got = _map_batched(lambda s, u: augment.resized_crop_window_from_uniforms(s, *tf.unstack(u)),
-                     (shape_arr, uniforms))
+  got = _map_batched(lambda s, u: augment.resized_crop_window_from_uniforms(s, *tf.unstack(u)), (shape_arr, uniforms))
   fallbacks = 0
   for ((h, w), u), window in zip(cases, got):
     want = _torchvision_get_params(h, w, (g := _GivenUniforms(u)).uniform, g.randint)
@@ -181,15 +192,17 @@ def test_random_resized_crop_window_is_torchvision_given_the_same_uniforms():
   assert fallbacks > 400  # the thin shapes exercise the centre-crop fallback
 
 
-@pytest.mark.parametrize("shape, window", [
+@pytest.mark.parametrize(
+  "shape, window",
+  [
     ((1, 1000), (0, 499, 1, 1)),  # too wide: h = 1, w = round(1 * 4/3) = 1
     ((1000, 1), (499, 0, 1, 1)),  # too tall: w = 1, h = round(1 / (3/4)) = 1
     ((2, 1000), (0, 498, 2, 3)),  # w = round(2 * 4/3) = 3
-])
+  ],
+)
 def test_random_resized_crop_fallback_centre_crop(shape, window):
   # No attempt can fit (h >= round(sqrt(0.08 * area * 3/4)) > H): always the fallback.
-  windows = _map_batched(
-      lambda seed: augment.random_resized_crop_window(tf.constant([*shape, 3]), seed), _seeds(50))
+  windows = _map_batched(lambda seed: augment.random_resized_crop_window(tf.constant([*shape, 3]), seed), _seeds(50))
   assert {tuple(w) for w in windows} == {window}
 
 
@@ -213,11 +226,11 @@ def _assert_same_distribution(got, want, what):
     # The share of `got` below want's q-quantile is q up to binomial error of both samples.
     share = np.mean(got <= np.quantile(want, q, method="inverted_cdf"))
     tol = _SIGMAS * math.sqrt(q * (1 - q) * (1 / n + 1 / m))
-    assert abs(share - np.mean(want <= np.quantile(want, q, method="inverted_cdf"))) <= tol, (
-        what, q, share)
+    assert abs(share - np.mean(want <= np.quantile(want, q, method="inverted_cdf"))) <= tol, (what, q, share)
   grid = np.union1d(got, want)
-  ks = np.abs(np.searchsorted(np.sort(got), grid, "right") / n
-              - np.searchsorted(np.sort(want), grid, "right") / m).max()
+  ks = np.abs(
+    np.searchsorted(np.sort(got), grid, "right") / n - np.searchsorted(np.sort(want), grid, "right") / m
+  ).max()
   assert ks <= _KS_C * math.sqrt((n + m) / (n * m)), (what, ks)
 
 
@@ -228,16 +241,17 @@ def _crop_statistics(windows, height, width):
 
 def _torchvision_windows(height, width, num, seed):
   rng = np.random.default_rng(seed)
-  return [_torchvision_get_params(height, width, lambda lo, hi: rng.uniform(lo, hi),
-                                  lambda lo, hi: int(rng.integers(lo, hi))) for _ in range(num)]
+  return [
+    _torchvision_get_params(height, width, lambda lo, hi: rng.uniform(lo, hi), lambda lo, hi: int(rng.integers(lo, hi)))
+    for _ in range(num)
+  ]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("shape", [(375, 500), (500, 500), (333, 500), (500, 375), (60, 600)])
 def test_random_resized_crop_distribution_matches_torchvision(shape):
   image_shape = tf.constant([*shape, 3], tf.int32)
-  got = _map_batched(lambda seed: augment.random_resized_crop_window(image_shape, seed),
-                     _seeds(NUM_CROPS))
+  got = _map_batched(lambda seed: augment.random_resized_crop_window(image_shape, seed), _seeds(NUM_CROPS))
   want = _torchvision_windows(*shape, NUM_CROPS, seed=1)
   got_stats, want_stats = _crop_statistics(got, *shape), _crop_statistics(want, *shape)
   for what in got_stats:
@@ -252,9 +266,15 @@ def test_the_distribution_check_rejects_tensorflows_inception_crop():
 
   def tf_window(seed):
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        tf.constant([*shape, 3]), bounding_boxes=whole, seed=seed, min_object_covered=0.0,
-        aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0), max_attempts=10,
-        use_image_if_no_bounding_boxes=True)
+      tf.constant([*shape, 3]),
+      bounding_boxes=whole,
+      seed=seed,
+      min_object_covered=0.0,
+      aspect_ratio_range=(3 / 4, 4 / 3),
+      area_range=(0.08, 1.0),
+      max_attempts=10,
+      use_image_if_no_bounding_boxes=True,
+    )
     return tf.stack([begin[0], begin[1], size[0], size[1]])
 
   got = _crop_statistics(_map_batched(tf_window, _seeds(NUM_CROPS)), *shape)
@@ -271,8 +291,7 @@ def _jpeg(height, width, seed=0) -> tf.Tensor:
 
 def test_decode_and_random_resized_crop_output():
   jpeg = _jpeg(120, 90)
-  out = _map_batched(lambda seed: augment.decode_and_random_resized_crop(jpeg, seed, image_size=48),
-                     _seeds(50))
+  out = _map_batched(lambda seed: augment.decode_and_random_resized_crop(jpeg, seed, image_size=48), _seeds(50))
   assert out.shape == (50, 48, 48, 3) and out.dtype == np.uint8
   assert len({o.tobytes() for o in out}) == 50  # different crops
 
@@ -285,16 +304,19 @@ def test_decode_and_random_resized_crop_is_the_window_decoded_and_resized():
   got = augment.decode_and_random_resized_crop(jpeg, seed, image_size=32).numpy()
   crop_seed = seed  # the window is drawn from the same seed
   top, left, h, w = augment.random_resized_crop_window(tf.constant([150, 200, 3]), crop_seed).numpy()
-  full = tf.image.decode_jpeg(jpeg, channels=3)[top:top + h, left:left + w]
+  full = tf.image.decode_jpeg(jpeg, channels=3)[top : top + h, left : left + w]
   want = tf.image.resize(full, [32, 32], method="bilinear", antialias=True).numpy()
   np.testing.assert_allclose(got, want, atol=2.5)
 
 
-@pytest.mark.parametrize("shape, window", [
+@pytest.mark.parametrize(
+  "shape, window",
+  [
     ((375, 500), [24, 86, 328, 328]),  # side = int(0.875 * 375) = 328
     ((500, 375), [86, 24, 328, 328]),
     ((256, 256), [16, 16, 224, 224]),
-])
+  ],
+)
 def test_centre_crop_window(shape, window):
   got = augment.centre_crop_window(tf.constant([*shape, 3]), crop_fraction=0.875)
   np.testing.assert_array_equal(got.numpy(), window)
@@ -310,7 +332,7 @@ def test_decode_and_centre_crop_equals_decode_then_crop():
   full = tf.image.decode_jpeg(jpeg, channels=3)
   top, left, side, _ = augment.centre_crop_window(tf.shape(full)).numpy()
   assert (top, left, side) == (10, 35, 131)
-  crop = full[top:top + side, left:left + side]
+  crop = full[top : top + side, left : left + side]
   want = tf.image.resize(crop, [64, 64], method="bicubic", antialias=True)
   assert got.dtype == np.uint8 and got.shape == (64, 64, 3)
   np.testing.assert_allclose(got, np.clip(want.numpy(), 0, 255), atol=2)

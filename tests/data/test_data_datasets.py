@@ -1,4 +1,5 @@
 """Dataset facts, what each pipeline yields (mocked TFDS, real digits), missing-dataset errors."""
+
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -37,13 +38,16 @@ def test_dataset_info():
   assert data.steps_per_epoch(data.dataset_info("digits"), 64) == 1437 // 64
 
 
-@pytest.mark.parametrize("call, match", [
+@pytest.mark.parametrize(
+  "call, match",
+  [
     (lambda: data.dataset_info("mnist"), "digits, cifar10, cifar100, imagenet2012"),
     (lambda: data.dataset_info("cifar10", image_size=64), "image_size"),
     (lambda: data.dataset_info("imagenet2012", image_size=0), "image_size"),
     (lambda: data.steps_per_epoch("digits", 2000), "global_batch_size"),
     (lambda: data.steps_per_epoch("digits", 0), "global_batch_size"),
-])
+  ],
+)
 def test_bad_arguments(call, match):
   with pytest.raises(ValueError, match=match):
     call()
@@ -59,8 +63,9 @@ def test_digits_split_matches_info_and_is_normalised():
   # Train pixels after the pipeline's preprocessing: mean 0, std 1.
   batch = next(data.eval_iterator("digits", global_batch_size=info.num_test, **ONE_PROCESS))
   mean, std = digits.normalization()
-  _check_batch(batch, batch_size=info.num_test, shape=(8, 8, 1), num_classes=10,
-               mean=[mean], std=[std], eval_batch=True)
+  _check_batch(
+    batch, batch_size=info.num_test, shape=(8, 8, 1), num_classes=10, mean=[mean], std=[std], eval_batch=True
+  )
   train = next(data.train_iterator("digits", global_batch_size=479, **ONE_PROCESS))["image"]
   assert abs(train.mean()) < 0.1 and abs(train.std() - 1) < 0.1
 
@@ -76,11 +81,19 @@ def test_cifar_on_mock_data(name, num_classes):
   with tfds.testing.mock_data(num_examples=150):
     train = next(data.train_iterator(name, global_batch_size=32, data_dir="/unused", **ONE_PROCESS))
     batches = list(data.eval_iterator(name, global_batch_size=64, **ONE_PROCESS))
-  _check_batch(train, batch_size=32, shape=(32, 32, 3), num_classes=num_classes,
-               mean=cifar.MEAN[name], std=cifar.STD[name])
+  _check_batch(
+    train, batch_size=32, shape=(32, 32, 3), num_classes=num_classes, mean=cifar.MEAN[name], std=cifar.STD[name]
+  )
   for batch in batches:
-    _check_batch(batch, batch_size=64, shape=(32, 32, 3), num_classes=num_classes,
-                 mean=cifar.MEAN[name], std=cifar.STD[name], eval_batch=True)
+    _check_batch(
+      batch,
+      batch_size=64,
+      shape=(32, 32, 3),
+      num_classes=num_classes,
+      mean=cifar.MEAN[name],
+      std=cifar.STD[name],
+      eval_batch=True,
+    )
   assert len(batches) == 3 and sum(b["mask"].sum() for b in batches) == 150
   assert np.all(batches[-1]["image"][~batches[-1]["mask"]] == 0)
 
@@ -88,16 +101,14 @@ def test_cifar_on_mock_data(name, num_classes):
 def test_imagenet_on_mock_data():
   # Mocked examples are random JPEGs of 5..50 pixels a side, so crops are upsampled.
   with tfds.testing.mock_data(num_examples=20):
-    train_iter = data.train_iterator("imagenet2012", global_batch_size=8, image_size=64,
-                                     **ONE_PROCESS)
+    train_iter = data.train_iterator("imagenet2012", global_batch_size=8, image_size=64, **ONE_PROCESS)
     train = [next(train_iter) for _ in range(3)]  # the third from the mock's second pass
-    evaluation = next(data.eval_iterator("imagenet2012", global_batch_size=8, image_size=64,
-                                         **ONE_PROCESS))
+    evaluation = next(data.eval_iterator("imagenet2012", global_batch_size=8, image_size=64, **ONE_PROCESS))
   for batch in train:
-    _check_batch(batch, batch_size=8, shape=(64, 64, 3), num_classes=1000,
-                 mean=imagenet.MEAN, std=imagenet.STD)
-  _check_batch(evaluation, batch_size=8, shape=(64, 64, 3), num_classes=1000,
-               mean=imagenet.MEAN, std=imagenet.STD, eval_batch=True)
+    _check_batch(batch, batch_size=8, shape=(64, 64, 3), num_classes=1000, mean=imagenet.MEAN, std=imagenet.STD)
+  _check_batch(
+    evaluation, batch_size=8, shape=(64, 64, 3), num_classes=1000, mean=imagenet.MEAN, std=imagenet.STD, eval_batch=True
+  )
   assert evaluation["mask"].all()
 
 

@@ -1,4 +1,5 @@
 """Per-process shards, exact resume, epoch reshuffling and padded evaluation."""
+
 import itertools
 
 import numpy as np
@@ -28,8 +29,7 @@ def _process_batches(make_iterator, num_processes, num_batches=None):
   """Batches of each simulated process: [process][step]."""
   out = []
   for index in range(num_processes):
-    iterator = make_iterator(process_index=index, process_count=num_processes,
-                             num_devices=num_processes)
+    iterator = make_iterator(process_index=index, process_count=num_processes, num_devices=num_processes)
     out.append(list(iterator) if num_batches is None else _take(iterator, num_batches))
   return out
 
@@ -37,17 +37,21 @@ def _process_batches(make_iterator, num_processes, num_batches=None):
 # ---------------------------------------------------------------- arguments
 
 
-@pytest.mark.parametrize("kwargs, match", [
+@pytest.mark.parametrize(
+  "kwargs, match",
+  [
     (dict(global_batch_size=100, num_devices=8), r"global_batch_size=100 .* 8 devices"),
-    (dict(global_batch_size=64, num_devices=1, process_count=3, process_index=0),
-     r"global_batch_size=64 .* 3 processes"),
+    (
+      dict(global_batch_size=64, num_devices=1, process_count=3, process_index=0),
+      r"global_batch_size=64 .* 3 processes",
+    ),
     (dict(global_batch_size=0, num_devices=1), "global_batch_size"),
     (dict(global_batch_size=64.0, num_devices=1), "global_batch_size"),
     (dict(global_batch_size=64, num_devices=1, process_count=2, process_index=2), "process_index"),
     (dict(global_batch_size=64, num_devices=1, process_count=1, process_index=0, seed=-1), "seed"),
-    (dict(global_batch_size=64, num_devices=1, process_count=1, process_index=0, start_step=-1),
-     "start_step"),
-])
+    (dict(global_batch_size=64, num_devices=1, process_count=1, process_index=0, start_step=-1), "start_step"),
+  ],
+)
 def test_bad_arguments_are_clear_errors(kwargs, match):
   with pytest.raises(ValueError, match=match):
     data.train_iterator("digits", **kwargs)
@@ -55,6 +59,7 @@ def test_bad_arguments_are_clear_errors(kwargs, match):
 
 def test_defaults_come_from_jax():
   import jax  # conftest: 8 CPU devices, one process
+
   shard = pipeline.shard_for(64)
   assert (shard.index, shard.count) == (jax.process_index(), jax.process_count())
   with pytest.raises(ValueError, match=f"{jax.device_count()} devices"):
@@ -86,6 +91,7 @@ def test_epoch_rows_of_processes_are_disjoint_and_cover_the_epoch(num_processes)
 @pytest.mark.parametrize("name, process_counts", [("digits", (2, 4)), ("cifar100", (2,))])
 def test_processes_read_their_slices_of_the_same_global_batches(name, process_counts):
   """Two (or four) processes together yield exactly what one process yields, augmentation included."""
+
   def make(**kwargs):
     return data.train_iterator(name, global_batch_size=32, seed=3, **kwargs)
 
@@ -93,21 +99,28 @@ def test_processes_read_their_slices_of_the_same_global_batches(name, process_co
     single = _process_batches(make, 1, num_batches=5)[0]
     for num_processes in process_counts:
       shares = _process_batches(make, num_processes, num_batches=5)
-      joined = [{key: np.concatenate([shares[p][step][key] for p in range(num_processes)])
-                 for key in single[step]} for step in range(5)]
+      joined = [
+        {key: np.concatenate([shares[p][step][key] for p in range(num_processes)]) for key in single[step]}
+        for step in range(5)
+      ]
       _assert_batches_equal(joined, single)
 
 
-@pytest.mark.parametrize("name, global_batch, start_step", [
+@pytest.mark.parametrize(
+  "name, global_batch, start_step",
+  [
     ("digits", 64, 20),  # 22 steps per epoch
     ("cifar100", 32, 2),  # mock: 100 examples, 3 steps per epoch
-])
+  ],
+)
 def test_restored_iterator_continues_with_the_identical_batches(name, global_batch, start_step):
   with tfds.testing.mock_data(num_examples=100):
-    uninterrupted = _take(data.train_iterator(name, global_batch_size=global_batch, seed=5,
-                                              **ONE_PROCESS), start_step + 5)
-    restored = _take(data.train_iterator(name, global_batch_size=global_batch, seed=5,
-                                         start_step=start_step, **ONE_PROCESS), 5)
+    uninterrupted = _take(
+      data.train_iterator(name, global_batch_size=global_batch, seed=5, **ONE_PROCESS), start_step + 5
+    )
+    restored = _take(
+      data.train_iterator(name, global_batch_size=global_batch, seed=5, start_step=start_step, **ONE_PROCESS), 5
+    )
   _assert_batches_equal(restored, uninterrupted[start_step:])  # crosses an epoch boundary
 
 
@@ -128,14 +141,17 @@ def test_eval_visits_every_example_once_for_any_process_count(global_batch):
   assert reference["mask"].all()
   for num_processes in (1, 2):
     shares = _process_batches(
-        lambda **kw: data.eval_iterator("digits", global_batch_size=global_batch, **kw),
-        num_processes)
+      lambda **kw: data.eval_iterator("digits", global_batch_size=global_batch, **kw), num_processes
+    )
     assert len({len(batches) for batches in shares}) == 1  # same number of batches everywhere
     assert len(shares[0]) == -(-360 // global_batch)
     # Global batch b is the processes' b-th local batches side by side.
-    joined = {key: np.concatenate([np.concatenate([shares[p][b][key] for p in range(num_processes)])
-                                   for b in range(len(shares[0]))])
-              for key in reference}
+    joined = {
+      key: np.concatenate(
+        [np.concatenate([shares[p][b][key] for p in range(num_processes)]) for b in range(len(shares[0]))]
+      )
+      for key in reference
+    }
     mask = joined["mask"]
     assert mask.sum() == 360 and np.all(mask[:360]) and not np.any(mask[360:])
     np.testing.assert_array_equal(joined["image"][mask], reference["image"])
@@ -155,13 +171,15 @@ def test_imagenet_process_shards_disjoint_and_cover_the_split(fake_imagenet):
   steps = num_train // 10
 
   def make(**kwargs):
-    return data.train_iterator("imagenet2012", global_batch_size=10, image_size=16,
-                               data_dir=fake_imagenet.data_dir, **kwargs)
+    return data.train_iterator(
+      "imagenet2012", global_batch_size=10, image_size=16, data_dir=fake_imagenet.data_dir, **kwargs
+    )
 
   for num_processes in (1, 2):
     shares = _process_batches(make, num_processes, num_batches=2 * steps)
-    epochs = [np.concatenate([_labels(share[epoch * steps:(epoch + 1) * steps])
-                              for share in shares]) for epoch in (0, 1)]
+    epochs = [
+      np.concatenate([_labels(share[epoch * steps : (epoch + 1) * steps]) for share in shares]) for epoch in (0, 1)
+    ]
     for labels in epochs:
       np.testing.assert_array_equal(np.sort(labels), fake_imagenet.train_labels)
     if num_processes == 2:
@@ -171,8 +189,15 @@ def test_imagenet_process_shards_disjoint_and_cover_the_split(fake_imagenet):
 
 def test_imagenet_restored_iterator_continues_identically(fake_imagenet):
   def make(start_step=0):  # 60 examples, batch 8: 7 steps per epoch
-    return data.train_iterator("imagenet2012", global_batch_size=8, image_size=24, seed=1,
-                               start_step=start_step, data_dir=fake_imagenet.data_dir, **ONE_PROCESS)
+    return data.train_iterator(
+      "imagenet2012",
+      global_batch_size=8,
+      image_size=24,
+      seed=1,
+      start_step=start_step,
+      data_dir=fake_imagenet.data_dir,
+      **ONE_PROCESS,
+    )
 
   uninterrupted = _take(make(), 10)
   _assert_batches_equal(_take(make(start_step=5), 5), uninterrupted[5:])
@@ -182,11 +207,13 @@ def test_imagenet_eval_visits_every_example_once(fake_imagenet):
   # 21 examples: 11 + 10 over 2 processes, and batches of 4 per process do not divide either.
   for num_processes in (1, 2):
     shares = _process_batches(
-        lambda **kw: data.eval_iterator("imagenet2012", global_batch_size=8, image_size=16,
-                                        data_dir=fake_imagenet.data_dir, **kw), num_processes)
+      lambda **kw: data.eval_iterator(
+        "imagenet2012", global_batch_size=8, image_size=16, data_dir=fake_imagenet.data_dir, **kw
+      ),
+      num_processes,
+    )
     assert len({len(batches) for batches in shares}) == 1
-    labels = np.concatenate([_labels(batches)[np.concatenate([b["mask"] for b in batches])]
-                             for batches in shares])
+    labels = np.concatenate([_labels(batches)[np.concatenate([b["mask"] for b in batches])] for batches in shares])
     np.testing.assert_array_equal(np.sort(labels), fake_imagenet.validation_labels)
     padding = np.concatenate([b["image"][~b["mask"]] for batches in shares for b in batches])
     assert len(padding) > 0 and np.all(padding == 0)
@@ -200,8 +227,7 @@ def test_cifar_splits_are_read_once_per_process_and_tfds_context(monkeypatch):
   real_tfds_split = cifar.tfds_split
   monkeypatch.setattr(cifar, "tfds_split", lambda *a, **k: reads.append(a) or real_tfds_split(*a, **k))
   with tfds.testing.mock_data(num_examples=100):
-    evaluations = [list(data.eval_iterator("cifar10", global_batch_size=64, **ONE_PROCESS))
-                   for _ in range(3)]
+    evaluations = [list(data.eval_iterator("cifar10", global_batch_size=64, **ONE_PROCESS)) for _ in range(3)]
     next(data.train_iterator("cifar10", global_batch_size=32, **ONE_PROCESS))
     next(data.train_iterator("cifar10", global_batch_size=32, seed=1, **ONE_PROCESS))
   assert len(reads) == 2  # test and train, once each
@@ -226,9 +252,14 @@ def test_imagenet_eval_decodes_each_test_image_once(fake_imagenet, monkeypatch, 
 
   monkeypatch.setattr(imagenet, "eval_crop", counting_eval_crop)
   pipeline._imagenet_eval_crops.cache_clear()  # built afresh, with the counting crop
-  evaluations = [list(data.eval_iterator("imagenet2012", global_batch_size=global_batch, image_size=12,
-                                         data_dir=fake_imagenet.data_dir, **ONE_PROCESS))
-                 for _ in range(3)]
+  evaluations = [
+    list(
+      data.eval_iterator(
+        "imagenet2012", global_batch_size=global_batch, image_size=12, data_dir=fake_imagenet.data_dir, **ONE_PROCESS
+      )
+    )
+    for _ in range(3)
+  ]
   assert len(decoded) == len(fake_imagenet.validation_labels)  # 21: the first evaluation only
   for evaluation in evaluations[1:]:
     _assert_batches_equal(evaluation, evaluations[0])

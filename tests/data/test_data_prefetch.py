@@ -1,4 +1,5 @@
 """The device prefetcher: order, how far it runs ahead, errors, end, wait accounting."""
+
 import threading
 import time
 

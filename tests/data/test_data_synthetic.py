@@ -1,4 +1,5 @@
 """The synthetic dataset: step-indexed, process-count independent, padded evaluation."""
+
 import numpy as np
 import pytest
 
@@ -34,30 +35,48 @@ def test_batch_depends_only_on_seed_and_step():
 
 
 def test_processes_split_the_same_global_batch():
-  one = next(data.train_iterator("synthetic", global_batch_size=4, num_devices=2, process_count=1,
-                                 process_index=0, synthetic=SPEC))
-  halves = [next(data.train_iterator("synthetic", global_batch_size=4, num_devices=2, process_count=2,
-                                     process_index=p, synthetic=SPEC)) for p in range(2)]
+  one = next(
+    data.train_iterator(
+      "synthetic", global_batch_size=4, num_devices=2, process_count=1, process_index=0, synthetic=SPEC
+    )
+  )
+  halves = [
+    next(
+      data.train_iterator(
+        "synthetic", global_batch_size=4, num_devices=2, process_count=2, process_index=p, synthetic=SPEC
+      )
+    )
+    for p in range(2)
+  ]
   for key in ("image", "label"):
     np.testing.assert_array_equal(np.concatenate([h[key] for h in halves]), one[key])
 
 
 def test_eval_visits_the_test_set_once_with_padding():
-  batches = list(data.eval_iterator("synthetic", global_batch_size=4, num_devices=1, process_count=1,
-                                    process_index=0, synthetic=SPEC))
+  batches = list(
+    data.eval_iterator(
+      "synthetic", global_batch_size=4, num_devices=1, process_count=1, process_index=0, synthetic=SPEC
+    )
+  )
   masks = np.concatenate([b["mask"] for b in batches])
   assert len(batches) == 2 and masks.sum() == 7 and not masks[-1]
   assert not batches[-1]["image"][-1].any()
-  again = next(data.eval_iterator("synthetic", global_batch_size=4, num_devices=1, process_count=1,
-                                  process_index=0, synthetic=SPEC))
+  again = next(
+    data.eval_iterator(
+      "synthetic", global_batch_size=4, num_devices=1, process_count=1, process_index=0, synthetic=SPEC
+    )
+  )
   np.testing.assert_array_equal(again["image"], batches[0]["image"])
 
 
 def test_classes_are_learnable_from_their_pattern():
   """Nearest class mean over the noise classifies far above chance (1/3)."""
   big = Spec(image_shape=(8, 8, 3), num_classes=3, num_train=512, num_test=10)
-  batch = next(data.train_iterator("synthetic", global_batch_size=512, num_devices=1, process_count=1,
-                                   process_index=0, synthetic=big))
+  batch = next(
+    data.train_iterator(
+      "synthetic", global_batch_size=512, num_devices=1, process_count=1, process_index=0, synthetic=big
+    )
+  )
   x, y = batch["image"].reshape(512, -1), batch["label"]
   means = np.stack([x[y == c].mean(0) for c in range(3)])
   predicted = np.argmin(((x[:, None] - means[None]) ** 2).sum(-1), axis=1)

@@ -1,4 +1,5 @@
 """The recipes in examples/ run, on their tiny problems, and do what they claim."""
+
 import importlib.util
 import pathlib
 
@@ -30,6 +31,7 @@ def test_nnx_eval_params_takes_nnx_states_and_undoes_the_perturbation():
   from flax import nnx
 
   import msam_jax
+
   example = load("nnx_msam")
   x, y = example.two_moons()
   model = example.MLP(nnx.Rngs(0))
@@ -38,8 +40,10 @@ def test_nnx_eval_params_takes_nnx_states_and_undoes_the_perturbation():
     example.msam_step(model, optimizer, x, y)
   clean = example.unperturbed(model, optimizer)
   state = nnx.as_pure(optimizer.opt_state)
-  for (path, p), c in zip(jax.tree_util.tree_leaves_with_path(nnx.as_pure(nnx.state(model, nnx.Param))),
-                          jax.tree.leaves(nnx.as_pure(nnx.state(clean, nnx.Param)))):
+  for (path, p), c in zip(
+    jax.tree_util.tree_leaves_with_path(nnx.as_pure(nnx.state(model, nnx.Param))),
+    jax.tree.leaves(nnx.as_pure(nnx.state(clean, nnx.Param))),
+  ):
     v = state.momentum
     for key in path:
       v = v[key.key]
@@ -51,6 +55,7 @@ def test_optax_loop_converges_and_restores_the_optimizer_state(tmp_path):
   example = load("optax_loop")
   assert example.main(num_steps=200, workdir=str(tmp_path / "run")) < 1e-2
   import jax.numpy as jnp
+
   params = {"w": jnp.arange(4.0), "b": jnp.ones([])}
   tx = example.make_optimizer(steps_per_epoch=2, accumulate=2)
   x, y = example.problem()

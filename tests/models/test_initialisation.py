@@ -1,4 +1,5 @@
 """Initial parameter distributions: the original's initialisers, or torch's defaults where it sets none."""
+
 import math
 
 import jax
@@ -104,12 +105,11 @@ def test_vgg_has_torchvision_initialisation():
 
 
 def test_vit_has_torch_default_initialisation():
-  model = models.build("vit", 10, size="Ti", depth=1, dim=64, heads=2, mlp_dim=256, patch_size=8,
-                       image_size=16)
+  model = models.build("vit", 10, size="Ti", depth=1, dim=64, heads=2, mlp_dim=256, patch_size=8, image_size=16)
   params = initial_variables(model, (16, 16, 3))["params"]
   for path, kernel in leaves(params, "kernel").items():
     assert_uniform(kernel, 1 / math.sqrt(kernel.shape[0]), path)
-    bias_path = path[:-len("kernel")] + "bias"
+    bias_path = path[: -len("kernel")] + "bias"
     bias = traverse_util.flatten_dict(params, sep="/").get(bias_path)
     if bias is not None:
       assert_uniform(bias, 1 / math.sqrt(kernel.shape[0]), bias_path)

@@ -1,4 +1,5 @@
 """build(): names, options and the errors bad arguments raise."""
+
 import subprocess
 import sys
 
@@ -15,8 +16,7 @@ def test_models_lists_every_family():
 
 
 def test_options_are_the_builder_keywords_with_defaults():
-  assert models.options("wrn") == {"depth": 16, "width": 4, "dropout": 0.0,
-                                   "dtype": jnp.float32}
+  assert models.options("wrn") == {"depth": 16, "width": 4, "dropout": 0.0, "dtype": jnp.float32}
 
 
 def test_unknown_name_lists_the_models():
@@ -31,7 +31,9 @@ def test_unknown_argument_lists_the_valid_ones():
     models.build("resnet", 10, batch_norm=True)
 
 
-@pytest.mark.parametrize("name,kwargs,message", [
+@pytest.mark.parametrize(
+  "name,kwargs,message",
+  [
     ("wrn", dict(depth=18), "6n \\+ 4"),
     ("wrn", dict(width=0), "width"),
     ("wrn", dict(dropout=1.0), "dropout"),
@@ -49,7 +51,8 @@ def test_unknown_argument_lists_the_valid_ones():
     ("cnn", dict(dtype="int32"), "dtype"),
     ("cnn", dict(dtype="float33"), "dtype"),
     ("cnn", dict(dtype=None), "dtype"),
-])
+  ],
+)
 def test_bad_values_raise_naming_the_argument(name, kwargs, message):
   with pytest.raises(ValueError, match=message):
     models.build(name, 10, **kwargs)

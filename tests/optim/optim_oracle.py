@@ -6,6 +6,7 @@ transformation for the recorded number of steps the way the original's
 training loop did. Everything about the problem is read from
 trajectories.json / trajectories.npz, nothing is typed in by hand.
 """
+
 import json
 import pathlib
 
@@ -57,8 +58,7 @@ def init_params() -> dict[str, jax.Array]:
 def batch(name: str, step: int) -> tuple[jax.Array, jax.Array]:
   """Inputs and targets of 1-based step `step` of case `name`."""
   index = int(arrays()[f"{name}/batch_index"][step - 1])
-  return (jnp.asarray(arrays()["data/inputs"][index]),
-          jnp.asarray(arrays()["data/targets"][index]))
+  return (jnp.asarray(arrays()["data/inputs"][index]), jnp.asarray(arrays()["data/targets"][index]))
 
 
 def logits(params, x):
@@ -92,6 +92,7 @@ class ForwardLog:
 
 def make_loss_fn(x, y, log: ForwardLog | None = None):
   """`loss_fn(params, indices=None)` -> per-example losses, as the SAM family wants it."""
+
   def loss_fn(params, indices=None):
     if log is not None:
       if indices is None:
@@ -101,6 +102,7 @@ def make_loss_fn(x, y, log: ForwardLog | None = None):
     if indices is not None:
       return per_example_loss(params, x[indices], y[indices])
     return per_example_loss(params, x, y)
+
   return loss_fn
 
 
@@ -108,6 +110,7 @@ def mean_loss_and_grad(params, x, y):
   def mean_loss(p):
     losses = per_example_loss(p, x, y)
     return losses.mean(), losses
+
   (_, losses), grads = jax.value_and_grad(mean_loss, has_aux=True)(params)
   return losses, grads
 
@@ -122,8 +125,7 @@ def train_step(tx, params, opt_state, x, y, *, pass_losses=True, log=None):
   return optax.apply_updates(params, updates), opt_state, losses
 
 
-def run(tx, name: str, *, steps: int | None = None, jit: bool = True, params=None,
-        pass_losses: bool = True):
+def run(tx, name: str, *, steps: int | None = None, jit: bool = True, params=None, pass_losses: bool = True):
   """Runs `tx` on the batches of case `name`; one record per step.
 
   Each record holds the parameters after the step (`params`), `eval_params`,
@@ -142,8 +144,15 @@ def run(tx, name: str, *, steps: int | None = None, jit: bool = True, params=Non
   for t in range(1, steps + 1):
     x, y = batch(name, t)
     params, state, losses = step_fn(params, state, x, y)
-    records.append({"params": params, "eval_params": msam_jax.eval_params(params, state),
-                    "losses": losses, "state": state, "loss_fn_calls": log.take()})
+    records.append(
+      {
+        "params": params,
+        "eval_params": msam_jax.eval_params(params, state),
+        "losses": losses,
+        "state": state,
+        "loss_fn_calls": log.take(),
+      }
+    )
   return records
 
 
@@ -153,8 +162,7 @@ def assert_close(actual, expected, rtol=1e-10, what=""):
     a, e = np.asarray(actual[key]), np.asarray(expected[key])
     assert a.shape == e.shape, (what, key, a.shape, e.shape)
     scale = max(np.max(np.abs(e)), 1e-300)
-    np.testing.assert_allclose(a, e, rtol=rtol, atol=rtol * 1e-3 * scale,
-                               err_msg=f"{what} {key}")
+    np.testing.assert_allclose(a, e, rtol=rtol, atol=rtol * 1e-3 * scale, err_msg=f"{what} {key}")
 
 
 def hyper(name: str) -> dict:

@@ -7,6 +7,7 @@ battery can build it plainly and under `optax.inject_hyperparams`; the settings
 suit small deterministic problems (curvature up to ~10, lr 0.02), and rho is
 small enough that the perturbation does not hide convergence.
 """
+
 import msam_jax
 
 LR = 0.02
@@ -18,13 +19,13 @@ def _sgd():
 
 
 OPTIMIZERS = {
-    "sgd": (msam_jax.sgd, {"learning_rate": LR, "momentum": 0.9}),
-    "msam": (msam_jax.msam, {"learning_rate": LR, "momentum": 0.9, "rho": RHO}),
-    "adamw": (msam_jax.adamw, {"learning_rate": LR, "weight_decay": 0.0}),
-    "adamw_msam": (msam_jax.adamw_msam, {"learning_rate": LR, "weight_decay": 0.0, "rho": RHO}),
-    "sam": (msam_jax.sam, {"base": _sgd(), "rho": RHO}),
-    "esam": (msam_jax.esam, {"base": _sgd(), "rho": RHO}),
-    "looksam": (msam_jax.looksam, {"base": _sgd(), "rho": RHO, "k": 2}),
+  "sgd": (msam_jax.sgd, {"learning_rate": LR, "momentum": 0.9}),
+  "msam": (msam_jax.msam, {"learning_rate": LR, "momentum": 0.9, "rho": RHO}),
+  "adamw": (msam_jax.adamw, {"learning_rate": LR, "weight_decay": 0.0}),
+  "adamw_msam": (msam_jax.adamw_msam, {"learning_rate": LR, "weight_decay": 0.0, "rho": RHO}),
+  "sam": (msam_jax.sam, {"base": _sgd(), "rho": RHO}),
+  "esam": (msam_jax.esam, {"base": _sgd(), "rho": RHO}),
+  "looksam": (msam_jax.looksam, {"base": _sgd(), "rho": RHO, "k": 2}),
 }
 
 # Optimizers whose parameters are perturbed (`eval_params` undoes it).

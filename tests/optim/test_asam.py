@@ -1,4 +1,5 @@
 """ASAM against both reference codes (numpy transcriptions), its reductions, its mask."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,16 +21,14 @@ def test_asam_matches_samsunglabs_asam(x64):
   """eta = 0.01 on kernels (torch "weight"), T = 1 on biases; their 1e-16 vs our 1e-12
   changes the perturbation by 1e-12 / ||T g|| relative, far below the tolerance."""
   rho, eta = 0.5, 0.01
-  expected = oracle.trajectory(lambda p, x, y, t: oracle.samsunglabs_asam(p, x, y, rho, eta),
-                               [LR] * oracle.STEPS)
+  expected = oracle.trajectory(lambda p, x, y, t: oracle.samsunglabs_asam(p, x, y, rho, eta), [LR] * oracle.STEPS)
   got = vp.run(msam_jax.asam(sgd(), rho=rho, eta=eta, mask=all_but_biases))
   vp.assert_trajectory_close(got, expected)
 
 
 def test_asam_matches_davda54_adaptive_sam(x64):
   rho = 2.0  # davda54/sam's suggested rho for adaptive=True
-  expected = oracle.trajectory(lambda p, x, y, t: oracle.davda54_adaptive_sam(p, x, y, rho),
-                               [LR] * oracle.STEPS)
+  expected = oracle.trajectory(lambda p, x, y, t: oracle.davda54_adaptive_sam(p, x, y, rho), [LR] * oracle.STEPS)
   got = vp.run(msam_jax.asam(sgd(), rho=rho, eta=0.0))
   vp.assert_trajectory_close(got, expected)
 
@@ -40,14 +39,14 @@ def test_the_two_references_differ_on_this_problem(x64):
   b = vp.run(msam_jax.asam(sgd(), rho=0.5, eta=0.01), steps=3)
   c = vp.run(msam_jax.sam(sgd(), rho=0.5), steps=3)
   for other in (b, c):
-    assert not np.allclose(a[-1]["Dense_0"]["kernel"], other[-1]["Dense_0"]["kernel"],
-                           rtol=1e-6, atol=0)
+    assert not np.allclose(a[-1]["Dense_0"]["kernel"], other[-1]["Dense_0"]["kernel"], rtol=1e-6, atol=0)
 
 
 def test_asam_with_mask_all_false_is_sam_bit_for_bit(x64):
   none = lambda params: jax.tree.map(lambda _: False, params)
-  vp.assert_trees_equal(vp.run(msam_jax.asam(sgd(), rho=0.3, eta=0.01, mask=none), steps=4),
-                        vp.run(msam_jax.sam(sgd(), rho=0.3), steps=4))
+  vp.assert_trees_equal(
+    vp.run(msam_jax.asam(sgd(), rho=0.3, eta=0.01, mask=none), steps=4), vp.run(msam_jax.sam(sgd(), rho=0.3), steps=4)
+  )
 
 
 def test_mask_as_tree_callable_or_boolean_arrays_agree(x64):
@@ -73,25 +72,38 @@ def test_all_but_biases_on_flax_parameter_trees():
       return flax_linen.Dense(2)(x)
 
   variables = Net().init(jax.random.key(0), jnp.zeros((1, 5), jnp.int32))
-  flat = {"/".join(k.key for k in path): flag for path, flag in
-          jax.tree_util.tree_flatten_with_path(all_but_biases(variables["params"]))[0]}
-  assert flat == {"Embed_0/embedding": True, "Conv_0/kernel": True, "Conv_0/bias": False,
-                  "LayerNorm_0/scale": True, "LayerNorm_0/bias": False,
-                  "BatchNorm_0/scale": True, "BatchNorm_0/bias": False,
-                  "Dense_0/kernel": True, "Dense_0/bias": False}
+  flat = {
+    "/".join(k.key for k in path): flag
+    for path, flag in jax.tree_util.tree_flatten_with_path(all_but_biases(variables["params"]))[0]
+  }
+  assert flat == {
+    "Embed_0/embedding": True,
+    "Conv_0/kernel": True,
+    "Conv_0/bias": False,
+    "LayerNorm_0/scale": True,
+    "LayerNorm_0/bias": False,
+    "BatchNorm_0/scale": True,
+    "BatchNorm_0/bias": False,
+    "Dense_0/kernel": True,
+    "Dense_0/bias": False,
+  }
 
 
 def test_asam_rho_zero_is_the_base_bit_for_bit(x64):
-  vp.assert_trees_equal(vp.run(msam_jax.asam(sgd(), rho=0.0, mask=all_but_biases), steps=4),
-                        vp.run_base(sgd(), steps=4))
+  vp.assert_trees_equal(
+    vp.run(msam_jax.asam(sgd(), rho=0.0, mask=all_but_biases), steps=4), vp.run_base(sgd(), steps=4)
+  )
 
 
-@pytest.mark.parametrize("make, argument", [
+@pytest.mark.parametrize(
+  "make, argument",
+  [
     (lambda: msam_jax.asam(msam_jax.sgd(0.1), rho=-0.5), "rho"),
     (lambda: msam_jax.asam(msam_jax.sgd(0.1), eta=-0.01), "eta"),
     (lambda: msam_jax.asam(msam_jax.sgd(0.1), group_size=0), "group_size"),
     (lambda: msam_jax.asam(lambda g: g), "base"),
-])
+  ],
+)
 def test_bad_hyperparameters_raise_naming_the_argument(make, argument):
   with pytest.raises(ValueError, match=rf"^{argument} must be"):
     make()

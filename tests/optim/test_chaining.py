@@ -4,6 +4,7 @@ Gradient transformations before msam keep `eval_params` exact; a transformation
 after it would also rescale the perturbation, so `eval_params` refuses such a
 chain with a clear error instead of returning wrong parameters.
 """
+
 import pytest
 import jax
 import jax.numpy as jnp
@@ -52,6 +53,7 @@ def test_gradient_clipping_before_msam_keeps_eval_params_exact(x64):
 def test_rescaling_after_msam_would_leave_eval_params_off(x64):
   """Why the chain is refused: optax.scale(0.5) after msam halves the perturbation
   and its undoing, so params + c v is no longer the unperturbed point."""
+
   def run_unchecked(tx, num_steps):
     params, state = {"w": jnp.zeros(2)}, tx.init({"w": jnp.zeros(2)})
     out = []
@@ -63,22 +65,23 @@ def test_rescaling_after_msam_would_leave_eval_params_off(x64):
     return out
 
   clipped = optax.chain(optax.clip_by_global_norm(CLIP), msam_jax.msam(LR, MU, rho=RHO))
-  halved = optax.chain(optax.clip_by_global_norm(CLIP), msam_jax.msam(2 * LR, MU, rho=RHO),
-                       optax.scale(0.5))
+  halved = optax.chain(optax.clip_by_global_norm(CLIP), msam_jax.msam(2 * LR, MU, rho=RHO), optax.scale(0.5))
   np.testing.assert_allclose(run_unchecked(clipped, 10), reference_unperturbed(10), rtol=1e-12)
-  gap = max(float(jnp.max(jnp.abs(a - b)))
-            for a, b in zip(run_unchecked(halved, 10), reference_unperturbed(10)))
+  gap = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(run_unchecked(halved, 10), reference_unperturbed(10)))
   assert gap > 1e-3
 
 
-@pytest.mark.parametrize("tx", [
+@pytest.mark.parametrize(
+  "tx",
+  [
     optax.chain(msam_jax.msam(LR, MU, rho=RHO), optax.scale(0.5)),
-    optax.chain(optax.clip_by_global_norm(CLIP), msam_jax.adamw_msam(LR, rho=RHO),
-                optax.contrib.reduce_on_plateau()),
+    optax.chain(optax.clip_by_global_norm(CLIP), msam_jax.adamw_msam(LR, rho=RHO), optax.contrib.reduce_on_plateau()),
     optax.chain(optax.chain(msam_jax.msam(LR, MU, rho=RHO), optax.clip(1.0))),
     optax.MultiSteps(optax.chain(msam_jax.msam(LR, MU, rho=RHO), optax.scale(0.5)), 2),
     optax.chain(optax.inject_hyperparams(msam_jax.msam)(learning_rate=LR, rho=RHO), optax.scale(0.5)),
-], ids=["scale", "reduce_on_plateau", "nested_chain", "inside_multisteps", "injected"])
+  ],
+  ids=["scale", "reduce_on_plateau", "nested_chain", "inside_multisteps", "injected"],
+)
 def test_a_transformation_after_msam_is_refused(tx):
   params = {"w": jnp.zeros(2)}
   state = tx.init(params)
@@ -87,12 +90,16 @@ def test_a_transformation_after_msam_is_refused(tx):
     msam_jax.eval_params(optax.apply_updates(params, updates), state)
 
 
-@pytest.mark.parametrize("tx", [
+@pytest.mark.parametrize(
+  "tx",
+  [
     optax.chain(optax.clip_by_global_norm(CLIP), msam_jax.msam(LR, MU, rho=RHO)),
     optax.chain(optax.chain(optax.clip(1.0), msam_jax.msam(LR, MU, rho=RHO))),
     optax.chain(optax.clip(1.0), optax.MultiSteps(msam_jax.msam(LR, MU, rho=RHO), 2).gradient_transformation()),
     optax.multi_transform({"a": msam_jax.msam(LR, MU, rho=RHO), "b": optax.sgd(LR)}, {"w": "a", "v": "b"}),
-], ids=["clip_first", "nested_clip_first", "multisteps_last", "multi_transform"])
+  ],
+  ids=["clip_first", "nested_clip_first", "multisteps_last", "multi_transform"],
+)
 def test_msam_last_in_its_chain_is_accepted(tx):
   params = {"w": jnp.zeros(2), "v": jnp.ones(2)}
   state = tx.init(params)

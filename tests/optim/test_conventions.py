@@ -7,6 +7,7 @@ solved (at `eval_params` for the MSAM family), `optax.inject_hyperparams` and
 with finite updates. Every update gets ``loss_fn=`` and ``losses=``, as the
 training step passes them: optimizers that need no loss ignore them.
 """
+
 import inspect
 
 import jax
@@ -44,8 +45,7 @@ def least_squares(dtype=jnp.float32):
     xs, ys = (x, y) if indices is None else (x[indices], y[indices])
     return 0.5 * (xs @ params["w"] + params["b"] - ys) ** 2
 
-  return ({"w": jnp.zeros(3, dtype), "b": jnp.zeros([], dtype)}, loss_fn,
-          {"w": w_true, "b": b_true})
+  return ({"w": jnp.zeros(3, dtype), "b": jnp.zeros([], dtype)}, loss_fn, {"w": w_true, "b": b_true})
 
 
 PROBLEMS = {"parabola": parabola, "least_squares": least_squares}
@@ -61,6 +61,7 @@ def step(tx, params, state, loss_fn):
 def run(tx, params, loss_fn, num_steps):
   def body(carry, _):
     return step(tx, *carry, loss_fn), None
+
   (params, state), _ = jax.lax.scan(body, (params, tx.init(params)), None, length=num_steps)
   return params, state
 
@@ -73,8 +74,9 @@ def test_update_accepts_and_ignores_extra_args(name):
   grads = jax.grad(lambda p: loss_fn(p).mean())(params)
   state = tx.init(params)
   expected, _ = tx.update(grads, state, params, loss_fn=loss_fn, losses=loss_fn(params))
-  got, _ = tx.update(grads, state, params, loss_fn=loss_fn, losses=loss_fn(params),
-                     value=jnp.asarray(1.0), unrelated="x")
+  got, _ = tx.update(
+    grads, state, params, loss_fn=loss_fn, losses=loss_fn(params), value=jnp.asarray(1.0), unrelated="x"
+  )
   jax.tree.map(np.testing.assert_array_equal, got, expected)
   # Inside a chain whose other member wants an argument of its own.
   chained = optax.chain(tx, optax.contrib.reduce_on_plateau(patience=5))
@@ -98,8 +100,7 @@ def test_converges(name, problem):
   params, loss_fn, solution = PROBLEMS[problem]()
   params, state = run(make(name), params, loss_fn, 600)
   at = msam_jax.eval_params(params, state)
-  error = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(
-      jax.tree.leaves(at), jax.tree.leaves(solution)))
+  error = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(at), jax.tree.leaves(solution)))
   assert error < 0.05, (name, problem, error)
   if name in MSAM_FAMILY:  # the model holds perturbed parameters; eval_params matters
     assert at is not params and float(state.offset_scale) > 0
@@ -111,10 +112,8 @@ def test_works_under_inject_hyperparams(name, x64):
   params, loss_fn, _ = least_squares(jnp.float64)
   plain, _ = run(fn(**kwargs), params, loss_fn, 5)
   static = tuple(a for a in STATIC_ARGS if a in inspect.signature(fn).parameters)
-  injected, state = run(optax.inject_hyperparams(fn, static_args=static)(**kwargs),
-                        params, loss_fn, 5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12),
-               injected, plain)
+  injected, state = run(optax.inject_hyperparams(fn, static_args=static)(**kwargs), params, loss_fn, 5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12), injected, plain)
   assert state.hyperparams  # the numeric hyper-parameters were injected
 
 
@@ -143,8 +142,7 @@ def test_works_inside_multi_steps(name):
   for i in range(2 * k):
     start = params
     params, state = step(tx, params, state, loss_fn)
-    moved = any(bool(jnp.any(a != b)) for a, b in zip(jax.tree.leaves(params),
-                                                         jax.tree.leaves(start)))
+    moved = any(bool(jnp.any(a != b)) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(start)))
     assert moved == ((i + 1) % k == 0), i
   assert msam_jax.optim.needs_loss_fn(tx) == (name not in ("sgd", "adamw") + MSAM_FAMILY)
 
@@ -156,7 +154,7 @@ def test_multi_steps_equals_one_step_on_the_mean_gradient(name, x64):
   rounds at about 1e-8 relative even in float64, hence the tolerance.)"""
   k = 4
   params, loss_fn, _ = least_squares(jnp.float64)
-  micro = lambda i: (lambda p: loss_fn(p, jnp.arange(4 * i, 4 * i + 4)).mean())
+  micro = lambda i: lambda p: loss_fn(p, jnp.arange(4 * i, 4 * i + 4)).mean()
   accumulated, reference = optax.MultiSteps(make(name), k), make(name)
   acc_params, acc_state = params, accumulated.init(params)
   ref_params, ref_state = params, reference.init(params)
@@ -168,11 +166,12 @@ def test_multi_steps_equals_one_step_on_the_mean_gradient(name, x64):
     mean = jax.tree.map(lambda *g: sum(g) / k, *[jax.grad(micro(i))(ref_params) for i in range(k)])
     updates, ref_state = reference.update(mean, ref_state, ref_params)
     ref_params = optax.apply_updates(ref_params, updates)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9),
-                 acc_params, ref_params)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9),
-                 msam_jax.eval_params(acc_params, acc_state),
-                 msam_jax.eval_params(ref_params, ref_state))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9), acc_params, ref_params)
+    jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9),
+      msam_jax.eval_params(acc_params, acc_state),
+      msam_jax.eval_params(ref_params, ref_state),
+    )
   assert float(ref_state.offset_scale) > 0
 
 

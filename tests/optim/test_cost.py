@@ -1,4 +1,5 @@
 """What each optimizer costs: state memory, gradient evaluations, sub-batch sizes."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,8 +43,7 @@ def test_msam_update_with_donated_buffers_needs_no_momentum_copy(name):
   msam recomputes that term from the new momentum (constant momentum >= 0.5),
   so XLA needs no copy of the old buffer.
   """
-  tx = {"msam": lambda: msam_jax.msam(0.1, weight_decay=5e-4),
-        "adamw_msam": lambda: msam_jax.adamw_msam(0.1)}[name]()
+  tx = {"msam": lambda: msam_jax.msam(0.1, weight_decay=5e-4), "adamw_msam": lambda: msam_jax.adamw_msam(0.1)}[name]()
   params = {"w": jnp.ones((512, 384)), "b": jnp.ones((384,))}
 
   def step(params, state, grads):
@@ -51,8 +51,9 @@ def test_msam_update_with_donated_buffers_needs_no_momentum_copy(name):
     return optax.apply_updates(params, updates), state
 
   hlo = jax.jit(step, donate_argnums=(0, 1)).lower(params, tx.init(params), params).compile()
-  big_copies = [line for line in hlo.as_text().splitlines()
-                if " copy(" in line and "f32[512,384]" in line.split("copy(")[0]]
+  big_copies = [
+    line for line in hlo.as_text().splitlines() if " copy(" in line and "f32[512,384]" in line.split("copy(")[0]
+  ]
   assert big_copies == []
 
 
@@ -81,17 +82,16 @@ def test_esam_second_backward_runs_on_a_gathered_sub_batch(gamma, kept):
   losses = loss_fn(params)
   grads = jax.grad(lambda p: loss_fn(p).mean())(params)
   jaxpr = jax.make_jaxpr(lambda g, s, p: tx.update(g, s, p, loss_fn=loss_fn, losses=losses))(
-      grads, tx.init(params), params)
+    grads, tx.init(params), params
+  )
   # loss_fn saw static integer indices of shape [floor(gamma B)] ...
   assert [i.shape for i in seen] == [(kept,)]
   assert jnp.issubdtype(seen[0].dtype, jnp.integer)
   # ... and the network ran once on the whole batch (the sharpness forward) and once on the
   # kept examples (the second forward/backward): no full-batch second pass with a mask.
-  tanh_shapes = sorted(e.outvars[0].aval.shape for e in iter_eqns(jaxpr.jaxpr)
-                       if e.primitive.name == "tanh")
+  tanh_shapes = sorted(e.outvars[0].aval.shape for e in iter_eqns(jaxpr.jaxpr) if e.primitive.name == "tanh")
   assert tanh_shapes == sorted([(batch_size, hidden), (kept, hidden)])
-  backward_shapes = {e.outvars[0].aval.shape for e in iter_eqns(jaxpr.jaxpr)
-                     if e.primitive.name == "dot_general"}
+  backward_shapes = {e.outvars[0].aval.shape for e in iter_eqns(jaxpr.jaxpr) if e.primitive.name == "dot_general"}
   assert (kept, hidden) in backward_shapes
 
 
@@ -99,8 +99,7 @@ def test_esam_without_first_pass_losses_recomputes_them():
   params, loss_fn, _ = mlp_problem()
   tx = msam_jax.esam(msam_jax.sgd(0.1), rho=0.1, gamma=0.5)
   grads = jax.grad(lambda p: loss_fn(p).mean())(params)
-  with_losses, _ = tx.update(grads, tx.init(params), params, loss_fn=loss_fn,
-                             losses=loss_fn(params))
+  with_losses, _ = tx.update(grads, tx.init(params), params, loss_fn=loss_fn, losses=loss_fn(params))
   without, _ = tx.update(grads, tx.init(params), params, loss_fn=loss_fn)
   for a, b in zip(jax.tree.leaves(with_losses), jax.tree.leaves(without)):
     np.testing.assert_allclose(a, b, rtol=1e-6)
@@ -145,8 +144,7 @@ def test_looksam_non_sam_steps_evaluate_no_second_gradient():
   jaxpr = jax.make_jaxpr(lambda g, s, p: tx.update(g, s, p, loss_fn=loss_fn))(grads, state, params)
   conds = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "cond"]
   assert len(conds) == 1
-  tanh_per_branch = [sum(e.primitive.name == "tanh" for e in iter_eqns(b.jaxpr))
-                     for b in conds[0].params["branches"]]
+  tanh_per_branch = [sum(e.primitive.name == "tanh" for e in iter_eqns(b.jaxpr)) for b in conds[0].params["branches"]]
   assert sorted(tanh_per_branch) == [0, 1]
   outside = [e for e in jaxpr.jaxpr.eqns if e is not conds[0]]
   assert not any(e.primitive.name == "tanh" for e in outside)
@@ -156,11 +154,12 @@ def test_looksam_non_sam_steps_evaluate_no_second_gradient():
 def test_sam_family_composes_under_jit(name):
   """Jitted step == op-by-op step; the state is a pytree jit can carry."""
   sgd = lambda: msam_jax.sgd(0.05, momentum=0.9, weight_decay=5e-3)
-  tx = {"sam": lambda: msam_jax.sam(sgd(), rho=0.2),
-        "esam": lambda: msam_jax.esam(sgd(), rho=0.2, beta=0.5, gamma=0.5),
-        "looksam": lambda: msam_jax.looksam(sgd(), rho=0.2, k=2),
-        "chained_sam": lambda: optax.chain(optax.clip_by_global_norm(1.0),
-                                           msam_jax.sam(sgd(), rho=0.2))}[name]()
+  tx = {
+    "sam": lambda: msam_jax.sam(sgd(), rho=0.2),
+    "esam": lambda: msam_jax.esam(sgd(), rho=0.2, beta=0.5, gamma=0.5),
+    "looksam": lambda: msam_jax.looksam(sgd(), rho=0.2, k=2),
+    "chained_sam": lambda: optax.chain(optax.clip_by_global_norm(1.0), msam_jax.sam(sgd(), rho=0.2)),
+  }[name]()
   jitted = oracle.run(tx, "SGD/A", steps=2, jit=True)
   eager = oracle.run(tx, "SGD/A", steps=2, jit=False)
   for a, b in zip(jitted, eager):

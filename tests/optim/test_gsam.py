@@ -1,4 +1,5 @@
 """GSAM against big_vision's gsam_gradient (numpy transcription), its reductions, gsam_rho."""
+
 import math
 
 import jax
@@ -28,8 +29,7 @@ def sgd(lr=LR_SCHEDULE):
 
 
 def rho_schedule():
-  return schedules.gsam_rho(LR_SCHEDULE, lr_max=LR_MAX, lr_min=LR_MIN, rho_max=RHO_MAX,
-                            rho_min=RHO_MIN)
+  return schedules.gsam_rho(LR_SCHEDULE, lr_max=LR_MAX, lr_min=LR_MIN, rho_max=RHO_MAX, rho_min=RHO_MIN)
 
 
 @pytest.mark.parametrize("minimize_fp", [True, False])
@@ -46,13 +46,13 @@ def test_gsam_matches_big_vision(x64, minimize_fp):
   vp.assert_trajectory_close(got, expected)
   # Not vacuous: alpha matters, and so does the branch.
   sam_like = vp.run(msam_jax.gsam(sgd(), rho=rho_schedule(), alpha=0.0), steps=oracle.STEPS)
-  assert not np.allclose(sam_like[-1]["Dense_0"]["kernel"], got[-1]["Dense_0"]["kernel"],
-                         rtol=1e-6, atol=0)
+  assert not np.allclose(sam_like[-1]["Dense_0"]["kernel"], got[-1]["Dense_0"]["kernel"], rtol=1e-6, atol=0)
 
 
 def test_gsam_alpha_zero_is_sam_bit_for_bit(x64):
-  vp.assert_trees_equal(vp.run(msam_jax.gsam(sgd(0.1), rho=0.05, alpha=0.0), steps=4),
-                        vp.run(msam_jax.sam(sgd(0.1), rho=0.05), steps=4))
+  vp.assert_trees_equal(
+    vp.run(msam_jax.gsam(sgd(0.1), rho=0.05, alpha=0.0), steps=4), vp.run(msam_jax.sam(sgd(0.1), rho=0.05), steps=4)
+  )
 
 
 def test_gsam_rho_max_equal_rho_min_alpha_zero_is_sam(x64):
@@ -86,8 +86,7 @@ def test_gsam_rho_zero_with_alpha_is_the_base_to_round_off(x64):
 
 
 def test_gsam_rho_follows_the_learning_rate_and_is_clamped():
-  warmup = optax.warmup_cosine_decay_schedule(0.0, peak_value=1.0, warmup_steps=5,
-                                              decay_steps=20, end_value=0.5)
+  warmup = optax.warmup_cosine_decay_schedule(0.0, peak_value=1.0, warmup_steps=5, decay_steps=20, end_value=0.5)
   rho = schedules.gsam_rho(warmup, lr_max=1.0, lr_min=0.5, rho_max=0.2, rho_min=0.05)
   clamped = 0
   for count in range(25):
@@ -112,7 +111,9 @@ def test_gsam_rho_is_jittable():
   np.testing.assert_allclose(jax.jit(rho)(jnp.asarray(3)), rho(3), rtol=1e-6)
 
 
-@pytest.mark.parametrize("make, argument", [
+@pytest.mark.parametrize(
+  "make, argument",
+  [
     (lambda: msam_jax.gsam(msam_jax.sgd(0.1), rho=-0.05), "rho"),
     (lambda: msam_jax.gsam(msam_jax.sgd(0.1), alpha=-0.1), "alpha"),
     (lambda: msam_jax.gsam(msam_jax.sgd(0.1), alpha=1.1), "alpha"),
@@ -121,7 +122,8 @@ def test_gsam_rho_is_jittable():
     (lambda: schedules.gsam_rho(0.1, 0.1, 0.0, rho_max=0.1, rho_min=0.2), "rho_min"),
     (lambda: schedules.gsam_rho(0.1, lr_max=0.01, lr_min=0.1, rho_max=0.1, rho_min=0.0), "lr_max"),
     (lambda: schedules.gsam_rho(0.1, 0.1, 0.0, rho_max=-0.1, rho_min=-0.2), "rho_max"),
-])
+  ],
+)
 def test_bad_hyperparameters_raise_naming_the_argument(make, argument):
   with pytest.raises(ValueError, match=rf"^{argument} must be"):
     make()
@@ -136,14 +138,17 @@ def test_good_edge_values_are_accepted():
 def test_under_inject_hyperparams_and_seen_by_needs_loss_fn(x64, name):
   """rho (and eta / alpha) injectable; same numbers; the training loop sees a loss_fn user."""
   from msam_jax.optim import all_but_biases, current_hyperparams, needs_loss_fn
+
   if name == "asam":
     plain = msam_jax.asam(sgd(0.1), rho=0.4, eta=0.02, mask=all_but_biases)
     injected = optax.inject_hyperparams(msam_jax.asam, static_args=("base", "mask"))(
-        base=sgd(0.1), rho=0.4, eta=0.02, mask=all_but_biases)
+      base=sgd(0.1), rho=0.4, eta=0.02, mask=all_but_biases
+    )
   else:
     plain = msam_jax.gsam(sgd(0.1), rho=0.05, alpha=0.3)
     injected = optax.inject_hyperparams(msam_jax.gsam, static_args=("base", "minimize_fp"))(
-        base=sgd(0.1), rho=0.05, alpha=0.3)
+      base=sgd(0.1), rho=0.05, alpha=0.3
+    )
   assert needs_loss_fn(plain) and needs_loss_fn(injected)
   for a, b in zip(jax.tree.leaves(vp.run(plain, steps=3)), jax.tree.leaves(vp.run(injected, steps=3))):
     np.testing.assert_allclose(a, b, rtol=1e-13)

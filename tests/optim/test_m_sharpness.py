@@ -1,8 +1,8 @@
 """m-sharpness (group_size): per-group perturbations, their cost, their reductions."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 import msam_jax
@@ -18,18 +18,23 @@ def sgd():
 
 
 VARIANTS = {  # name: (msam_jax transformation with group_size, oracle direction per group)
-    "sam": (lambda m: msam_jax.sam(sgd(), rho=0.1, group_size=m),
-            lambda p, x, y, t: oracle.sam_gradient(p, x, y, 0.1)),
-    "asam_samsunglabs": (
-        lambda m: msam_jax.asam(sgd(), rho=0.5, eta=0.01, mask=all_but_biases, group_size=m),
-        lambda p, x, y, t: oracle.samsunglabs_asam(p, x, y, 0.5, 0.01)),
-    "asam_davda54": (lambda m: msam_jax.asam(sgd(), rho=1.0, eta=0.0, group_size=m),
-                     lambda p, x, y, t: oracle.davda54_adaptive_sam(p, x, y, 1.0)),
-    "gsam": (lambda m: msam_jax.gsam(sgd(), rho=0.1, alpha=0.3, group_size=m),
-             lambda p, x, y, t: oracle.big_vision_gsam(p, x, y, 0.1, 0.3, True)),
-    "gsam_clean": (lambda m: msam_jax.gsam(sgd(), rho=0.1, alpha=0.3, minimize_fp=False,
-                                           group_size=m),
-                   lambda p, x, y, t: oracle.big_vision_gsam(p, x, y, 0.1, 0.3, False)),
+  "sam": (lambda m: msam_jax.sam(sgd(), rho=0.1, group_size=m), lambda p, x, y, t: oracle.sam_gradient(p, x, y, 0.1)),
+  "asam_samsunglabs": (
+    lambda m: msam_jax.asam(sgd(), rho=0.5, eta=0.01, mask=all_but_biases, group_size=m),
+    lambda p, x, y, t: oracle.samsunglabs_asam(p, x, y, 0.5, 0.01),
+  ),
+  "asam_davda54": (
+    lambda m: msam_jax.asam(sgd(), rho=1.0, eta=0.0, group_size=m),
+    lambda p, x, y, t: oracle.davda54_adaptive_sam(p, x, y, 1.0),
+  ),
+  "gsam": (
+    lambda m: msam_jax.gsam(sgd(), rho=0.1, alpha=0.3, group_size=m),
+    lambda p, x, y, t: oracle.big_vision_gsam(p, x, y, 0.1, 0.3, True),
+  ),
+  "gsam_clean": (
+    lambda m: msam_jax.gsam(sgd(), rho=0.1, alpha=0.3, minimize_fp=False, group_size=m),
+    lambda p, x, y, t: oracle.big_vision_gsam(p, x, y, 0.1, 0.3, False),
+  ),
 }
 
 
@@ -69,15 +74,13 @@ def test_sam_group_size_two_steps_by_hand(x64):
   updates, _ = tx.update(None, tx.init(params), params, loss_fn=loss_fn)
   # Group j: g1 = a_jj w_j e_j (only weight j), e = 0.05 e_j, g2 = a_jj (1.05) e_j;
   # the mean over the 2 groups: (2.1 / 2, 4.2 / 2).
-  np.testing.assert_allclose(params["w"] + updates["w"], [1 - 0.1 * 1.05, 1 - 0.1 * 2.1],
-                             rtol=1e-12)
+  np.testing.assert_allclose(params["w"] + updates["w"], [1 - 0.1 * 1.05, 1 - 0.1 * 2.1], rtol=1e-12)
   # Whole batch: g = (1, 2), e = 0.05 (1, 2) / sqrt(5), g2 = a w_e / 2.
   whole = msam_jax.sam(msam_jax.sgd(0.1, momentum=0.0), rho=0.05)
   grads = jax.grad(lambda p: jnp.mean(loss_fn(p)))(params)
   updates, _ = whole.update(grads, whole.init(params), params, loss_fn=loss_fn)
   e = 0.05 * np.array([1.0, 2.0]) / np.sqrt(5.0)
-  np.testing.assert_allclose(params["w"] + updates["w"],
-                             1 - 0.1 * np.array([2.0, 4.0]) * (1 + e) / 2, rtol=1e-12)
+  np.testing.assert_allclose(params["w"] + updates["w"], 1 - 0.1 * np.array([2.0, 4.0]) * (1 + e) / 2, rtol=1e-12)
 
 
 # --------------------------------------------------------------------------- cost
@@ -120,9 +123,10 @@ def test_the_callers_first_pass_gradient_is_dead_code_with_groups(x64):
     compiled = jax.jit(vp.make_step(tx, pass_grads=pass_grads)).lower(*args).compile()
     flops.append(compiled.cost_analysis()["flops"])
   assert flops[0] == flops[1] > 0
-  with_groups, without = [jax.jit(vp.make_step(t, pass_grads=p)).lower(*args).compile()
-                          .cost_analysis()["flops"]
-                          for t, p in ((tx, False), (msam_jax.sam(sgd(), rho=0.1), True))]
+  with_groups, without = [
+    jax.jit(vp.make_step(t, pass_grads=p)).lower(*args).compile().cost_analysis()["flops"]
+    for t, p in ((tx, False), (msam_jax.sam(sgd(), rho=0.1), True))
+  ]
   assert with_groups < 1.5 * without  # two gradients per example either way, not three
 
 
@@ -138,6 +142,9 @@ def test_bad_group_size_raises_at_construction(make, group_size):
 
 @pytest.mark.parametrize("make", [msam_jax.sam, msam_jax.asam, msam_jax.gsam])
 def test_group_size_not_dividing_the_batch_fails_at_the_first_update(x64, make):
-  with pytest.raises(ValueError, match=r"^group_size must divide the batch size, got "
-                                       r"group_size=3 for a batch of 8"):
+  with pytest.raises(
+    ValueError,
+    match=r"^group_size must divide the batch size, got "
+    r"group_size=3 for a batch of 8",
+  ):
     vp.run(make(sgd(), group_size=3), steps=1)

@@ -1,4 +1,5 @@
 """The optimizer table: consistent entries, families that agree with the states, build()."""
+
 import inspect
 
 import jax
@@ -56,23 +57,44 @@ def test_perturbs_params_sees_through_wrappers_and_is_false_elsewhere():
   assert not perturbs_params(msam_jax.sam(msam_jax.sgd(0.1)).init(PARAMS))
 
 
-@pytest.mark.parametrize("name,expected", [
+@pytest.mark.parametrize(
+  "name,expected",
+  [
     ("sgd", lambda: msam_jax.sgd(0.1, momentum=0.5, weight_decay=1e-2, nesterov=True)),
     ("msam", lambda: msam_jax.msam(0.1, momentum=0.5, rho=0.2, weight_decay=1e-2)),
     ("adamw", lambda: msam_jax.adamw(0.1, b1=0.8, weight_decay=1e-2)),
     ("adamw_msam", lambda: msam_jax.adamw_msam(0.1, b1=0.8, weight_decay=1e-2, rho=0.2)),
-    ("sam", lambda: msam_jax.sam(msam_jax.sgd(0.1, momentum=0.5, weight_decay=1e-2, nesterov=True),
-                                 rho=0.2)),
-    ("esam", lambda: msam_jax.esam(msam_jax.sgd(0.1, momentum=0.5, weight_decay=1e-2, nesterov=True),
-                                   rho=0.2, beta=1.0, gamma=0.5)),
-    ("looksam", lambda: msam_jax.looksam(msam_jax.sgd(0.1, momentum=0.5, weight_decay=1e-2,
-                                                      nesterov=True), rho=0.2, k=3, alpha=0.5)),
+    ("sam", lambda: msam_jax.sam(msam_jax.sgd(0.1, momentum=0.5, weight_decay=1e-2, nesterov=True), rho=0.2)),
+    (
+      "esam",
+      lambda: msam_jax.esam(
+        msam_jax.sgd(0.1, momentum=0.5, weight_decay=1e-2, nesterov=True), rho=0.2, beta=1.0, gamma=0.5
+      ),
+    ),
+    (
+      "looksam",
+      lambda: msam_jax.looksam(
+        msam_jax.sgd(0.1, momentum=0.5, weight_decay=1e-2, nesterov=True), rho=0.2, k=3, alpha=0.5
+      ),
+    ),
     ("adamw_sam", lambda: msam_jax.sam(msam_jax.adamw(0.1, b1=0.8, weight_decay=1e-2), rho=0.2)),
-])
+  ],
+)
 def test_build_hands_each_factory_the_hyperparameters_it_takes(name, expected):
   """One config-like set for all; each takes its own (msam no nesterov, sgd no rho, ...)."""
-  hyper = dict(learning_rate=0.1, momentum=0.5, weight_decay=1e-2, nesterov=True, b1=0.8, rho=0.2,
-               beta=1.0, gamma=0.5, k=3, alpha=0.5, unrelated="ignored")
+  hyper = dict(
+    learning_rate=0.1,
+    momentum=0.5,
+    weight_decay=1e-2,
+    nesterov=True,
+    b1=0.8,
+    rho=0.2,
+    beta=1.0,
+    gamma=0.5,
+    k=3,
+    alpha=0.5,
+    unrelated="ignored",
+  )
   assert_trees_equal(one_update(registry.build(name, **hyper)), one_update(expected()))
 
 

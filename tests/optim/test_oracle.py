@@ -4,7 +4,7 @@ After every step: the parameters the model holds, `eval_params` (the
 unperturbed parameters of the MSAM family), the per-example losses of the step
 and the optimizer's buffers, all within 1e-10 relative of the original.
 """
-import jax
+
 import numpy as np
 import optax
 import pytest
@@ -20,10 +20,8 @@ def build(name: str):
   opt = name.split("/")[0]
   h = oracle.hyper(name)
   lr = oracle.learning_rate_schedule(name)
-  sgd = lambda: msam_jax.sgd(lr, momentum=h["momentum"], weight_decay=h["weight_decay"],
-                             nesterov=h["nesterov"])
-  adamw = lambda: msam_jax.adamw(lr, b1=h["b1"], b2=h["b2"], eps=h["eps"],
-                                 weight_decay=h["weight_decay"])
+  sgd = lambda: msam_jax.sgd(lr, momentum=h["momentum"], weight_decay=h["weight_decay"], nesterov=h["nesterov"])
+  adamw = lambda: msam_jax.adamw(lr, b1=h["b1"], b2=h["b2"], eps=h["eps"], weight_decay=h["weight_decay"])
   if opt == "SGD":
     return sgd()
   if opt == "MSAM":
@@ -31,8 +29,7 @@ def build(name: str):
   if opt == "AdamW":
     return adamw()
   if opt == "AdamW_MSAM":
-    return msam_jax.adamw_msam(lr, b1=h["b1"], b2=h["b2"], eps=h["eps"],
-                               weight_decay=h["weight_decay"], rho=h["rho"])
+    return msam_jax.adamw_msam(lr, b1=h["b1"], b2=h["b2"], eps=h["eps"], weight_decay=h["weight_decay"], rho=h["rho"])
   if opt == "SAM":
     return msam_jax.sam(sgd(), rho=h["rho"])
   if opt == "AdamW_SAM":
@@ -58,8 +55,7 @@ def check_common(name, records):
     oracle.assert_close(rec["params"], oracle.recorded(name, t, "params"), RTOL, what + " params")
     expected_eval = oracle.recorded(name, t, "unperturbed" if msam_family else "params")
     oracle.assert_close(rec["eval_params"], expected_eval, RTOL, what + " eval_params")
-    oracle.assert_close({"loss": rec["losses"]},
-                        {"loss": oracle.arrays()[f"{name}/step{t:02d}/loss"]}, RTOL, what)
+    oracle.assert_close({"loss": rec["losses"]}, {"loss": oracle.arrays()[f"{name}/step{t:02d}/loss"]}, RTOL, what)
 
 
 @pytest.mark.parametrize("name", ["SGD/A", "MSAM/A", "MSAM/sched_lr", "AdamW/A", "AdamW_MSAM/A"])
@@ -71,11 +67,9 @@ def test_main_loop_optimizers_match_original(x64, name):
   for t, rec in enumerate(records, start=1):
     state, what = rec["state"], f"{name} step {t} state"
     if name.startswith("SGD"):
-      oracle.assert_close(optax.tree.get(state, "trace"),
-                          oracle.recorded_state(name, t, "momentum_buffer"), RTOL, what)
+      oracle.assert_close(optax.tree.get(state, "trace"), oracle.recorded_state(name, t, "momentum_buffer"), RTOL, what)
     elif name.startswith("MSAM"):
-      oracle.assert_close(state.momentum, oracle.recorded_state(name, t, "momentum_buffer"),
-                          RTOL, what)
+      oracle.assert_close(state.momentum, oracle.recorded_state(name, t, "momentum_buffer"), RTOL, what)
       # msam-jax stores c = rho/(||v||+1e-12); the original 1/(||v||+1e-12) and rho.
       c_original = group(t, "rho") * group(t, "inverse_norm_buffer")
       np.testing.assert_allclose(state.offset_scale, c_original, rtol=RTOL)
@@ -102,8 +96,8 @@ def test_injected_adamw_msam_matches_original(x64):
   name = "AdamW_MSAM/A"
   h = oracle.hyper(name)
   tx = optax.inject_hyperparams(msam_jax.adamw_msam)(
-      learning_rate=h["learning_rate"], b1=h["b1"], b2=h["b2"], eps=h["eps"],
-      weight_decay=h["weight_decay"], rho=h["rho"])
+    learning_rate=h["learning_rate"], b1=h["b1"], b2=h["b2"], eps=h["eps"], weight_decay=h["weight_decay"], rho=h["rho"]
+  )
   check_common(name, oracle.run(tx, name))
 
 
@@ -112,8 +106,11 @@ def test_schedule_under_inject_hyperparams_matches_original(x64):
   name = "MSAM/sched_lr"
   h = oracle.hyper(name)
   tx = optax.inject_hyperparams(msam_jax.msam)(
-      learning_rate=oracle.learning_rate_schedule(name), momentum=h["momentum"], rho=h["rho"],
-      weight_decay=h["weight_decay"])
+    learning_rate=oracle.learning_rate_schedule(name),
+    momentum=h["momentum"],
+    rho=h["rho"],
+    weight_decay=h["weight_decay"],
+  )
   records = oracle.run(tx, name)
   check_common(name, records)
   lrs = [float(msam_jax.optim.current_hyperparams(r["state"])["learning_rate"]) for r in records]
@@ -131,22 +128,19 @@ def test_sam_family_matches_original(x64, name):
     # The training step's own forward pass + the optimizer's loss_fn evaluations.
     assert 1 + len(rec["loss_fn_calls"]) == n_forward[t - 1], what
     if name.startswith("AdamW"):
-      oracle.assert_close(optax.tree.get(state, "mu"), oracle.recorded_state(name, t, "exp_avg"),
-                          RTOL, what)
-      oracle.assert_close(optax.tree.get(state, "nu"),
-                          oracle.recorded_state(name, t, "exp_avg_sq"), RTOL, what)
+      oracle.assert_close(optax.tree.get(state, "mu"), oracle.recorded_state(name, t, "exp_avg"), RTOL, what)
+      oracle.assert_close(optax.tree.get(state, "nu"), oracle.recorded_state(name, t, "exp_avg_sq"), RTOL, what)
     else:
-      oracle.assert_close(optax.tree.get(state, "trace"),
-                          oracle.recorded_state(name, t, "momentum_buffer"), RTOL, what)
+      oracle.assert_close(optax.tree.get(state, "trace"), oracle.recorded_state(name, t, "momentum_buffer"), RTOL, what)
     if name.startswith("ESAM"):
       # The sub-batch the second backward ran on is the one the original selected.
       kept = rec["loss_fn_calls"][-1]
       selected = oracle.arrays()[f"{name}/step{t:02d}/esam_selected"]
       np.testing.assert_array_equal(kept, np.flatnonzero(selected))
     if name.startswith("LookSAM"):
-      oracle.assert_close(state.orthogonal_direction,
-                          oracle.recorded_state(name, t, "normalized_orthogonal_gradient"),
-                          RTOL, what)
+      oracle.assert_close(
+        state.orthogonal_direction, oracle.recorded_state(name, t, "normalized_orthogonal_gradient"), RTOL, what
+      )
 
 
 def test_esam_without_first_pass_losses_matches_original(x64):

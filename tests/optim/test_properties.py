@@ -1,4 +1,5 @@
 """Properties that hold by construction, and small cases worked out by hand."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -51,10 +52,10 @@ def test_msam_with_rho_zero_is_sgd_bit_for_bit(x64, dtype):
   """
   params = jax.tree.map(lambda p: p.astype(dtype), oracle.init_params())
   for jit, steps in ((False, 4), (True, 12)):
-    msam = oracle.run(msam_jax.msam(0.05, momentum=0.9, rho=0.0, weight_decay=5e-3), "SGD/A",
-                      params=params, jit=jit, steps=steps)
-    sgd = oracle.run(msam_jax.sgd(0.05, momentum=0.9, weight_decay=5e-3), "SGD/A",
-                     params=params, jit=jit, steps=steps)
+    msam = oracle.run(
+      msam_jax.msam(0.05, momentum=0.9, rho=0.0, weight_decay=5e-3), "SGD/A", params=params, jit=jit, steps=steps
+    )
+    sgd = oracle.run(msam_jax.sgd(0.05, momentum=0.9, weight_decay=5e-3), "SGD/A", params=params, jit=jit, steps=steps)
     for a, b in zip(msam, sgd):
       if jit:
         assert_trees_close(a["params"], b["params"], rtol=100 * np.finfo(dtype).eps)
@@ -73,8 +74,10 @@ def test_adamw_msam_with_rho_zero_is_adamw_bit_for_bit(x64):
 
 @pytest.mark.parametrize("base", ["sgd", "adamw"])
 def test_sam_with_rho_zero_is_its_base(x64, base):
-  make = {"sgd": lambda: msam_jax.sgd(0.05, weight_decay=5e-3),
-          "adamw": lambda: msam_jax.adamw(0.01, weight_decay=5e-3)}[base]
+  make = {
+    "sgd": lambda: msam_jax.sgd(0.05, weight_decay=5e-3),
+    "adamw": lambda: msam_jax.adamw(0.01, weight_decay=5e-3),
+  }[base]
   wrapped = oracle.run(msam_jax.sam(make(), rho=0.0), "SGD/A", steps=4)
   plain = oracle.run(make(), "SGD/A", steps=4)
   for a, b in zip(wrapped, plain):
@@ -116,23 +119,23 @@ def test_eval_params_finds_msam_state_in_wrappers():
   reference = run_fixed_grads(msam_jax.msam(0.1, rho=0.5), params, grads)[-1]
   expected = msam_jax.eval_params(*reference)
   wrapped = [
-      optax.chain(optax.identity(), msam_jax.msam(0.1, rho=0.5)),
-      optax.inject_hyperparams(msam_jax.msam)(learning_rate=0.1, rho=0.5),
-      optax.MultiSteps(msam_jax.msam(0.1, rho=0.5), every_k_schedule=1),
+    optax.chain(optax.identity(), msam_jax.msam(0.1, rho=0.5)),
+    optax.inject_hyperparams(msam_jax.msam)(learning_rate=0.1, rho=0.5),
+    optax.MultiSteps(msam_jax.msam(0.1, rho=0.5), every_k_schedule=1),
   ]
   for tx in wrapped:
     p, s = run_fixed_grads(tx, params, grads)[-1]
     assert_trees_close(p, reference[0], rtol=1e-6)
     assert_trees_close(msam_jax.eval_params(p, s), expected, rtol=1e-6)
   # Two MSAM instances on disjoint parts of the tree: both offsets are undone.
-  tx = optax.multi_transform({"w": msam_jax.msam(0.1, rho=0.5), "b": msam_jax.msam(0.2, rho=0.3)},
-                             {"w": "w", "b": "b"})
+  tx = optax.multi_transform({"w": msam_jax.msam(0.1, rho=0.5), "b": msam_jax.msam(0.2, rho=0.3)}, {"w": "w", "b": "b"})
   p, s = run_fixed_grads(tx, params, grads)[-1]
-  alone = {k: run_fixed_grads(msam_jax.msam(lr, rho=r), {k: params[k]}, [{k: g[k]} for g in grads])[-1]
-           for k, lr, r in (("w", 0.1, 0.5), ("b", 0.2, 0.3))}
+  alone = {
+    k: run_fixed_grads(msam_jax.msam(lr, rho=r), {k: params[k]}, [{k: g[k]} for g in grads])[-1]
+    for k, lr, r in (("w", 0.1, 0.5), ("b", 0.2, 0.3))
+  }
   for k, (p_k, s_k) in alone.items():
-    np.testing.assert_allclose(msam_jax.eval_params(p, s)[k],
-                               msam_jax.eval_params(p_k, s_k)[k], rtol=1e-6)
+    np.testing.assert_allclose(msam_jax.eval_params(p, s)[k], msam_jax.eval_params(p_k, s_k)[k], rtol=1e-6)
 
 
 def test_msam_after_gradient_clipping_in_a_chain():
@@ -208,8 +211,8 @@ def test_sam_family_under_inject_hyperparams(x64):
   rho_schedule = optax.linear_schedule(0.1, 0.3, 10)
   plain = msam_jax.sam(msam_jax.sgd(0.05, momentum=0.9), rho=rho_schedule)
   injected = optax.inject_hyperparams(msam_jax.sam, static_args=("base",))(
-      base=optax.inject_hyperparams(msam_jax.sgd)(learning_rate=0.05, momentum=0.9),
-      rho=rho_schedule)
+    base=optax.inject_hyperparams(msam_jax.sgd)(learning_rate=0.05, momentum=0.9), rho=rho_schedule
+  )
   a = oracle.run(plain, "SAM/A", steps=4)
   b = oracle.run(injected, "SAM/A", steps=4)
   for ra, rb in zip(a, b):
@@ -225,12 +228,14 @@ def test_esam_looksam_under_inject_hyperparams(x64, name):
   """Works with the static arguments listed; gamma left dynamic fails clearly under jit."""
   if name == "ESAM":
     make = lambda **kw: optax.inject_hyperparams(msam_jax.esam, **kw)(
-        base=msam_jax.sgd(0.05), rho=0.2, beta=1.0, gamma=0.5)
+      base=msam_jax.sgd(0.05), rho=0.2, beta=1.0, gamma=0.5
+    )
     plain = msam_jax.esam(msam_jax.sgd(0.05), rho=0.2, beta=1.0, gamma=0.5)
     static = ("base", "gamma", "seed")
   else:
     make = lambda **kw: optax.inject_hyperparams(msam_jax.looksam, **kw)(
-        base=msam_jax.sgd(0.05), rho=0.2, k=2, alpha=0.7)
+      base=msam_jax.sgd(0.05), rho=0.2, k=2, alpha=0.7
+    )
     plain = msam_jax.looksam(msam_jax.sgd(0.05), rho=0.2, k=2, alpha=0.7)
     static = ("base", "k")
   a = oracle.run(plain, "SGD/A", steps=3)
@@ -247,9 +252,13 @@ def test_needs_loss_fn_and_current_hyperparams():
   sgd = msam_jax.sgd(0.1)
   assert not needs_loss_fn(sgd)
   assert not needs_loss_fn(optax.inject_hyperparams(msam_jax.msam)(learning_rate=0.1))
-  for tx in (msam_jax.sam(sgd), msam_jax.esam(sgd), msam_jax.looksam(sgd),
-             optax.chain(optax.clip_by_global_norm(1.0), msam_jax.sam(sgd)),
-             optax.inject_hyperparams(msam_jax.sam, static_args="base")(base=sgd, rho=0.1)):
+  for tx in (
+    msam_jax.sam(sgd),
+    msam_jax.esam(sgd),
+    msam_jax.looksam(sgd),
+    optax.chain(optax.clip_by_global_norm(1.0), msam_jax.sam(sgd)),
+    optax.inject_hyperparams(msam_jax.sam, static_args="base")(base=sgd, rho=0.1),
+  ):
     assert needs_loss_fn(tx)
   assert current_hyperparams(sgd.init({"w": jnp.zeros(3)})) == {}
   state = optax.inject_hyperparams(msam_jax.msam)(learning_rate=0.1, rho=0.2).init({"w": jnp.zeros(3)})
@@ -259,7 +268,9 @@ def test_needs_loss_fn_and_current_hyperparams():
 # ------------------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("make, argument", [
+@pytest.mark.parametrize(
+  "make, argument",
+  [
     (lambda: msam_jax.msam(-0.1), "learning_rate"),
     (lambda: msam_jax.msam(0.1, rho=-0.3), "rho"),
     (lambda: msam_jax.msam(0.1, momentum=1.0), "momentum"),
@@ -279,9 +290,9 @@ def test_needs_loss_fn_and_current_hyperparams():
     (lambda: msam_jax.looksam(msam_jax.sgd(0.1), k=0), "k"),
     (lambda: msam_jax.looksam(msam_jax.sgd(0.1), k=2.5), "k"),
     (lambda: msam_jax.looksam(msam_jax.sgd(0.1), rho=-1.0), "rho"),
-    (lambda: optax.inject_hyperparams(msam_jax.msam)(learning_rate=0.1, rho=-1.0).init(
-        {"w": jnp.zeros(2)}), "rho"),
-])
+    (lambda: optax.inject_hyperparams(msam_jax.msam)(learning_rate=0.1, rho=-1.0).init({"w": jnp.zeros(2)}), "rho"),
+  ],
+)
 def test_bad_hyperparameters_raise_naming_the_argument(make, argument):
   with pytest.raises(ValueError, match=rf"^{argument} must be"):
     make()

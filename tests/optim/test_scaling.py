@@ -1,4 +1,5 @@
 """Ready for large models: jittable without host syncs, sharding-invariant, wide norms."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,18 +20,27 @@ def build(name):
   """Every optimizer of the registry: SGD lr 0.05 (momentum 0.9), AdamW lr 0.01; weight decay
   5e-3 except in the bases the SAM family wraps; rho 0.3 (MSAM family) or 0.2; LookSAM k=2."""
   entry = registry.get(name)
-  return registry.build(name, learning_rate=0.05 if entry.base == "sgd" else 0.01, momentum=0.9,
-                        weight_decay=0.0 if entry.family == "sam" else 5e-3,
-                        rho=0.3 if entry.family == "msam" else 0.2, k=2)
+  return registry.build(
+    name,
+    learning_rate=0.05 if entry.base == "sgd" else 0.01,
+    momentum=0.9,
+    weight_decay=0.0 if entry.family == "sam" else 5e-3,
+    rho=0.3 if entry.family == "msam" else 0.2,
+    k=2,
+  )
+
+
 BATCH, IN, HIDDEN, CLASSES = 16, 6, 16, 8
 
 
 def problem(dtype=jnp.float32):
   k = jax.random.split(jax.random.key(0), 4)
-  params = {"w0": jax.random.normal(k[0], (HIDDEN, IN), dtype) * 0.4,
-            "b0": jnp.zeros((HIDDEN,), dtype),
-            "w1": jax.random.normal(k[1], (CLASSES, HIDDEN), dtype) * 0.4,
-            "b1": jnp.zeros((CLASSES,), dtype)}
+  params = {
+    "w0": jax.random.normal(k[0], (HIDDEN, IN), dtype) * 0.4,
+    "b0": jnp.zeros((HIDDEN,), dtype),
+    "w1": jax.random.normal(k[1], (CLASSES, HIDDEN), dtype) * 0.4,
+    "b1": jnp.zeros((CLASSES,), dtype),
+  }
   x = jax.random.normal(k[2], (BATCH, IN), dtype)
   y = jax.random.randint(k[3], (BATCH,), 0, CLASSES)
   return params, x, y
@@ -44,11 +54,12 @@ def per_example_loss(params, x, y):
 def make_step(tx):
   def step(params, state, x, y):
     def loss_fn(p, indices=None):
-      return per_example_loss(p, x, y) if indices is None else per_example_loss(
-          p, x[indices], y[indices])
+      return per_example_loss(p, x, y) if indices is None else per_example_loss(p, x[indices], y[indices])
+
     grads = jax.grad(lambda p: loss_fn(p).mean())(params)
     updates, state = tx.update(grads, state, params, loss_fn=loss_fn, losses=loss_fn(params))
     return optax.apply_updates(params, updates), state
+
   return step
 
 
@@ -76,8 +87,7 @@ def test_sharded_parameters_give_the_unsharded_result(x64, name):
   assert jax.device_count() == 8, "tests/conftest.py provides 8 CPU devices"
   mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
   leading, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
-  shard = lambda tree: jax.tree.map(
-      lambda a: leading if a.ndim and a.shape[0] % 8 == 0 else replicated, tree)
+  shard = lambda tree: jax.tree.map(lambda a: leading if a.ndim and a.shape[0] % 8 == 0 else replicated, tree)
   tx = build(name)
   params, x, y = problem(jnp.float64)
   state = tx.init(params)
@@ -85,14 +95,16 @@ def test_sharded_parameters_give_the_unsharded_result(x64, name):
   assert param_shardings["w0"] == leading and param_shardings["w1"] == leading
 
   plain_step = jax.jit(make_step(tx))
-  sharded_step = jax.jit(make_step(tx), in_shardings=(param_shardings, state_shardings, leading,
-                                                      leading),
-                         out_shardings=(param_shardings, state_shardings))
+  sharded_step = jax.jit(
+    make_step(tx),
+    in_shardings=(param_shardings, state_shardings, leading, leading),
+    out_shardings=(param_shardings, state_shardings),
+  )
   results = []
-  for step, args in ((plain_step, (params, state, x, y)),
-                     (sharded_step, jax.device_put((params, state, x, y),
-                                                   (param_shardings, state_shardings, leading,
-                                                    leading)))):
+  for step, args in (
+    (plain_step, (params, state, x, y)),
+    (sharded_step, jax.device_put((params, state, x, y), (param_shardings, state_shardings, leading, leading))),
+  ):
     p, s, xs, ys = args
     for _ in range(2):  # LookSAM (k=2): a SAM step and a reuse step
       p, s = step(p, s, xs, ys)
@@ -101,8 +113,9 @@ def test_sharded_parameters_give_the_unsharded_result(x64, name):
   assert got["w0"].sharding == leading
   for a, b in zip(jax.tree.leaves((got, got_state)), jax.tree.leaves((expected, expected_state))):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-14)
-  np.testing.assert_allclose(msam_jax.eval_params(got, got_state)["w0"],
-                             msam_jax.eval_params(expected, expected_state)["w0"], rtol=1e-12)
+  np.testing.assert_allclose(
+    msam_jax.eval_params(got, got_state)["w0"], msam_jax.eval_params(expected, expected_state)["w0"], rtol=1e-12
+  )
 
 
 def test_global_norm_accumulates_bfloat16_in_float32():
@@ -124,8 +137,7 @@ def test_norms_in_updates_are_float32_for_bfloat16_params(name):
 
   def loss_fn(p, indices=None):  # the model in float32: every bfloat16 reduction is the optimizer's
     p = jax.tree.map(lambda a: a.astype(jnp.float32), p)
-    return per_example_loss(p, x, y) if indices is None else per_example_loss(
-        p, x[indices], y[indices])
+    return per_example_loss(p, x, y) if indices is None else per_example_loss(p, x[indices], y[indices])
 
   grads = jax.grad(lambda p: loss_fn(p).mean())(params)
   assert all(g.dtype == jnp.bfloat16 for g in jax.tree.leaves(grads))
@@ -135,7 +147,8 @@ def test_norms_in_updates_are_float32_for_bfloat16_params(name):
   reductions = [e for e in iter_eqns(jaxpr.jaxpr) if e.primitive.name in ("reduce_sum", "dot_general")]
   assert reductions
   assert all(v.aval.dtype != jnp.bfloat16 for e in reductions for v in e.invars), [
-      str(e) for e in reductions if any(v.aval.dtype == jnp.bfloat16 for v in e.invars)]
+    str(e) for e in reductions if any(v.aval.dtype == jnp.bfloat16 for v in e.invars)
+  ]
 
   if registry.get(name).family == "msam":
     updates, new_state = jax.jit(tx.update)(grads, state, params)

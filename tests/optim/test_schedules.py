@@ -4,6 +4,7 @@ The formulas are written here as the original evaluates them: update `i`
 (0-based) of epoch `e` (1-based) runs at ``x = (e - 1) + (i + 1) / spe``; the
 optax count of that update is ``(e - 1) spe + i``.
 """
+
 import math
 
 import jax
@@ -51,26 +52,32 @@ def check(schedule, formula, epochs, spe):
 
 @pytest.mark.parametrize("epochs, spe, ramp", [(5, 7, 1.5), (4, 10, 1), (3, 6, 0), (2, 5, 0.3)])
 def test_lr_start_ramp_cos(x64, epochs, spe, ramp):
-  check(schedules.lr_start_ramp_cos(0.1, epochs=epochs, steps_per_epoch=spe, ramp_epochs=ramp),
-        lambda x: start_ramp_cos(0.1, x, epochs, ramp), epochs, spe)
+  check(
+    schedules.lr_start_ramp_cos(0.1, epochs=epochs, steps_per_epoch=spe, ramp_epochs=ramp),
+    lambda x: start_ramp_cos(0.1, x, epochs, ramp),
+    epochs,
+    spe,
+  )
 
 
 @pytest.mark.parametrize("epochs, spe, warm", [(5, 7, 0.5), (4, 10, 1), (3, 6, 0), (6, 3, 2.5)])
 def test_lr_cos_warmup(x64, epochs, spe, warm):
-  check(schedules.lr_cos_warmup(0.05, epochs=epochs, steps_per_epoch=spe, warmup_epochs=warm),
-        lambda x: cos_warmup(0.05, x, epochs, warm), epochs, spe)
+  check(
+    schedules.lr_cos_warmup(0.05, epochs=epochs, steps_per_epoch=spe, warmup_epochs=warm),
+    lambda x: cos_warmup(0.05, x, epochs, warm),
+    epochs,
+    spe,
+  )
 
 
 @pytest.mark.parametrize("spe, ramp", [(7, 1.5), (10, 2), (6, 0), (5, 0.3)])
 def test_rho_start_ramp(x64, spe, ramp):
-  check(schedules.rho_start_ramp(0.3, steps_per_epoch=spe, ramp_epochs=ramp),
-        lambda x: rho_ramp(0.3, x, ramp), 4, spe)
+  check(schedules.rho_start_ramp(0.3, steps_per_epoch=spe, ramp_epochs=ramp), lambda x: rho_ramp(0.3, x, ramp), 4, spe)
 
 
 @pytest.mark.parametrize("spe, jump", [(7, 1), (10, 0.3), (10, 0.35), (3, 1 / 3), (6, 0), (5, 2)])
 def test_rho_start_jump(x64, spe, jump):
-  check(schedules.rho_start_jump(0.3, steps_per_epoch=spe, jump_epochs=jump),
-        lambda x: rho_jump(0.3, x, jump), 4, spe)
+  check(schedules.rho_start_jump(0.3, steps_per_epoch=spe, jump_epochs=jump), lambda x: rho_jump(0.3, x, jump), 4, spe)
 
 
 def test_schedules_drive_an_injected_optimizer():
@@ -86,23 +93,21 @@ def test_schedules_drive_an_injected_optimizer():
     h = msam_jax.optim.current_hyperparams(state)
     seen.append((float(h["learning_rate"]), float(h["rho"])))
   xs = [x for _, x in progress(3, 2)]
-  np.testing.assert_allclose(seen, [(cos_warmup(0.1, x, 3, 1), rho_jump(0.3, x, 1)) for x in xs],
-                             rtol=1e-6, atol=1e-8)
+  np.testing.assert_allclose(seen, [(cos_warmup(0.1, x, 3, 1), rho_jump(0.3, x, 1)) for x in xs], rtol=1e-6, atol=1e-8)
 
 
-@pytest.mark.parametrize("make, argument", [
-    (lambda: schedules.lr_start_ramp_cos(0.1, epochs=5, steps_per_epoch=0, ramp_epochs=1),
-     "steps_per_epoch"),
-    (lambda: schedules.lr_start_ramp_cos(-0.1, epochs=5, steps_per_epoch=3, ramp_epochs=1),
-     "base_lr"),
-    (lambda: schedules.lr_start_ramp_cos(0.1, epochs=0, steps_per_epoch=3, ramp_epochs=1),
-     "epochs"),
-    (lambda: schedules.lr_cos_warmup(0.1, epochs=5, steps_per_epoch=3, warmup_epochs=5),
-     "warmup_epochs"),
+@pytest.mark.parametrize(
+  "make, argument",
+  [
+    (lambda: schedules.lr_start_ramp_cos(0.1, epochs=5, steps_per_epoch=0, ramp_epochs=1), "steps_per_epoch"),
+    (lambda: schedules.lr_start_ramp_cos(-0.1, epochs=5, steps_per_epoch=3, ramp_epochs=1), "base_lr"),
+    (lambda: schedules.lr_start_ramp_cos(0.1, epochs=0, steps_per_epoch=3, ramp_epochs=1), "epochs"),
+    (lambda: schedules.lr_cos_warmup(0.1, epochs=5, steps_per_epoch=3, warmup_epochs=5), "warmup_epochs"),
     (lambda: schedules.rho_start_ramp(0.1, steps_per_epoch=3, ramp_epochs=-1), "ramp_epochs"),
     (lambda: schedules.rho_start_jump(-0.1, steps_per_epoch=3, jump_epochs=1), "rho"),
     (lambda: schedules.rho_start_jump(0.1, steps_per_epoch=2.5, jump_epochs=1), "steps_per_epoch"),
-])
+  ],
+)
 def test_bad_schedule_arguments(make, argument):
   with pytest.raises(ValueError, match=rf"^{argument} must be"):
     make()

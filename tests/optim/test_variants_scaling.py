@@ -1,5 +1,6 @@
 """ASAM, GSAM and m-sharpness at scale: one jitted step without host syncs, wide norms
 for bfloat16 parameters, sharding-invariant results, and the collectives of a grouped step."""
+
 import re
 
 import jax
@@ -17,22 +18,26 @@ import variants_problem as vp
 BATCH, IN, HIDDEN, CLASSES = 16, 6, 16, 8
 SGD = lambda: msam_jax.sgd(0.05, momentum=0.9, weight_decay=5e-3)
 OPTIMIZERS = {
-    "asam": lambda: msam_jax.asam(SGD(), rho=0.5, mask=all_but_biases),
-    "gsam": lambda: msam_jax.gsam(SGD(), rho=schedules.gsam_rho(
-        optax.linear_schedule(0.05, 0.01, 10), 0.05, 0.01, 0.2, 0.05), alpha=0.3),
-    "gsam_clean": lambda: msam_jax.gsam(SGD(), rho=0.2, alpha=0.3, minimize_fp=False),
-    "sam_m2": lambda: msam_jax.sam(SGD(), rho=0.2, group_size=2),
-    "asam_m2": lambda: msam_jax.asam(SGD(), rho=0.5, eta=0.0, group_size=2),
-    "gsam_m2": lambda: msam_jax.gsam(SGD(), rho=0.2, alpha=0.3, group_size=2),
+  "asam": lambda: msam_jax.asam(SGD(), rho=0.5, mask=all_but_biases),
+  "gsam": lambda: msam_jax.gsam(
+    SGD(), rho=schedules.gsam_rho(optax.linear_schedule(0.05, 0.01, 10), 0.05, 0.01, 0.2, 0.05), alpha=0.3
+  ),
+  "gsam_clean": lambda: msam_jax.gsam(SGD(), rho=0.2, alpha=0.3, minimize_fp=False),
+  "sam_m2": lambda: msam_jax.sam(SGD(), rho=0.2, group_size=2),
+  "asam_m2": lambda: msam_jax.asam(SGD(), rho=0.5, eta=0.0, group_size=2),
+  "gsam_m2": lambda: msam_jax.gsam(SGD(), rho=0.2, alpha=0.3, group_size=2),
 }
 
 
 def problem(dtype=jnp.float32):
   k = jax.random.split(jax.random.key(0), 4)
-  params = {"Dense_0": {"kernel": jax.random.normal(k[0], (IN, HIDDEN), dtype) * 0.4,
-                        "bias": jnp.zeros((HIDDEN,), dtype)},
-            "Dense_1": {"kernel": jax.random.normal(k[1], (HIDDEN, CLASSES), dtype) * 0.4,
-                        "bias": jnp.zeros((CLASSES,), dtype)}}
+  params = {
+    "Dense_0": {"kernel": jax.random.normal(k[0], (IN, HIDDEN), dtype) * 0.4, "bias": jnp.zeros((HIDDEN,), dtype)},
+    "Dense_1": {
+      "kernel": jax.random.normal(k[1], (HIDDEN, CLASSES), dtype) * 0.4,
+      "bias": jnp.zeros((CLASSES,), dtype),
+    },
+  }
   x = jax.random.normal(k[2], (BATCH, IN), dtype)
   y = jax.random.randint(k[3], (BATCH,), 0, CLASSES)
   return params, x, y
@@ -63,18 +68,17 @@ def test_norms_and_dot_products_are_float32_for_bfloat16_params(name):
 
   def loss_fn(p, indices=None):  # the model in float32: every bfloat16 reduction is the optimizer's
     p = jax.tree.map(lambda a: a.astype(jnp.float32), p)
-    return vp.per_example_loss(p, x, y) if indices is None else vp.per_example_loss(
-        p, x[indices], y[indices])
+    return vp.per_example_loss(p, x, y) if indices is None else vp.per_example_loss(p, x[indices], y[indices])
 
   grads = jax.grad(lambda p: loss_fn(p).mean())(params)
   assert all(g.dtype == jnp.bfloat16 for g in jax.tree.leaves(grads))
   state = tx.init(params)
   jaxpr = jax.make_jaxpr(lambda g, s, p: tx.update(g, s, p, loss_fn=loss_fn))(grads, state, params)
-  reductions = [e for e in iter_eqns(jaxpr.jaxpr)
-                if e.primitive.name in ("reduce_sum", "dot_general", "reduce_max")]
+  reductions = [e for e in iter_eqns(jaxpr.jaxpr) if e.primitive.name in ("reduce_sum", "dot_general", "reduce_max")]
   assert reductions
   assert all(v.aval.dtype != jnp.bfloat16 for e in reductions for v in e.invars), [
-      str(e) for e in reductions if any(v.aval.dtype == jnp.bfloat16 for v in e.invars)]
+    str(e) for e in reductions if any(v.aval.dtype == jnp.bfloat16 for v in e.invars)
+  ]
   updates, _ = jax.jit(lambda g, s, p: tx.update(g, s, p, loss_fn=loss_fn))(grads, state, params)
   assert all(u.dtype == jnp.bfloat16 for u in jax.tree.leaves(updates))
 
@@ -89,22 +93,23 @@ def mesh_and_shardings():
 def test_sharded_parameters_give_the_unsharded_result(x64, name):
   """Params and state sharded along leading dims divisible by 8, the batch along 'data'."""
   _, leading, replicated = mesh_and_shardings()
-  shard = lambda tree: jax.tree.map(
-      lambda a: leading if a.ndim and a.shape[0] % 8 == 0 else replicated, tree)
+  shard = lambda tree: jax.tree.map(lambda a: leading if a.ndim and a.shape[0] % 8 == 0 else replicated, tree)
   tx = OPTIMIZERS[name]()
   params, x, y = problem(jnp.float64)
   state = tx.init(params)
   param_shardings, state_shardings = shard(params), shard(state)
   assert param_shardings["Dense_1"]["kernel"] == leading
   plain = jax.jit(vp.make_step(tx))
-  sharded = jax.jit(vp.make_step(tx),
-                    in_shardings=(param_shardings, state_shardings, leading, leading),
-                    out_shardings=(param_shardings, state_shardings))
+  sharded = jax.jit(
+    vp.make_step(tx),
+    in_shardings=(param_shardings, state_shardings, leading, leading),
+    out_shardings=(param_shardings, state_shardings),
+  )
   results = []
-  for step, args in ((plain, (params, state, x, y)),
-                     (sharded, jax.device_put((params, state, x, y),
-                                              (param_shardings, state_shardings, leading,
-                                               leading)))):
+  for step, args in (
+    (plain, (params, state, x, y)),
+    (sharded, jax.device_put((params, state, x, y), (param_shardings, state_shardings, leading, leading))),
+  ):
     p, s, xs, ys = args
     for _ in range(2):
       p, s = step(p, s, xs, ys)
@@ -115,16 +120,19 @@ def test_sharded_parameters_give_the_unsharded_result(x64, name):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-14)
 
 
-COLLECTIVE = re.compile(r"= .*\b(all-reduce|all-gather|reduce-scatter|collective-permute|"
-                        r"all-to-all)(-start)?\(")
+COLLECTIVE = re.compile(
+  r"= .*\b(all-reduce|all-gather|reduce-scatter|collective-permute|"
+  r"all-to-all)(-start)?\("
+)
 
 
 def collectives(tx, params, x, y):
   _, data, replicated = mesh_and_shardings()
   state = tx.init(params)
   rep = lambda tree: jax.tree.map(lambda _: replicated, tree)
-  step = jax.jit(vp.make_step(tx), in_shardings=(rep(params), rep(state), data, data),
-                 out_shardings=(rep(params), rep(state)))
+  step = jax.jit(
+    vp.make_step(tx), in_shardings=(rep(params), rep(state), data, data), out_shardings=(rep(params), rep(state))
+  )
   hlo = step.lower(params, state, x, y).compile().as_text()
   return [line.strip() for line in hlo.splitlines() if COLLECTIVE.search(line)]
 
@@ -138,18 +146,19 @@ def test_data_parallel_sam_reduces_the_first_pass_gradient():
 
 def per_device_step(tx, mesh):
   """`vp.make_step` inside `shard_map`: params and state replicated, the batch on 'data'."""
+
   def local_step(params, state, x, y):
     loss_fn = vp.make_loss_fn(x, y)
     updates, state = tx.update(None, state, params, loss_fn=loss_fn)
     return optax.apply_updates(params, updates), state
-  return jax.shard_map(local_step, mesh=mesh, in_specs=(P(), P(), P("data"), P("data")),
-                       out_specs=(P(), P()))
+
+  return jax.shard_map(local_step, mesh=mesh, in_specs=(P(), P(), P("data"), P("data")), out_specs=(P(), P()))
 
 
 GROUPED = {  # per-device m-sharpness: (with axis_name, the same groups on the whole batch)
-    "sam": lambda **kw: msam_jax.sam(SGD(), rho=0.2, **kw),
-    "asam": lambda **kw: msam_jax.asam(SGD(), rho=0.5, mask=all_but_biases, **kw),
-    "gsam": lambda **kw: msam_jax.gsam(SGD(), rho=0.2, alpha=0.3, **kw),
+  "sam": lambda **kw: msam_jax.sam(SGD(), rho=0.2, **kw),
+  "asam": lambda **kw: msam_jax.asam(SGD(), rho=0.5, mask=all_but_biases, **kw),
+  "gsam": lambda **kw: msam_jax.gsam(SGD(), rho=0.2, alpha=0.3, **kw),
 }
 
 
@@ -172,8 +181,7 @@ def test_per_device_groups_equal_the_same_groups_on_the_whole_batch(x64, name, g
   for a, b in zip(jax.tree.leaves((got, got_state)), jax.tree.leaves((expected, expected_state))):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-14)
   whole_batch = jax.jit(vp.make_step(GROUPED[name]()))(params, whole.init(params), x, y)[0]
-  assert not np.allclose(np.asarray(got["Dense_0"]["kernel"]),
-                         np.asarray(whole_batch["Dense_0"]["kernel"]))
+  assert not np.allclose(np.asarray(got["Dense_0"]["kernel"]), np.asarray(whole_batch["Dense_0"]["kernel"]))
 
 
 def test_groups_of_the_per_device_batch_need_no_reduction_before_the_second_pass():
@@ -185,10 +193,14 @@ def test_groups_of_the_per_device_batch_need_no_reduction_before_the_second_pass
   tx = msam_jax.sam(SGD(), rho=0.2, axis_name="data")
   state = tx.init(params)
   rep = lambda tree: jax.tree.map(lambda _: replicated, tree)
-  step = jax.jit(per_device_step(tx, mesh), in_shardings=(rep(params), rep(state), data, data),
-                 out_shardings=(rep(params), rep(state)))
-  found = [line.strip() for line in step.lower(params, state, x, y).compile().as_text().splitlines()
-           if COLLECTIVE.search(line)]
+  step = jax.jit(
+    per_device_step(tx, mesh),
+    in_shardings=(rep(params), rep(state), data, data),
+    out_shardings=(rep(params), rep(state)),
+  )
+  found = [
+    line.strip() for line in step.lower(params, state, x, y).compile().as_text().splitlines() if COLLECTIVE.search(line)
+  ]
   assert len(found) == 1 and "all-reduce" in found[0], found
 
 

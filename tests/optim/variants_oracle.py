@@ -18,6 +18,7 @@ Parameters are held in torch layout and names ("0.weight" [H, I], "0.bias",
 "2.weight" [C, H], "2.bias"); `to_flax` gives the Flax tree the JAX side uses
 (``Dense_0/kernel = 0.weight.T``).
 """
+
 import numpy as np
 
 NAMES = ("0.weight", "0.bias", "2.weight", "2.bias")
@@ -27,25 +28,31 @@ BATCH, IN, HIDDEN, CLASSES, STEPS = 8, 5, 7, 3, 12
 def problem(seed=0):
   """Initial torch-layout params and per-step batches (xs [STEPS, B, IN], ys [STEPS, B])."""
   rng = np.random.default_rng(seed)
-  params = {"0.weight": rng.normal(size=(HIDDEN, IN)) * 0.5,
-            "0.bias": rng.normal(size=(HIDDEN,)) * 0.1,
-            "2.weight": rng.normal(size=(CLASSES, HIDDEN)) * 0.5,
-            "2.bias": rng.normal(size=(CLASSES,)) * 0.1}
+  params = {
+    "0.weight": rng.normal(size=(HIDDEN, IN)) * 0.5,
+    "0.bias": rng.normal(size=(HIDDEN,)) * 0.1,
+    "2.weight": rng.normal(size=(CLASSES, HIDDEN)) * 0.5,
+    "2.bias": rng.normal(size=(CLASSES,)) * 0.1,
+  }
   xs = rng.normal(size=(STEPS, BATCH, IN))
   ys = rng.integers(0, CLASSES, size=(STEPS, BATCH))
   return params, xs, ys
 
 
 def to_flax(params):
-  return {"Dense_0": {"kernel": params["0.weight"].T, "bias": params["0.bias"]},
-          "Dense_1": {"kernel": params["2.weight"].T, "bias": params["2.bias"]}}
+  return {
+    "Dense_0": {"kernel": params["0.weight"].T, "bias": params["0.bias"]},
+    "Dense_1": {"kernel": params["2.weight"].T, "bias": params["2.bias"]},
+  }
 
 
 def from_flax(tree):
-  return {"0.weight": np.asarray(tree["Dense_0"]["kernel"]).T,
-          "0.bias": np.asarray(tree["Dense_0"]["bias"]),
-          "2.weight": np.asarray(tree["Dense_1"]["kernel"]).T,
-          "2.bias": np.asarray(tree["Dense_1"]["bias"])}
+  return {
+    "0.weight": np.asarray(tree["Dense_0"]["kernel"]).T,
+    "0.bias": np.asarray(tree["Dense_0"]["bias"]),
+    "2.weight": np.asarray(tree["Dense_1"]["kernel"]).T,
+    "2.bias": np.asarray(tree["Dense_1"]["bias"]),
+  }
 
 
 def grad(params, x, y):
@@ -57,12 +64,12 @@ def grad(params, x, y):
   dz = p.copy()
   dz[np.arange(len(y)), y] -= 1.0
   dz /= len(y)
-  da = (dz @ params["2.weight"]) * (1.0 - h ** 2)
+  da = (dz @ params["2.weight"]) * (1.0 - h**2)
   return {"0.weight": da.T @ x, "0.bias": da.sum(0), "2.weight": dz.T @ h, "2.bias": dz.sum(0)}
 
 
 def norm(tree):
-  return np.sqrt(sum(np.sum(v ** 2) for v in tree.values()))
+  return np.sqrt(sum(np.sum(v**2) for v in tree.values()))
 
 
 class TorchSGD:
@@ -149,7 +156,7 @@ def trajectory(direction, lrs, *, momentum=0.9, weight_decay=5e-3, group_size=No
   for step, lr in enumerate(lrs):
     x, y = xs[step], ys[step]
     m = len(y) if group_size is None else group_size
-    results = [direction(params, x[i:i + m], y[i:i + m], step) for i in range(0, len(y), m)]
+    results = [direction(params, x[i : i + m], y[i : i + m], step) for i in range(0, len(y), m)]
     g = {n: sum(r[0][n] for r in results) / len(results) for n in NAMES}
     params = sgd.step(results[0][1] if group_size is None else params, g, lr)
     out.append({n: v.copy() for n, v in params.items()})

@@ -1,4 +1,5 @@
 """The JAX side of the variants oracle's problem: loss_fn, a training driver, comparisons."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,6 +16,7 @@ def per_example_loss(params, x, y):
 
 def make_loss_fn(x, y, log=None):
   """`loss_fn(params, indices=None)`; `log` (a list) receives each evaluation's indices at run time."""
+
   def loss_fn(params, indices=None):
     if log is not None:
       if indices is None:
@@ -24,6 +26,7 @@ def make_loss_fn(x, y, log=None):
     if indices is None:
       return per_example_loss(params, x, y)
     return per_example_loss(params, x[indices], y[indices])
+
   return loss_fn
 
 
@@ -33,6 +36,7 @@ def make_step(tx, log=None, pass_grads=True):
     grads = jax.grad(lambda p: jnp.mean(loss_fn(p)))(params) if pass_grads else None
     updates, state = tx.update(grads, state, params, loss_fn=loss_fn)
     return optax.apply_updates(params, updates), state
+
   return step
 
 
@@ -75,8 +79,7 @@ def assert_trajectory_close(got, expected, rtol=1e-10):
     g = oracle.from_flax(g)
     for name in oracle.NAMES:
       scale = np.max(np.abs(e[name]))
-      np.testing.assert_allclose(g[name], e[name], rtol=rtol, atol=rtol * 1e-3 * scale,
-                                 err_msg=f"step {t} {name}")
+      np.testing.assert_allclose(g[name], e[name], rtol=rtol, atol=rtol * 1e-3 * scale, err_msg=f"step {t} {name}")
 
 
 def assert_trees_equal(a, b):

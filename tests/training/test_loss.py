@@ -1,4 +1,5 @@
 """The original's label-smoothed KL loss and top-k accuracy, against hand-written formulas."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,8 +19,9 @@ def test_smoothed_kl_matches_definition(smoothing):
   with np.errstate(divide="ignore", invalid="ignore"):
     plogp = np.where(q > 0, q * np.log(q), 0.0)
   expected = (plogp - q * log_p).sum(-1)
-  np.testing.assert_allclose(smoothed_kl_loss(jnp.asarray(logits, jnp.float32), labels, smoothing),
-                             expected, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    smoothed_kl_loss(jnp.asarray(logits, jnp.float32), labels, smoothing), expected, rtol=1e-5, atol=1e-6
+  )
 
 
 def test_gradient_equals_cross_entropy_with_smoothed_target():

@@ -1,4 +1,5 @@
 """Dynamic loss scaling: a float16 run whose gradients underflow trains; overflow skips a step."""
+
 import functools
 
 import flax.linen as nn
@@ -28,6 +29,7 @@ _shrink_grad.defvjp(lambda x: (x, None), lambda _, ct: (ct * SHRINK,))
 class _DeepLikeMLP(nn.Module):
   """Only the first layer trains; its gradient passes a 1e-6 backward factor in the
   computation dtype, as a deep float16 network's small gradients would."""
+
   dtype: jnp.dtype
 
   @nn.compact
@@ -40,8 +42,11 @@ class _DeepLikeMLP(nn.Module):
 
 def _optimizer(name, lr):
   sgd = lambda: msam_jax.sgd(lr, momentum=0.9)
-  return {"sgd": sgd, "msam": lambda: msam_jax.msam(lr, momentum=0.9, rho=0.3),
-          "sam": lambda: msam_jax.sam(sgd(), rho=0.05)}[name]()
+  return {
+    "sgd": sgd,
+    "msam": lambda: msam_jax.msam(lr, momentum=0.9, rho=0.3),
+    "sam": lambda: msam_jax.sam(sgd(), rho=0.05),
+  }[name]()
 
 
 def _train(optimizer, dtype, scaled, num_steps):
@@ -52,8 +57,9 @@ def _train(optimizer, dtype, scaled, num_steps):
   model = _DeepLikeMLP(dtype)
   state = create_train_state(model, tx, jax.random.key(0), image_shape=SPEC.image_shape)
   step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, label_smoothing=0.0))
-  batches = data.train_iterator("synthetic", global_batch_size=64, num_devices=1, process_count=1,
-                                process_index=0, synthetic=SPEC)
+  batches = data.train_iterator(
+    "synthetic", global_batch_size=64, num_devices=1, process_count=1, process_index=0, synthetic=SPEC
+  )
   losses, first = [], None
   for i in range(num_steps):
     state, m = step(state, next(batches), jax.random.key(1))
@@ -69,13 +75,18 @@ def test_underflowing_float16_run_trains_with_loss_scaling(optimizer):
   f32_first, _, f32_loss = _train(optimizer, jnp.float32, False, 30)
   plain_first, plain_last, plain_loss = _train(optimizer, jnp.float16, False, 30)
   scaled_first, _, scaled_loss = _train(optimizer, jnp.float16, True, 30)
-  init = np.asarray(create_train_state(_DeepLikeMLP(jnp.float32), optax.identity(), jax.random.key(0),
-                                       image_shape=SPEC.image_shape).params["Dense_0"]["kernel"])
+  init = np.asarray(
+    create_train_state(
+      _DeepLikeMLP(jnp.float32), optax.identity(), jax.random.key(0), image_shape=SPEC.image_shape
+    ).params["Dense_0"]["kernel"]
+  )
   # Plain float16: the gradient underflows to exactly zero and nothing trains.
   np.testing.assert_array_equal(plain_first, init)
   np.testing.assert_array_equal(plain_last, init)
   # Scaled: the first step is float32's to float16 precision (SAM: both passes scaled), and it trains.
-  np.testing.assert_allclose(scaled_first - init, f32_first - init, rtol=0.05, atol=2e-3 * np.abs(f32_first - init).max())
+  np.testing.assert_allclose(
+    scaled_first - init, f32_first - init, rtol=0.05, atol=2e-3 * np.abs(f32_first - init).max()
+  )
   assert scaled_loss < plain_loss - 0.3 and scaled_loss == pytest.approx(f32_loss, abs=0.1)
 
 
@@ -105,8 +116,9 @@ def test_scaled_backward_keeps_values_and_gradients():
   scaled = loss_scale.scaled_backward(loss_fn, jnp.float32(1024.0))
   p = jnp.array([0.3, -1.2])
   np.testing.assert_allclose(scaled(p, 2.0), loss_fn(p, 2.0), rtol=1e-6)
-  np.testing.assert_allclose(jax.grad(lambda q: scaled(q, 2.0).sum())(p),
-                             jax.grad(lambda q: loss_fn(q, 2.0).sum())(p), rtol=1e-6)
+  np.testing.assert_allclose(
+    jax.grad(lambda q: scaled(q, 2.0).sum())(p), jax.grad(lambda q: loss_fn(q, 2.0).sum())(p), rtol=1e-6
+  )
   # The cotangent inside is scaled: a float16 backward factor no longer underflows.
   shrinking = lambda p: _shrink_grad(p.astype(jnp.float16) * 1e-3).astype(jnp.float32).sum()
   assert float(jnp.abs(jax.grad(shrinking)(p)).max()) == 0.0

@@ -1,4 +1,5 @@
 """Config -> optimizer: every name builds, follows its schedules, clips where the config says."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,8 +36,15 @@ def _run(tx, num_steps):
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_every_optimizer_follows_the_configured_schedules(name):
-  config = load_config("cifar100_wrn16_4", optimizer=name, num_epochs=3, rho=0.5,
-                       rho_schedule="start_ramp", rho_ramp_epochs=1.0, esam_gamma=1.0)
+  config = load_config(
+    "cifar100_wrn16_4",
+    optimizer=name,
+    num_epochs=3,
+    rho=0.5,
+    rho_schedule="start_ramp",
+    rho_ramp_epochs=1.0,
+    esam_gamma=1.0,
+  )
   tx = build_optimizer(config, STEPS_PER_EPOCH)
   family = registry.get(name).family
   assert needs_loss_fn(tx) == (family == "sam")
@@ -53,12 +61,14 @@ def test_every_optimizer_follows_the_configured_schedules(name):
   moved = msam_jax.eval_params(params, state)
   assert perturbs_params(state) == (family == "msam")
   assert (family == "msam") != all(
-      np.array_equal(a, b) for a, b in zip(jax.tree.leaves(moved), jax.tree.leaves(params)))
+    np.array_equal(a, b) for a, b in zip(jax.tree.leaves(moved), jax.tree.leaves(params))
+  )
 
 
 def test_msam_from_config_equals_the_plain_optimizer():
-  config = load_config("cifar100_wrn16_4", optimizer="msam", lr_schedule="const", learning_rate=0.1,
-                       rho=0.2, weight_decay=1e-3)
+  config = load_config(
+    "cifar100_wrn16_4", optimizer="msam", lr_schedule="const", learning_rate=0.1, rho=0.2, weight_decay=1e-3
+  )
   expected, _, _ = _run(msam_jax.msam(0.1, momentum=0.9, rho=0.2, weight_decay=1e-3), 4)
   got, _, _ = _run(build_optimizer(config, STEPS_PER_EPOCH), 4)
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
@@ -93,14 +103,16 @@ def test_every_registry_entry_reads_existing_config_fields():
 
 def test_sam_family_clips_the_gradient_its_base_steps_with():
   """Clipping sits inside SAM, around the base: the SGD step takes the clipped second gradient."""
-  config = load_config("cifar100_wrn16_4", optimizer="sam", lr_schedule="const", rho=0.05,
-                       grad_clip_norm=1.0)
-  reference = msam_jax.sam(optax.chain(optax.clip_by_global_norm(1.0),
-                                       msam_jax.sgd(0.5, momentum=0.9, weight_decay=5e-4)), rho=0.05)
+  config = load_config("cifar100_wrn16_4", optimizer="sam", lr_schedule="const", rho=0.05, grad_clip_norm=1.0)
+  reference = msam_jax.sam(
+    optax.chain(optax.clip_by_global_norm(1.0), msam_jax.sgd(0.5, momentum=0.9, weight_decay=5e-4)), rho=0.05
+  )
   steep_loss_fn = lambda p, indices=None: 1e3 * loss_fn(p, indices)  # second gradient norm >> 1
   grads = jax.grad(lambda p: steep_loss_fn(p).mean())(PARAMS)
-  got, want = [tx.update(grads, tx.init(PARAMS), PARAMS, loss_fn=steep_loss_fn)[0]
-               for tx in (build_optimizer(config, STEPS_PER_EPOCH), reference)]
+  got, want = [
+    tx.update(grads, tx.init(PARAMS), PARAMS, loss_fn=steep_loss_fn)[0]
+    for tx in (build_optimizer(config, STEPS_PER_EPOCH), reference)
+  ]
   assert float(optax.tree.norm(want)) < 0.51  # lr times the clipped norm, plus the weight decay
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(a, b, rtol=1e-6)

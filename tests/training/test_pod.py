@@ -1,4 +1,5 @@
 """Pod-scale pieces in-process: the FSDP layout rule, gradient accumulation, resharding restores."""
+
 import functools
 
 import jax
@@ -18,7 +19,9 @@ from msam_jax.training.optimizer import build_optimizer
 from msam_jax.training.train_state import create_train_state
 
 
-@pytest.mark.parametrize("shape,itemsize,min_bytes,expected", [
+@pytest.mark.parametrize(
+  "shape,itemsize,min_bytes,expected",
+  [
     ((3, 16, 8), 4, 0, P(None, "data", None)),  # largest divisible dimension
     ((24, 16), 4, 0, P("data", None)),
     ((6, 16), 4, 0, P(None, "data")),  # the largest (6) is not divisible
@@ -27,7 +30,8 @@ from msam_jax.training.train_state import create_train_state
     ((), 4, 0, P()),
     ((64, 64), 4, 64 * 64 * 4 + 1, P()),  # below the size threshold
     ((64, 64), 4, 64 * 64 * 4, P("data", None)),
-])
+  ],
+)
 def test_fsdp_spec(shape, itemsize, min_bytes, expected):
   assert mesh_lib.fsdp_spec(shape, itemsize, 8, min_bytes) == expected
 
@@ -53,18 +57,20 @@ def test_split_and_merge_are_inverse_and_keep_device_blocks():
 # ViT without batch norm or dropout: accumulation must reproduce the one-batch step.
 @pytest.mark.parametrize("optimizer", ["msam", "adamw_msam", "sam", "adamw_sam", "looksam", "sgd"])
 def test_accumulated_step_equals_one_big_batch(optimizer):
-  config = load_config("digits", optimizer=optimizer, rho=0.05, looksam_k=1, grad_clip_norm=1.0,
-                       model="vit", model_kwargs={})
+  config = load_config(
+    "digits", optimizer=optimizer, rho=0.05, looksam_k=1, grad_clip_norm=1.0, model="vit", model_kwargs={}
+  )
   model = models.build("vit", 10, size="Ti", depth=1, dim=16, mlp_dim=32, heads=2, patch_size=4, image_size=8)
   tx = build_optimizer(config, steps_per_epoch=10)
   state = create_train_state(model, tx, jax.random.key(0), image_shape=(8, 8, 1))
   rng = np.random.default_rng(0)
-  batch = {"image": jnp.asarray(rng.normal(size=(32, 8, 8, 1)), jnp.float32),
-           "label": jnp.asarray(rng.integers(0, 10, 32), jnp.int32)}
+  batch = {
+    "image": jnp.asarray(rng.normal(size=(32, 8, 8, 1)), jnp.float32),
+    "label": jnp.asarray(rng.integers(0, 10, 32), jnp.int32),
+  }
   results = []
   for k in (1, 4):
-    step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, label_smoothing=0.1,
-                                     grad_accum_steps=k))
+    step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, label_smoothing=0.1, grad_accum_steps=k))
     s = state
     for _ in range(3):  # later steps use the optimizer state (momentum, LookSAM's direction)
       s, m = step(s, batch, jax.random.key(1))
@@ -85,25 +91,30 @@ def test_accumulation_averages_batch_norm_statistics():
   state = create_train_state(model, tx, jax.random.key(0), image_shape=(8, 8, 1))
   images = jnp.asarray(np.random.default_rng(0).normal(size=(8, 8, 8, 1)), jnp.float32)
   batch = {"image": images, "label": jnp.zeros(8, jnp.int32)}
-  new, _ = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, label_smoothing=0.0,
-                                     grad_accum_steps=2))(state, batch, jax.random.key(1))
+  new, _ = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, label_smoothing=0.0, grad_accum_steps=2))(
+    state, batch, jax.random.key(1)
+  )
   expected = []
   for j in range(2):  # micro-batch j: examples j::2, through the model alone
-    _, v = model.apply({"params": state.params, "batch_stats": state.batch_stats}, images[j::2],
-                       train=True, mutable=["batch_stats"])
+    _, v = model.apply(
+      {"params": state.params, "batch_stats": state.batch_stats}, images[j::2], train=True, mutable=["batch_stats"]
+    )
     expected.append(v["batch_stats"])
   expected = jax.tree.map(lambda a, b: (a + b) / 2, *expected)
   for x, y in zip(tree_arrays(new.batch_stats), tree_arrays(expected), strict=True):
     np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("overrides,expected", [
+@pytest.mark.parametrize(
+  "overrides,expected",
+  [
     ({"sharding": "zero3"}, "config.sharding='zero3' is not valid; choose one of replicate, fsdp."),
     ({"grad_accum_steps": 3}, "config.grad_accum_steps=3 does not divide the per-device batch 8"),
     ({"grad_accum_steps": 0}, "config.grad_accum_steps=0 must be >= 1."),
     ({"grad_accum_steps": 2, "optimizer": "esam"}, "not supported with esam"),
     ({"fsdp_min_bytes": -1}, "config.fsdp_min_bytes=-1 must be >= 0."),
-])
+  ],
+)
 def test_bad_pod_fields_give_one_line(overrides, expected):
   with pytest.raises(ConfigError, match="^[^\n]*$") as info:
     validate(load_config("digits", **overrides), num_devices=8)
@@ -116,12 +127,17 @@ def _preempt_at(step, monkeypatch):
 
 def test_fsdp_equals_replicated_and_checkpoints_restore_across_layouts(tmp_path, monkeypatch):
   """8 devices replicated vs fsdp; a replicated 8-device run preempted at step 3 resumes as fsdp on 4 devices."""
-  flags = dict(num_train_steps=6, log_every_steps=3, bn_recompute_batches=0, eval_every_epochs=100,
-               fsdp_min_bytes=0, grad_accum_steps=2)
+  flags = dict(
+    num_train_steps=6,
+    log_every_steps=3,
+    bn_recompute_batches=0,
+    eval_every_epochs=100,
+    fsdp_min_bytes=0,
+    grad_accum_steps=2,
+  )
   eight, four = mesh_lib.create_mesh(), mesh_lib.create_mesh(jax.devices()[:4])
   replicated = training.train_and_evaluate(load_config("digits", **flags), str(tmp_path / "r"), mesh=eight)
-  fsdp = training.train_and_evaluate(load_config("digits", sharding="fsdp", **flags), str(tmp_path / "f"),
-                                     mesh=eight)
+  fsdp = training.train_and_evaluate(load_config("digits", sharding="fsdp", **flags), str(tmp_path / "f"), mesh=eight)
   assert fsdp["opt_state_bytes_per_device"] < replicated["opt_state_bytes_per_device"] / 4
   assert fsdp["params_bytes_per_device"] < replicated["params_bytes_per_device"] / 4
 
@@ -130,8 +146,7 @@ def test_fsdp_equals_replicated_and_checkpoints_restore_across_layouts(tmp_path,
     with pytest.raises(training.Preempted, match="step 3"):
       training.train_and_evaluate(load_config("digits", **flags), str(tmp_path / "x"), mesh=eight)
   assert final_checkpoint(str(tmp_path / "x"))[0] == 3
-  resumed = training.train_and_evaluate(load_config("digits", sharding="fsdp", **flags), str(tmp_path / "x"),
-                                        mesh=four)
+  resumed = training.train_and_evaluate(load_config("digits", sharding="fsdp", **flags), str(tmp_path / "x"), mesh=four)
   assert resumed["sharding"] == "fsdp"
 
   _, r = final_checkpoint(str(tmp_path / "r"))

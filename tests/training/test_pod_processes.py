@@ -1,4 +1,5 @@
 """train.py under pod conditions: SIGTERM mid-run, and 2 processes with fsdp and accumulation."""
+
 import signal
 import subprocess
 import time
@@ -12,9 +13,13 @@ from msam_jax.training.preemption import EXIT_CODE
 
 pytestmark = pytest.mark.slow
 
-SIGTERM_FLAGS = ("--config.num_train_steps=200", "--config.checkpoint_every_steps=20",
-                 "--config.log_every_steps=50", "--config.eval_every_epochs=100",
-                 "--config.bn_recompute_batches=2")
+SIGTERM_FLAGS = (
+  "--config.num_train_steps=200",
+  "--config.checkpoint_every_steps=20",
+  "--config.log_every_steps=50",
+  "--config.eval_every_epochs=100",
+  "--config.bn_recompute_batches=2",
+)
 
 
 def test_sigterm_checkpoints_exits_75_and_resumes_bit_identically(tmp_path):
@@ -22,8 +27,14 @@ def test_sigterm_checkpoints_exits_75_and_resumes_bit_identically(tmp_path):
   assert reference.returncode == 0, reference.stderr[-3000:]
 
   workdir = tmp_path / "preempted"
-  proc = subprocess.Popen(_train_cmd(workdir, *SIGTERM_FLAGS), env=_env(1), cwd=REPO,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(
+    _train_cmd(workdir, *SIGTERM_FLAGS),
+    env=_env(1),
+    cwd=REPO,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   deadline = time.time() + 240
   while not _finalised_checkpoints(workdir) and proc.poll() is None and time.time() < deadline:
     time.sleep(0.02)
@@ -52,15 +63,35 @@ def test_sigterm_checkpoints_exits_75_and_resumes_bit_identically(tmp_path):
 
 def test_two_processes_with_fsdp_and_accumulation_equal_one_replicated_process(tmp_path):
   """2 processes x 4 CPU devices (fsdp, 2 micro-batches) vs 1 process x 8 devices (replicated)."""
-  flags = ("--config.num_train_steps=4", "--config.log_every_steps=2", "--config.checkpoint_every_steps=2",
-           "--config.bn_recompute_batches=1", "--config.eval_every_epochs=100",
-           "--config.grad_accum_steps=2")
+  flags = (
+    "--config.num_train_steps=4",
+    "--config.log_every_steps=2",
+    "--config.checkpoint_every_steps=2",
+    "--config.bn_recompute_batches=1",
+    "--config.eval_every_epochs=100",
+    "--config.grad_accum_steps=2",
+  )
   port = _free_port()
   workdir = tmp_path / "multi"
-  procs = [subprocess.Popen(
-      _train_cmd(workdir, *flags, "--config.sharding=fsdp", "--config.fsdp_min_bytes=0",
-                 f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"),
-      env=_env(4), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      _train_cmd(
+        workdir,
+        *flags,
+        "--config.sharding=fsdp",
+        "--config.fsdp_min_bytes=0",
+        f"--coordinator_address=127.0.0.1:{port}",
+        "--num_processes=2",
+        f"--process_id={i}",
+      ),
+      env=_env(4),
+      cwd=REPO,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
   outputs = [p.communicate(timeout=400) for p in procs]
   for p, (_, err) in zip(procs, outputs):
     assert p.returncode == 0, err[-3000:]
@@ -78,14 +109,26 @@ def test_two_processes_with_fsdp_and_accumulation_equal_one_replicated_process(t
 
 def test_sigterm_to_one_of_two_processes_stops_both_after_the_same_step(tmp_path):
   """JAX's preemption sync manager spreads the notice; both checkpoint one agreed step and exit 75."""
-  flags = ("--config.num_train_steps=400", "--config.checkpoint_every_steps=20",
-           "--config.log_every_steps=50", "--config.eval_every_epochs=100", "--config.bn_recompute_batches=1")
+  flags = (
+    "--config.num_train_steps=400",
+    "--config.checkpoint_every_steps=20",
+    "--config.log_every_steps=50",
+    "--config.eval_every_epochs=100",
+    "--config.bn_recompute_batches=1",
+  )
   port = _free_port()
   workdir = tmp_path / "multi"
-  procs = [subprocess.Popen(
-      _train_cmd(workdir, *flags, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-                 f"--process_id={i}"),
-      env=_env(1), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      _train_cmd(workdir, *flags, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"),
+      env=_env(1),
+      cwd=REPO,
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
   deadline = time.time() + 300
   while not _finalised_checkpoints(workdir) and procs[0].poll() is None and time.time() < deadline:
     time.sleep(0.02)

@@ -1,4 +1,5 @@
 """Computation dtypes: bfloat16 end to end, float16 with a loss scale; the synthetic dataset through the loop."""
+
 import re
 
 import jax
@@ -10,9 +11,17 @@ from msam_jax import training
 
 from helpers import final_checkpoint, load_config
 
-TINY_SYNTHETIC = dict(dataset="synthetic", model="cnn", model_kwargs={"width": 8}, batch_size=16,
-                      eval_batch_size=32, num_train_steps=6, log_every_steps=3, bn_recompute_batches=2,
-                      async_checkpointing=False)
+TINY_SYNTHETIC = dict(
+  dataset="synthetic",
+  model="cnn",
+  model_kwargs={"width": 8},
+  batch_size=16,
+  eval_batch_size=32,
+  num_train_steps=6,
+  log_every_steps=3,
+  bn_recompute_batches=2,
+  async_checkpointing=False,
+)
 
 
 def _synthetic_config(**overrides):
@@ -39,8 +48,9 @@ def test_bad_synthetic_shape_is_a_config_error(tmp_path, one_device_mesh):
 @pytest.mark.parametrize("optimizer", ["msam", "esam"])
 def test_float16_runs_the_loop_with_a_loss_scale(tmp_path, one_device_mesh, optimizer):
   """The loop wraps the optimizer in dynamic loss scaling; the scale is checkpointed."""
-  results = training.train_and_evaluate(_synthetic_config(dtype="float16", optimizer=optimizer, rho=0.05),
-                                        str(tmp_path), mesh=one_device_mesh)
+  results = training.train_and_evaluate(
+    _synthetic_config(dtype="float16", optimizer=optimizer, rho=0.05), str(tmp_path), mesh=one_device_mesh
+  )
   assert np.isfinite(results["final_eval_loss"])
   _, state = final_checkpoint(str(tmp_path))
   assert float(state["opt_state"]["scale"]) >= 1.0
@@ -58,6 +68,7 @@ def test_bfloat16_keeps_parameters_state_and_norm_statistics_in_float32(tmp_path
 
 def test_bfloat16_computes_in_bfloat16():
   from msam_jax import models
+
   model = models.build("cnn", 10, width=8, dtype=jnp.bfloat16)
   variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)), train=False)
   hlo = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, jnp.zeros((2, 8, 8, 1))).as_text()
@@ -68,9 +79,11 @@ def test_bfloat16_reaches_float32_accuracy_on_digits(tmp_path, one_device_mesh):
   """Same seed and schedule; 360 test images give a binomial std of about 1.2 points at 95%."""
   accuracy = {}
   for dtype in ("float32", "bfloat16"):
-    config = load_config("digits", dtype=dtype, num_epochs=10, eval_every_epochs=10,
-                         checkpoint_every_steps=0, async_checkpointing=False)
+    config = load_config(
+      "digits", dtype=dtype, num_epochs=10, eval_every_epochs=10, checkpoint_every_steps=0, async_checkpointing=False
+    )
     accuracy[dtype] = training.train_and_evaluate(config, str(tmp_path / dtype), mesh=one_device_mesh)[
-        "final_eval_accuracy"]
+      "final_eval_accuracy"
+    ]
   assert accuracy["float32"] > 0.9, accuracy
   assert abs(accuracy["bfloat16"] - accuracy["float32"]) <= 0.035, accuracy

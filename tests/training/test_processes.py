@@ -1,4 +1,5 @@
 """train.py as users run it: killed and resumed, two processes, a diverging run, bad flags."""
+
 import os
 import signal
 import socket
@@ -25,13 +26,13 @@ def _env(num_devices: int) -> dict[str, str]:
 
 
 def _train_cmd(workdir, *overrides):
-  return [sys.executable, os.path.join(REPO, "train.py"), f"--config={DIGITS}", f"--workdir={workdir}",
-          *overrides]
+  return [sys.executable, os.path.join(REPO, "train.py"), f"--config={DIGITS}", f"--workdir={workdir}", *overrides]
 
 
 def _run(workdir, *overrides, num_devices=1, timeout=300):
-  return subprocess.run(_train_cmd(workdir, *overrides), env=_env(num_devices), capture_output=True,
-                        text=True, timeout=timeout, cwd=REPO)
+  return subprocess.run(
+    _train_cmd(workdir, *overrides), env=_env(num_devices), capture_output=True, text=True, timeout=timeout, cwd=REPO
+  )
 
 
 def _finalised_checkpoints(workdir):
@@ -41,9 +42,13 @@ def _finalised_checkpoints(workdir):
   return [d for d in os.listdir(path) if d.isdigit()]
 
 
-RESUME_FLAGS = ("--config.num_train_steps=300", "--config.checkpoint_every_steps=20",
-                "--config.log_every_steps=50", "--config.eval_every_epochs=100",
-                "--config.bn_recompute_batches=2")
+RESUME_FLAGS = (
+  "--config.num_train_steps=300",
+  "--config.checkpoint_every_steps=20",
+  "--config.log_every_steps=50",
+  "--config.eval_every_epochs=100",
+  "--config.bn_recompute_batches=2",
+)
 
 
 def test_killed_run_resumes_bit_identically(tmp_path):
@@ -51,8 +56,9 @@ def test_killed_run_resumes_bit_identically(tmp_path):
   assert reference.returncode == 0, reference.stderr[-3000:]
 
   workdir = tmp_path / "killed"
-  proc = subprocess.Popen(_train_cmd(workdir, *RESUME_FLAGS), env=_env(1), cwd=REPO,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  proc = subprocess.Popen(
+    _train_cmd(workdir, *RESUME_FLAGS), env=_env(1), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+  )
   deadline = time.time() + 240
   while not _finalised_checkpoints(workdir) and proc.poll() is None and time.time() < deadline:
     time.sleep(0.02)
@@ -72,9 +78,14 @@ def test_killed_run_resumes_bit_identically(tmp_path):
 
 
 def test_diverging_run_names_the_step_and_keeps_a_good_checkpoint(tmp_path):
-  result = _run(tmp_path, "--config.learning_rate=1e6", "--config.lr_schedule=const",
-                "--config.num_train_steps=40", "--config.checkpoint_every_steps=1",
-                "--config.log_every_steps=1")
+  result = _run(
+    tmp_path,
+    "--config.learning_rate=1e6",
+    "--config.lr_schedule=const",
+    "--config.num_train_steps=40",
+    "--config.checkpoint_every_steps=1",
+    "--config.log_every_steps=1",
+  )
   assert result.returncode == 1, result.stderr[-3000:]
   assert "Traceback" not in result.stderr
   message = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
@@ -86,10 +97,13 @@ def test_diverging_run_names_the_step_and_keeps_a_good_checkpoint(tmp_path):
 
 
 # Each field's check is tested in-process (test_train.py); these show the command-line surface.
-@pytest.mark.parametrize("flag,expected", [
+@pytest.mark.parametrize(
+  "flag,expected",
+  [
     ("--config.optimizer=adam", "config.optimizer='adam' is not valid; choose one of sgd, msam, sam"),
     ("--config.rho=-1", "config.rho=-1.0 must be >= 0"),
-])
+  ],
+)
 def test_bad_flags_give_one_line_and_no_traceback(tmp_path, flag, expected):
   result = _run(tmp_path, flag, num_devices=1, timeout=120)
   assert result.returncode == 2
@@ -105,14 +119,25 @@ def _free_port():
 
 def test_two_processes_train_together_like_one(tmp_path):
   """Two processes with 2 CPU devices each equal one process with 4 devices on the same global batches."""
-  flags = ("--config.num_train_steps=8", "--config.log_every_steps=4", "--config.checkpoint_every_steps=4",
-           "--config.bn_recompute_batches=2")
+  flags = (
+    "--config.num_train_steps=8",
+    "--config.log_every_steps=4",
+    "--config.checkpoint_every_steps=4",
+    "--config.bn_recompute_batches=2",
+  )
   port = _free_port()
   workdir = tmp_path / "multi"
-  procs = [subprocess.Popen(
-      _train_cmd(workdir, *flags, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-                 f"--process_id={i}"),
-      env=_env(2), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      _train_cmd(workdir, *flags, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"),
+      env=_env(2),
+      cwd=REPO,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
   outputs = [p.communicate(timeout=300) for p in procs]
   for p, (_, err) in zip(procs, outputs):
     assert p.returncode == 0, err[-3000:]
@@ -135,8 +160,9 @@ def test_two_processes_train_together_like_one(tmp_path):
 def test_missing_dataset_says_how_to_prepare_it(tmp_path):
   data_dir = tmp_path / "tfds"
   data_dir.mkdir()
-  result = _run(tmp_path / "run", "--config.dataset=cifar100", f"--config.data_dir={data_dir}",
-                num_devices=1, timeout=120)
+  result = _run(
+    tmp_path / "run", "--config.dataset=cifar100", f"--config.data_dir={data_dir}", num_devices=1, timeout=120
+  )
   assert result.returncode == 2
   assert "Traceback" not in result.stderr
   message = [line for line in result.stderr.splitlines() if line.startswith("error: ")]

@@ -1,5 +1,6 @@
 """A run's life in its workdir: rerun when finished, resume with another config, damaged
 checkpoints, the saved evaluated model, and workdirs on a non-local file system."""
+
 import functools
 import os
 import shutil
@@ -17,8 +18,14 @@ from msam_jax.training.train_state import TrainState
 
 from helpers import REPO, final_checkpoint, load_config, tree_arrays
 
-SHORT = {"num_train_steps": 6, "log_every_steps": 2, "checkpoint_every_steps": 2, "max_checkpoints_to_keep": 5,
-         "bn_recompute_batches": 2, "async_checkpointing": False}
+SHORT = {
+  "num_train_steps": 6,
+  "log_every_steps": 2,
+  "checkpoint_every_steps": 2,
+  "max_checkpoints_to_keep": 5,
+  "bn_recompute_batches": 2,
+  "async_checkpointing": False,
+}
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +33,10 @@ def finished_run(tmp_path_factory):
   """A short msam run on digits (batch-norm statistics recomputed), finished."""
   workdir = tmp_path_factory.mktemp("finished")
   from msam_jax.training.mesh import create_mesh
-  results = training.train_and_evaluate(load_config("digits", **SHORT), str(workdir),
-                                        mesh=create_mesh(jax.devices()[:1]))
+
+  results = training.train_and_evaluate(
+    load_config("digits", **SHORT), str(workdir), mesh=create_mesh(jax.devices()[:1])
+  )
   return workdir, results
 
 
@@ -52,8 +61,22 @@ def test_train_py_on_a_finished_run_reports_it_and_exits_0(finished_run):
   args = [f"--config.{k}={v}" for k, v in SHORT.items()]
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)
-  proc = subprocess.run([sys.executable, os.path.join(REPO, "train.py"), "--config", os.path.join(REPO, "configs/digits.py"),
-                         "--workdir", str(workdir), *args], capture_output=True, text=True, env=env, timeout=300, check=False)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      os.path.join(REPO, "train.py"),
+      "--config",
+      os.path.join(REPO, "configs/digits.py"),
+      "--workdir",
+      str(workdir),
+      *args,
+    ],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=300,
+    check=False,
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert f"final eval accuracy: {results['final_eval_accuracy']:.4f}" in proc.stdout
   assert (workdir / "results.json").read_bytes() == before
@@ -64,15 +87,19 @@ def test_resuming_with_a_changed_field_names_it_and_leaves_checkpoints(finished_
   workdir, _ = finished_run
   before = _snapshot(workdir)
   with pytest.raises(training.RunMismatchError, match=r"optimizer \('msam' -> 'sgd'\), rho \(0\.3 -> 0\.05\)"):
-    training.train_and_evaluate(load_config("digits", **SHORT, optimizer="sgd", rho=0.05), str(workdir),
-                                mesh=one_device_mesh)
+    training.train_and_evaluate(
+      load_config("digits", **SHORT, optimizer="sgd", rho=0.05), str(workdir), mesh=one_device_mesh
+    )
   assert _snapshot(workdir) == before
 
 
 def test_fields_that_may_change_on_resume_are_not_differences():
   recorded = run_record.config_record(training.resolve(load_config("digits")))
-  current = run_record.config_record(training.resolve(load_config(
-      "digits", log_every_steps=7, num_train_steps=3, checkpoint_every_steps=5, data_dir="/elsewhere")))
+  current = run_record.config_record(
+    training.resolve(
+      load_config("digits", log_every_steps=7, num_train_steps=3, checkpoint_every_steps=5, data_dir="/elsewhere")
+    )
+  )
   assert run_record.differing_fields(recorded, current) == []
   changed = run_record.config_record(training.resolve(load_config("digits", num_epochs=31)))
   assert run_record.differing_fields(recorded, changed) == ["num_epochs"]
@@ -87,7 +114,8 @@ def _damage(checkpoint_dir):
 
 @pytest.mark.slow
 def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_run_resumes_from_the_previous(
-    finished_run, tmp_path, one_device_mesh, caplog):
+  finished_run, tmp_path, one_device_mesh, caplog
+):
   workdir, _ = finished_run
   undamaged, damaged = tmp_path / "undamaged", tmp_path / "damaged"
   for copy in (undamaged, damaged):
@@ -132,8 +160,7 @@ def test_the_saved_model_reproduces_the_reported_accuracy(finished_run, one_devi
   model, variables, config = training.load_for_eval(str(workdir))
   assert results["evaluated_model"] == str(workdir / evaluated_model.MODEL_DIR / "6")
   assert config.optimizer == "msam" and set(variables) == {"params", "batch_stats"}
-  state = TrainState(step=np.int32(6), params=variables["params"], batch_stats=variables["batch_stats"],
-                     opt_state=())
+  state = TrainState(step=np.int32(6), params=variables["params"], batch_stats=variables["batch_stats"], opt_state=())
   eval_fn = jax.jit(functools.partial(steps.eval_step, model=model, label_smoothing=config.label_smoothing))
   metrics = loop._evaluate(eval_fn, config, one_device_mesh, state)
   assert metrics["accuracy"] == results["final_eval_accuracy"]
@@ -160,6 +187,7 @@ def test_model_kwargs_hold_every_option_with_its_default():
 def test_a_non_local_workdir_goes_through_epath(tmp_path, monkeypatch):
   """gs:// paths, mapped onto a local directory by epath's test backend (no network)."""
   from etils.epath import gpath
+
   monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)  # else gs:// goes to tf.io.gfile
   root = "gs://bucket"
   local = lambda p: os.fspath(p).replace(root, str(tmp_path))
@@ -169,10 +197,23 @@ def test_a_non_local_workdir_goes_through_epath(tmp_path, monkeypatch):
       if fn_name in ("rename", "replace", "copy"):
         args = (local(args[0]), *args[1:])
       return original(local(path), *args, **kwargs)
+
     return fn
 
-  names = ("open", "exists", "isdir", "listdir", "makedirs", "mkdir", "remove", "rename", "replace", "stat",
-           "glob", "rmtree")
+  names = (
+    "open",
+    "exists",
+    "isdir",
+    "listdir",
+    "makedirs",
+    "mkdir",
+    "remove",
+    "rename",
+    "replace",
+    "stat",
+    "glob",
+    "rmtree",
+  )
   config = training.resolve(load_config("digits"))
   with epath.testing.mock_epath(**{n: mapped(n) for n in names}):
     workdir = run_record.check_workdir(f"{root}/runs/a")
@@ -199,5 +240,6 @@ def test_stopping_before_the_latest_checkpoint_is_a_clear_error(finished_run, tm
   copy = tmp_path / "run"
   shutil.copytree(workdir, copy)
   with pytest.raises(training.ConfigError, match="already holds a checkpoint of step 6"):
-    training.train_and_evaluate(load_config("digits", **{**SHORT, "num_train_steps": 4}), str(copy),
-                                mesh=one_device_mesh)
+    training.train_and_evaluate(
+      load_config("digits", **{**SHORT, "num_train_steps": 4}), str(copy), mesh=one_device_mesh
+    )

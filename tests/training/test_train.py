@@ -1,4 +1,5 @@
 """The training loop in-process: end to end on digits, every optimizer, the real configs on mock data."""
+
 import json
 import os
 import re
@@ -22,8 +23,17 @@ def test_digits_default_config_end_to_end(tmp_path, one_device_mesh):
   assert results["final_eval_accuracy"] > 0.95
   assert "eval_accuracy_before_bn_recompute" in results
   on_disk = json.loads((tmp_path / "results.json").read_text())
-  for key in ("optimizer", "dataset", "model", "steps", "train_seconds", "steps_per_second",
-              "final_eval_accuracy", "final_eval_loss", "eval_accuracy_before_bn_recompute"):
+  for key in (
+    "optimizer",
+    "dataset",
+    "model",
+    "steps",
+    "train_seconds",
+    "steps_per_second",
+    "final_eval_accuracy",
+    "final_eval_loss",
+    "eval_accuracy_before_bn_recompute",
+  ):
     assert key in on_disk, key
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path))
   step, _ = final_checkpoint(str(tmp_path))
@@ -34,9 +44,16 @@ def test_digits_default_config_end_to_end(tmp_path, one_device_mesh):
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
 def test_every_optimizer_runs_on_digits(tmp_path, one_device_mesh, optimizer):
   probe_sharpness = optimizer == "msam"  # the probes' logging path, once
-  config = load_config("digits", optimizer=optimizer, num_train_steps=4, log_every_steps=2,
-                       bn_recompute_batches=2, rho=0.05, sharpness_every_steps=2 if probe_sharpness else 0,
-                       sharpness_num_iters=3)
+  config = load_config(
+    "digits",
+    optimizer=optimizer,
+    num_train_steps=4,
+    log_every_steps=2,
+    bn_recompute_batches=2,
+    rho=0.05,
+    sharpness_every_steps=2 if probe_sharpness else 0,
+    sharpness_num_iters=3,
+  )
   results = training.train_and_evaluate(config, str(tmp_path), mesh=one_device_mesh)
   assert results["steps"] == 4
   assert np.isfinite(results["final_eval_loss"])
@@ -49,22 +66,40 @@ def test_every_optimizer_runs_on_digits(tmp_path, one_device_mesh, optimizer):
 @pytest.mark.slow
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
 def test_every_optimizer_runs_on_mock_cifar100_tiny_wrn(tmp_path, one_device_mesh, mock_tfds, optimizer):
-  config = load_config("cifar100_wrn16_4", optimizer=optimizer, num_train_steps=2, batch_size=16,
-                       eval_batch_size=32, log_every_steps=1, bn_recompute_batches=1,
-                       async_checkpointing=False,
-                       model_kwargs={"depth": 10, "width": 1})
+  config = load_config(
+    "cifar100_wrn16_4",
+    optimizer=optimizer,
+    num_train_steps=2,
+    batch_size=16,
+    eval_batch_size=32,
+    log_every_steps=1,
+    bn_recompute_batches=1,
+    async_checkpointing=False,
+    model_kwargs={"depth": 10, "width": 1},
+  )
   results = training.train_and_evaluate(config, str(tmp_path), mesh=one_device_mesh)
   assert results["steps"] == 2 and np.isfinite(results["final_eval_loss"])
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,tiny_model", [
+@pytest.mark.parametrize(
+  "name,tiny_model",
+  [
     ("imagenet_resnet50", {"depth": 18}),
     ("imagenet_vit", {"size": "Ti", "depth": 1, "patch_size": 16, "image_size": 32}),
-])
+  ],
+)
 def test_imagenet_configs_run_two_steps_on_mock_data(tmp_path, one_device_mesh, mock_tfds, name, tiny_model):
-  config = load_config(name, num_train_steps=2, batch_size=8, eval_batch_size=8, image_size=32,
-                       log_every_steps=1, async_checkpointing=False, model_kwargs=tiny_model)
+  config = load_config(
+    name,
+    num_train_steps=2,
+    batch_size=8,
+    eval_batch_size=8,
+    image_size=32,
+    log_every_steps=1,
+    async_checkpointing=False,
+    model_kwargs=tiny_model,
+  )
   results = training.train_and_evaluate(config, str(tmp_path), mesh=one_device_mesh)
   assert results["steps"] == 2 and np.isfinite(results["final_eval_loss"])
   assert "final_eval_accuracy_top5" in results
@@ -81,15 +116,19 @@ def test_one_device_and_eight_devices_agree(tmp_path):
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
 
 
-@pytest.mark.parametrize("field,value,expected", [
+@pytest.mark.parametrize(
+  "field,value,expected",
+  [
     ("optimizer", "adam", "config.optimizer='adam' is not valid; choose one of sgd, msam"),
     ("model", "mlp", "config.model='mlp' is not valid"),
     ("dataset", "mnist", "config.dataset='mnist' is not valid"),
     ("batch_size", 60, "config.batch_size=60 is not divisible by the 8 devices"),
     ("rho", -1.0, "config.rho=-1.0 must be >= 0"),
-])
+  ],
+)
 def test_bad_config_fails_before_compiling(tmp_path, field, value, expected, monkeypatch):
   monkeypatch.setattr(jax, "jit", lambda *a, **k: pytest.fail("compiled before validating"))
   with pytest.raises(training.ConfigError, match=re.escape(expected)):
-    training.train_and_evaluate(load_config("digits", **{field: value}), str(tmp_path),
-                                mesh=create_mesh(jax.devices()[:8]))
+    training.train_and_evaluate(
+      load_config("digits", **{field: value}), str(tmp_path), mesh=create_mesh(jax.devices()[:8])
+    )

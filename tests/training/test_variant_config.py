@@ -1,5 +1,6 @@
 """Config fields of ASAM, GSAM and m-sharpness: one-line ConfigErrors for bad values, and the
 training step's per-device groups."""
+
 import functools
 
 import jax
@@ -24,14 +25,17 @@ def _config(**fields):
   return config
 
 
-@pytest.mark.parametrize("fields, message", [
+@pytest.mark.parametrize(
+  "fields, message",
+  [
     (dict(optimizer="asam", asam_eta=-0.1), "config.asam_eta=-0.1 must be >= 0"),
     (dict(optimizer="gsam", gsam_alpha=1.5), "config.gsam_alpha=1.5 must be in [0, 1]"),
     (dict(optimizer="gsam", rho=0.05, gsam_rho_min=0.1), "config.gsam_rho_min=0.1 exceeds config.rho"),
     (dict(optimizer="gsam", rho_schedule="start_ramp"), "set --config.rho_schedule=const"),
     (dict(optimizer="msam", sam_group_size=8), "config.sam_group_size=8 needs an optimizer with"),
     (dict(optimizer="sam", sam_group_size=-1), "config.sam_group_size=-1 must be >= 0"),
-])
+  ],
+)
 def test_bad_variant_fields_fail_in_one_line(fields, message):
   with pytest.raises(ConfigError) as info:
     validate_fields(_config(**fields))
@@ -44,11 +48,14 @@ def test_the_variants_are_valid_optimizers(name):
   assert registry.get(name).family == "sam" and registry.get(name).has_groups
 
 
-@pytest.mark.parametrize("overrides, message", [
+@pytest.mark.parametrize(
+  "overrides, message",
+  [
     (dict(optimizer="sam", sam_group_size=3), "config.sam_group_size=3 does not divide the per-device batch 8"),
     (dict(optimizer="sam", sam_group_size=2, grad_accum_steps=2), "set --config.sam_group_size=0"),
     (dict(optimizer="gsam", sam_group_size=2, dtype="float16"), "set --config.sam_group_size=0"),
-])
+  ],
+)
 def test_group_size_must_fit_the_per_device_batch(overrides, message):
   with pytest.raises(ConfigError, match="^[^\n]*$") as info:
     validate(load_config("digits", **overrides), num_devices=8)  # batch 64: 8 per device
@@ -56,8 +63,7 @@ def test_group_size_must_fit_the_per_device_batch(overrides, message):
 
 
 @pytest.mark.parametrize("optimizer, group_size", [("sam", 4), ("adamw_asam", 2), ("gsam", 4)])
-def test_per_device_groups_in_training_equal_the_groups_of_the_global_batch(optimizer, group_size,
-                                                                            monkeypatch):
+def test_per_device_groups_in_training_equal_the_groups_of_the_global_batch(optimizer, group_size, monkeypatch):
   """8 devices, 4 examples each: the shard_map step (groups within each device, one pmean)
   equals the one-device step whose optimizer groups the global batch (the same optimizer
   without `axis_name`); batch norm included (statistics per group in both)."""
@@ -66,24 +72,27 @@ def test_per_device_groups_in_training_equal_the_groups_of_the_global_batch(opti
   assert mesh.size == 8
   model = models.build("cnn", 10, width=4)
   rng = np.random.default_rng(0)
-  batch = {"image": jnp.asarray(rng.normal(size=(32, 8, 8, 1)), jnp.float32),
-           "label": jnp.asarray(rng.integers(0, 10, 32), jnp.int32)}
+  batch = {
+    "image": jnp.asarray(rng.normal(size=(32, 8, 8, 1)), jnp.float32),
+    "label": jnp.asarray(rng.integers(0, 10, 32), jnp.int32),
+  }
   per_device = build_optimizer(config, steps_per_epoch=10)
   monkeypatch.setattr(optimizer_lib, "DATA_AXIS", None)  # group_size=m on the whole batch
   whole_batch = build_optimizer(config, steps_per_epoch=10)
   results = []
   for tx, group_mesh in ((per_device, mesh), (whole_batch, None)):
     state = create_train_state(model, tx, jax.random.key(0), image_shape=(8, 8, 1))
-    step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, label_smoothing=0.1,
-                                     group_mesh=group_mesh))
+    step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, label_smoothing=0.1, group_mesh=group_mesh))
     b = batch if group_mesh is None else jax.device_put(batch, mesh_lib.batch_sharding(mesh))
     for _ in range(2):
       state, m = step(state, b, jax.random.key(1))
     results.append((state, m.compute()))
   (a, ma), (b, mb) = results
   assert "grad_norm" not in ma
-  assert not np.allclose(tree_arrays(a.params)[0], tree_arrays(create_train_state(
-      model, per_device, jax.random.key(0), image_shape=(8, 8, 1)).params)[0])
+  assert not np.allclose(
+    tree_arrays(a.params)[0],
+    tree_arrays(create_train_state(model, per_device, jax.random.key(0), image_shape=(8, 8, 1)).params)[0],
+  )
   for x, y in zip(tree_arrays(a), tree_arrays(b), strict=True):
     np.testing.assert_allclose(x, y, rtol=2e-5, atol=2e-6)
   np.testing.assert_allclose(ma["loss"], mb["loss"], rtol=1e-6)
