@@ -540,6 +540,13 @@ def table_notes(payload: dict) -> str:
   for r in runs:
     settings.setdefault((r["learning_rate"], r["weight_decay"]), []).append(r["optimizer"])
   hparams = "; ".join(f"{', '.join(dict.fromkeys(names))}: {lr:g} / {wd:g}" for (lr, wd), names in settings.items())
+  other = {}  # the optimizer-specific config fields (DEFAULT_FIELDS), grouped like the learning rates
+  for r in runs:
+    if r.get("fields"):
+      other.setdefault(tuple(sorted(r["fields"].items())), []).append(r["optimizer"])
+  fields = "; ".join(
+    f"{', '.join(dict.fromkeys(names))}: {', '.join(f'{k} {v:g}' for k, v in items)}" for items, names in other.items()
+  )
   load = f"load average {payload['load_average_start'][0]:.1f} at the start"
   if "load_average_end" in payload:
     load += f", {payload['load_average_end'][0]:.1f} at the end"
@@ -553,7 +560,7 @@ def table_notes(payload: dict) -> str:
     [
       f"{payload['config_name']}, {payload['epochs']:g} epochs, seeds "
       f"{', '.join(str(s) for s in payload['seeds'])}; mean ± sample std over seeds.",
-      f"Learning rate / weight decay: {hparams}.",
+      f"Learning rate / weight decay: {hparams}." + (f" Other fields: {fields}." if fields else ""),
       "Test accuracy: final, on the whole test split. Final train loss: mean over the last epoch"
       " (MSAM family: at the perturbed parameters it trains at).",
       f"Sharpness: {sharpness}.",
