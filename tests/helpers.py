@@ -11,8 +11,21 @@ import os
 
 import jax
 import numpy as np
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ----------------------------------------------------------------------------- tiers
+
+
+def everyday(values, keep) -> list:
+  """`values` as pytest parameters, those not in `keep` marked `slow`.
+
+  A test repeated over every optimizer (or size) runs its representatives `keep`
+  in the everyday tier (``-m "not slow"``) and all of `values` in the full suite.
+  """
+  return [pytest.param(v, marks=() if v in keep else pytest.mark.slow) for v in values]
 
 
 # ----------------------------------------------------------------------------- pytrees

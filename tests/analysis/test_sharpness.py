@@ -145,6 +145,7 @@ def test_mlp_sharpness_matches_dense_second_order_expansion(x64):
   np.testing.assert_allclose(second_order, 0.5 * rho**2 * u @ hessian @ u, rtol=1e-2)
 
 
+@pytest.mark.slow  # the full suite only (seconds of compilation)
 def test_jit_matches_eager_with_traced_rho_and_both_key_kinds():
   loss_fn, params = _mlp_problem()
   params = jax.tree.map(lambda x: x.astype(jnp.float32), params)

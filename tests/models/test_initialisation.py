@@ -5,6 +5,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import traverse_util
 
 from msam_jax import models
@@ -56,6 +57,7 @@ def assert_batch_norm_identity(variables):
     np.testing.assert_array_equal(var, 1.0, err_msg=path)
 
 
+@pytest.mark.slow  # a WRN-16-4: seconds of initialisation
 def test_wide_resnet_he_fan_out_convolutions_and_zero_head_bias():
   variables = initial_variables(models.build("wrn", 100, depth=16, width=4), (32, 32, 3))
   kernels = {p: k for p, k in leaves(variables["params"], "kernel").items() if k.ndim == 4}
@@ -79,6 +81,7 @@ def test_cifar_resnet_has_torch_default_initialisation():
   assert_batch_norm_identity(variables)
 
 
+@pytest.mark.slow  # an ImageNet ResNet-18: seconds of initialisation
 def test_imagenet_resnet_has_torchvision_initialisation():
   variables = initial_variables(models.build("resnet", 10, depth=18, width=16), (32, 32, 3))
   kernels = {p: k for p, k in leaves(variables["params"], "kernel").items() if k.ndim == 4}

@@ -12,7 +12,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 import msam_jax
 from msam_jax.optim import all_but_biases, schedules
-from helpers import iter_eqns
+from helpers import everyday, iter_eqns
 import variants_problem as vp
 
 BATCH, IN, HIDDEN, CLASSES = 16, 6, 16, 8
@@ -43,7 +43,7 @@ def problem(dtype=jnp.float32):
   return params, x, y
 
 
-@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("name", everyday(sorted(OPTIMIZERS), keep=("asam", "gsam_m2")))
 def test_update_is_one_jitted_function_without_host_transfers(name):
   tx = OPTIMIZERS[name]()
   params, x, y = problem()
@@ -60,7 +60,7 @@ def test_update_is_one_jitted_function_without_host_transfers(name):
   assert all(bool(jnp.all(jnp.isfinite(p))) for p in jax.tree.leaves(params))
 
 
-@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("name", everyday(sorted(OPTIMIZERS), keep=("asam", "gsam_m2")))
 def test_norms_and_dot_products_are_float32_for_bfloat16_params(name):
   tx = OPTIMIZERS[name]()
   params, x, y = problem(jnp.bfloat16)
@@ -89,7 +89,7 @@ def mesh_and_shardings():
   return mesh, NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
 
 
-@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("name", everyday(sorted(OPTIMIZERS), keep=("asam", "gsam_m2")))
 def test_sharded_parameters_give_the_unsharded_result(x64, name):
   """Params and state sharded along leading dims divisible by 8, the batch along 'data'."""
   _, leading, replicated = mesh_and_shardings()
@@ -162,7 +162,7 @@ GROUPED = {  # per-device m-sharpness: (with axis_name, the same groups on the w
 }
 
 
-@pytest.mark.parametrize("name", sorted(GROUPED))
+@pytest.mark.parametrize("name", everyday(sorted(GROUPED), keep=("asam",)))
 @pytest.mark.parametrize("group_size", [None, 1])
 def test_per_device_groups_equal_the_same_groups_on_the_whole_batch(x64, name, group_size):
   """`axis_name="data"` under shard_map (m = per-device batch, or groups inside it) is

@@ -70,6 +70,7 @@ def _train(optimizer, dtype, scaled, num_steps):
   return first, last, float(np.mean(losses[-5:]))
 
 
+@pytest.mark.slow  # trains until float16 gradients would underflow
 @pytest.mark.parametrize("optimizer", ["sgd", "msam", "sam"])
 def test_underflowing_float16_run_trains_with_loss_scaling(optimizer):
   f32_first, _, f32_loss = _train(optimizer, jnp.float32, False, 30)

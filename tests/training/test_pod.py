@@ -55,6 +55,7 @@ def test_split_and_merge_are_inverse_and_keep_device_blocks():
 
 
 # ViT without batch norm or dropout: accumulation must reproduce the one-batch step.
+@pytest.mark.slow  # compiles accumulated and one-batch training steps on 8 devices
 @pytest.mark.parametrize("optimizer", ["msam", "adamw_msam", "sam", "adamw_sam", "looksam", "sgd"])
 def test_accumulated_step_equals_one_big_batch(optimizer):
   config = load_config(
@@ -83,6 +84,7 @@ def test_accumulated_step_equals_one_big_batch(optimizer):
     np.testing.assert_allclose(ma[key], mb[key], rtol=1e-5)
 
 
+@pytest.mark.slow  # compiles accumulated and one-batch training steps on 8 devices
 def test_accumulation_averages_batch_norm_statistics():
   """CNN with batch norm: the running statistics move by the micro-batches' mean statistics."""
   config = load_config("digits", num_train_steps=1)
@@ -125,6 +127,7 @@ def _preempt_at(step, monkeypatch):
   monkeypatch.setattr(preemption.Preemption, "reached", lambda self, s: s == step)
 
 
+@pytest.mark.slow  # trains and checkpoints under two layouts
 def test_fsdp_equals_replicated_and_checkpoints_restore_across_layouts(tmp_path, monkeypatch):
   """8 devices replicated vs fsdp; a replicated 8-device run preempted at step 3 resumes as fsdp on 4 devices."""
   flags = dict(

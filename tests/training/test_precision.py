@@ -30,6 +30,7 @@ def _synthetic_config(**overrides):
   return config
 
 
+@pytest.mark.slow  # the training loop end to end
 def test_synthetic_dataset_runs_the_loop_end_to_end(tmp_path, one_device_mesh):
   results = training.train_and_evaluate(_synthetic_config(), str(tmp_path), mesh=one_device_mesh)
   assert results["dataset"] == "synthetic" and results["steps"] == 6
@@ -45,6 +46,7 @@ def test_bad_synthetic_shape_is_a_config_error(tmp_path, one_device_mesh):
     training.train_and_evaluate(config, str(tmp_path), mesh=one_device_mesh)
 
 
+@pytest.mark.slow  # the training loop end to end
 @pytest.mark.parametrize("optimizer", ["msam", "esam"])
 def test_float16_runs_the_loop_with_a_loss_scale(tmp_path, one_device_mesh, optimizer):
   """The loop wraps the optimizer in dynamic loss scaling; the scale is checkpointed."""
@@ -56,6 +58,7 @@ def test_float16_runs_the_loop_with_a_loss_scale(tmp_path, one_device_mesh, opti
   assert float(state["opt_state"]["scale"]) >= 1.0
 
 
+@pytest.mark.slow  # the training loop end to end
 def test_bfloat16_keeps_parameters_state_and_norm_statistics_in_float32(tmp_path, one_device_mesh):
   """Computation in bfloat16; everything the run carries stays float32."""
   config = _synthetic_config(dtype="bfloat16", optimizer="msam", num_train_steps=2)
@@ -66,6 +69,7 @@ def test_bfloat16_keeps_parameters_state_and_norm_statistics_in_float32(tmp_path
   assert state["batch_stats"]  # the CNN's batch norm statistics are among them
 
 
+@pytest.mark.slow  # compiles a training step of the digits CNN
 def test_bfloat16_computes_in_bfloat16():
   from msam_jax import models
 
@@ -75,6 +79,7 @@ def test_bfloat16_computes_in_bfloat16():
   assert re.search(r"convolution.*bf16", hlo)
 
 
+@pytest.mark.slow  # two training runs
 def test_bfloat16_reaches_float32_accuracy_on_digits(tmp_path, one_device_mesh):
   """Same seed and schedule; 360 test images give a binomial std of about 1.2 points at 95%."""
   accuracy = {}

@@ -62,6 +62,7 @@ def test_group_size_must_fit_the_per_device_batch(overrides, message):
   assert message in str(info.value)
 
 
+@pytest.mark.slow  # compiles training steps on 8 devices and on one
 @pytest.mark.parametrize("optimizer, group_size", [("sam", 4), ("adamw_asam", 2), ("gsam", 4)])
 def test_per_device_groups_in_training_equal_the_groups_of_the_global_batch(optimizer, group_size, monkeypatch):
   """8 devices, 4 examples each: the shard_map step (groups within each device, one pmean)
