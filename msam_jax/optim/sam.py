@@ -199,13 +199,6 @@ def sam_variant(
   validation.integer("group_size", group_size, optional=True)  # static: it fixes shapes
   if axis_name is not None and not isinstance(axis_name, str):
     validation.fail("axis_name", axis_name, "None or the name of a mapped axis (a str)")
-  if axis_name is not None and not hasattr(jax.lax, "pcast"):  # the core install allows older jax
-    validation.fail(
-      "axis_name",
-      axis_name,
-      f"None on jax {jax.__version__}: per-device groups need jax.lax.pcast (jax 0.8.2 or newer);"
-      " upgrade jax, or use group_size on the whole batch",
-    )
 
   def init_fn(params):
     return SamState(count=jnp.zeros([], jnp.int32), base_state=base.init(params))

@@ -207,11 +207,3 @@ def test_groups_of_the_per_device_batch_need_no_reduction_before_the_second_pass
 def test_axis_name_must_be_a_string():
   with pytest.raises(ValueError, match="axis_name"):
     msam_jax.sam(SGD(), axis_name=0)
-
-
-@pytest.mark.parametrize("name", ["sam", "asam", "gsam"])
-def test_axis_name_names_the_jax_version_it_needs(monkeypatch, name):
-  monkeypatch.delattr(jax.lax, "pcast")  # as on jax < 0.8.2, which the core install allows
-  with pytest.raises(ValueError, match=r"axis_name must be None on jax .*jax 0\.8\.2 or newer"):
-    getattr(msam_jax, name)(SGD(), axis_name="data")
-  getattr(msam_jax, name)(SGD())  # without axis_name older jax is fine
