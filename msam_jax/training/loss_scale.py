@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from msam_jax import validation
+
 
 class LossScaleState(NamedTuple):
   scale: jax.Array  # float32, the factor the loss is multiplied by
@@ -85,6 +87,7 @@ def dynamic_loss_scale(
       "dynamic_loss_scale needs initial_scale >= 1, period >= 1 and factor > 1; "
       f"got {initial_scale}, {period}, {factor}."
     )
+  validation.integer("period", period)  # a count of steps: not True, not 2.5
 
   def init(params):
     return LossScaleState(jnp.asarray(initial_scale, jnp.float32), jnp.zeros((), jnp.int32), inner.init(params))
