@@ -568,7 +568,7 @@ def table_notes(payload: dict) -> str:
       " per-epoch evaluation included, the final sharpness probes left out. Time per step: median"
       " over epochs of epoch time / steps, the first and last epoch left out; vs base: the ratio to"
       " the base optimizer's run of the same seed (run back to back), mean ± std over seeds.",
-      f"Machine: one {env['platform']} device ({env['device']}), {env['cpu_count']} cores shared with other jobs,"
+      f"Machine: one {env['platform']} device ({env['device']}), {env['cpu_count']} cores,"
       f" jax {env.get('jax', '?')}; {load}.",
     ]
   )

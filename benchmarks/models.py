@@ -1,6 +1,6 @@
 """Forward + backward throughput of the paper's models on the machine this runs on.
 
-    python benchmarks/models.py [--batch-size 32] [--steps 5] [--dtype float32]
+    python benchmarks/models.py [--batch_size 32] [--steps 5] [--dtype float32]
 
 Times one jitted training-mode pass (logits, cross-entropy, gradient w.r.t. all
 parameters, updated batch-norm statistics) per step at a fixed batch of random
@@ -66,7 +66,7 @@ def benchmark(name, num_classes, kwargs, size, batch_size, steps, dtype):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--batch-size", type=int, default=32)
+  parser.add_argument("--batch_size", type=int, default=32)
   parser.add_argument("--steps", type=int, default=5, help="timed steps after the compiling one")
   parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   parser.add_argument("--models", nargs="+", default=list(BENCHMARKS), choices=list(BENCHMARKS))

@@ -3,7 +3,7 @@
     python benchmarks/train_throughput.py                      # the four original setups
     python benchmarks/train_throughput.py --quick              # tiny shapes, CPU, seconds
     python benchmarks/train_throughput.py --setups imagenet_vit --optimizers sgd,msam \\
-        --dtypes bfloat16 --rounds 5 --steps 20 --vit-batch 256 --profile-dir /tmp/prof
+        --dtypes bfloat16 --rounds 5 --steps 20 --vit_batch 256 --profile_dir /tmp/prof
 
 What is timed is `msam_jax.training.steps.train_step` (the function the loop
 jits: forward, backward, the optimizer's update including the SAM family's
@@ -288,10 +288,10 @@ def parse_args(argv=None):
   parser.add_argument("--dtypes", default=",".join(DTYPES))
   parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5; --quick 3)")
   parser.add_argument("--steps", type=int, default=None, help="steps per run per round (default 10; --quick 2)")
-  parser.add_argument("--imagenet-batch", type=int, default=128, help="ResNet-50 ImageNet batch on the device")
-  parser.add_argument("--vit-batch", type=int, default=256, help="ViT-S/32 ImageNet batch on the device")
+  parser.add_argument("--imagenet_batch", type=int, default=128, help="ResNet-50 ImageNet batch on the device")
+  parser.add_argument("--vit_batch", type=int, default=256, help="ViT-S/32 ImageNet batch on the device")
   parser.add_argument(
-    "--profile-dir",
+    "--profile_dir",
     default=None,
     help="also write a jax.profiler trace of one extra round per setup (TensorBoard/XProf)",
   )
@@ -304,7 +304,7 @@ def parse_args(argv=None):
     args.steps = (2 if args.quick else 10) if args.steps is None else args.steps
     for flag in ("rounds", "steps", "imagenet_batch", "vit_batch"):
       if getattr(args, flag) < 1:
-        raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}.")
+        raise ValueError(f"--{flag} must be >= 1, got {getattr(args, flag)}.")
   except ValueError as e:
     parser.error(str(e))
   return args

@@ -82,12 +82,9 @@ def dynamic_loss_scale(
   `update` takes unscaled gradients (the step divides by the scale it used);
   extra keyword arguments reach `inner.update`, `loss_fn` wrapped by `scaled_backward`.
   """
-  if initial_scale < 1 or period < 1 or factor <= 1:
-    raise ValueError(
-      "dynamic_loss_scale needs initial_scale >= 1, period >= 1 and factor > 1; "
-      f"got {initial_scale}, {period}, {factor}."
-    )
   validation.integer("period", period)  # a count of steps: not True, not 2.5
+  if initial_scale < 1 or factor <= 1:
+    raise ValueError(f"dynamic_loss_scale needs initial_scale >= 1 and factor > 1; got {initial_scale}, {factor}.")
 
   def init(params):
     return LossScaleState(jnp.asarray(initial_scale, jnp.float32), jnp.zeros((), jnp.int32), inner.init(params))

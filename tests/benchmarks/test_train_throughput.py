@@ -62,18 +62,20 @@ def test_bad_flags_exit_with_the_reason(bench, capsys):
 
 @pytest.mark.slow
 def test_quick_run_on_cpu(bench, capsys):
-  """Four compiled steps of a tiny WRN: SAM's second pass shows in the flops, A/A present."""
-  results = bench.main(
-    ["--quick", "--setups", "cifar100_wrn16_4", "--optimizers", "sgd,sam", "--rounds", "2", "--steps", "1"]
-  )
+  """Three compiled steps of a tiny WRN: SAM's second pass shows in the flops, A/A present.
+
+  float32 only: bfloat16 doubles the compile time on CPU; its column's arithmetic is
+  test_summary_ratios_are_per_round_medians, bfloat16 training tests/training/test_precision.py.
+  """
+  argv = "--quick --setups cifar100_wrn16_4 --optimizers sgd,sam --dtypes float32 --rounds 2 --steps 1"
+  results = bench.main(argv.split())
   rows = {(r["optimizer"], r["dtype"]): r for r in results["cifar100_wrn16_4"]}
-  assert set(rows) == {(o, d) for o in ("sgd", "sam", "sgd, again") for d in ("float32", "bfloat16")}
+  assert set(rows) == {(o, "float32") for o in ("sgd", "sam", "sgd, again")}
   for row in rows.values():
     assert row["step_ms"] > 0 and row["images_per_s"] > 0 and row["gflop_per_step"] > 0
     assert math.isnan(row["mfu"])  # CPU: no known peak
   assert rows["sgd", "float32"]["ratio_to_base"] == 1.0
   assert rows["sam", "float32"]["gflop_per_step"] > 1.7 * rows["sgd", "float32"]["gflop_per_step"]
   assert rows["sgd, again", "float32"]["gflop_per_step"] == rows["sgd", "float32"]["gflop_per_step"]
-  assert rows["sam", "bfloat16"]["bf16_speedup"] > 0
   out = capsys.readouterr().out
-  assert "| sgd, again | bfloat16 |" in out and "GFLOP/step" in out
+  assert "| sgd, again | float32 |" in out and "GFLOP/step" in out

@@ -63,14 +63,14 @@ def test_every_optimizer_runs_on_digits(tmp_path, one_device_mesh, optimizer):
   assert all(np.isfinite(a).all() for a in tree_arrays(state["params"]))
 
 
-# One optimizer per path through the training step (the others differ from these only
-# inside the update, which test_every_optimizer_runs_on_digits runs end to end).
-STEP_PATHS = ["sgd", "msam", "adamw_msam", "sam", "esam", "looksam"]
+# The CIFAR-100 pipeline and WRN with one optimizer of each family (base, msam, sam):
+# every optimizer runs end to end on digits, whose CNN has batch norm too.
+FAMILY_REPRESENTATIVES = ["sgd", "msam", "sam"]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("optimizer", STEP_PATHS)
-def test_each_step_path_runs_on_mock_cifar100_tiny_wrn(tmp_path, one_device_mesh, mock_tfds, optimizer):
+@pytest.mark.parametrize("optimizer", FAMILY_REPRESENTATIVES)
+def test_each_family_runs_on_mock_cifar100_tiny_wrn(tmp_path, one_device_mesh, mock_tfds, optimizer):
   config = load_config(
     "cifar100_wrn16_4",
     optimizer=optimizer,
