@@ -21,6 +21,7 @@ from msam_jax.optim.sam import (
   check_base,
   mean_loss_grad,
   perturb,
+  refuse_multi_steps,
 )
 
 KEEP_ALL_GAMMA = 0.99  # the original keeps the whole batch from this gamma on
@@ -111,6 +112,7 @@ def esam(
 
   def update_fn(grads, state, params=None, *, loss_fn: LossFn, losses: Optional[jax.Array] = None, **extra):
     validation.require_params(params, "esam", UPDATE_CALL)
+    refuse_multi_steps("esam")
     key, draw = jax.random.split(state.key)
     num_tensors = len(jax.tree.leaves(grads))
     participating = list(jax.random.uniform(draw, (num_tensors,)) < beta)

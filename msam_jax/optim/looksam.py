@@ -21,6 +21,7 @@ from msam_jax.optim.sam import (
   check_base,
   mean_loss_grad,
   perturb,
+  refuse_multi_steps,
 )
 
 
@@ -83,6 +84,7 @@ def looksam(
   ):
     del losses
     validation.require_params(params, "looksam", UPDATE_CALL)
+    refuse_multi_steps("looksam")
     rho_now = value_at(rho, state.count)
     grad_norm = global_norm(grads)
 

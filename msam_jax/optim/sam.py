@@ -24,6 +24,12 @@ group takes its own ascent from its own first-pass gradient, its second-pass
 gradient is taken at its own perturbed point, and the base steps with the mean
 of the groups' second-pass gradients.
 
+Not under `optax.MultiSteps`: it calls `update` on every micro-batch with that
+micro-batch's `loss_fn`, so the second gradient would be the last micro-batch's
+alone while the ascent comes from the accumulated gradient. `update` refuses
+it (`refuse_multi_steps`); accumulate by passing the accumulated gradient as
+`grads` and the whole batch's ``grad_fn`` instead (docs/algorithms.md).
+
 Per device (``axis_name=``): the update runs inside `jax.shard_map` (or
 `jax.pmap`) over a mesh axis the batch is split over; `loss_fn` and `grads`
 see the device's own examples, groups are formed there, and the groups'
@@ -34,6 +40,7 @@ result equals ``group_size=m`` on the whole batch, the devices' batches
 concatenated in axis order.
 """
 
+import sys
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -158,6 +165,27 @@ def _sam_family_gradient(
   return jax.tree.map(lambda h: jnp.mean(h, axis=0), per_group)
 
 
+def refuse_multi_steps(name: str) -> None:
+  """Raises ValueError when this update is called from `optax.MultiSteps.update`.
+
+  Read from the Python call stack (at trace time under `jax.jit`), which is the
+  only place the wrapper is visible from inside: MultiSteps passes neither a
+  marker nor its state to the inner update.
+  """
+  frame = sys._getframe(1)
+  while frame is not None:
+    if frame.f_code is _MULTI_STEPS_UPDATE:
+      raise ValueError(
+        f"{name} cannot run inside optax.MultiSteps: it would take its second gradient from the last "
+        "micro-batch's loss_fn alone; accumulate instead by passing the micro-batches' mean gradient as grads "
+        "and grad_fn=(the whole batch's mean-loss gradient) to update (docs/algorithms.md, 'Gradient accumulation')"
+      )
+    frame = frame.f_back
+
+
+_MULTI_STEPS_UPDATE = optax.MultiSteps.update.__code__
+
+
 def check_base(base) -> None:
   if not isinstance(base, optax.GradientTransformation):
     validation.fail("base", base, "an optax.GradientTransformation")
@@ -215,6 +243,7 @@ def sam_variant(
   ):
     del losses  # these variants recompute nothing of the first pass
     validation.require_params(params, name, UPDATE_CALL)
+    refuse_multi_steps(name)
     direction = direction_at(value_at(rho, state.count), params)
     local = params if axis_name is None else _device_local(params, axis_name)
     g = _sam_family_gradient(direction, grads, local, loss_fn, group_size, grad_fn)
