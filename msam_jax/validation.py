@@ -81,6 +81,14 @@ def in_interval(name: str, value, low: float, high: float, *, low_closed: bool, 
     fail(name, value, requirement)
 
 
+def at_least(name: str, value, low: float, *, strict: bool = False) -> None:
+  """A concrete real number ``>= low`` (``> low`` when `strict`); no schedules or arrays of a traced value."""
+  requirement = f"a number {'>' if strict else '>='} {low:g}"
+  v = concrete_value(value)
+  if v is None or not (v > low if strict else v >= low):
+    fail(name, value, requirement)
+
+
 def _bound(x: int) -> str:
   """An integer bound as written in code: 2**63 rather than its 19 digits."""
   if x >= 2**32 and x & (x - 1) == 0:

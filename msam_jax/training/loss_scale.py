@@ -8,7 +8,16 @@ wraps the optimizer and owns the scale:
 
     finite = grads and updates all finite
     finite:     step as tx would; after `period` finite steps in a row, scale *= factor
-    not finite: skip the step (no update, inner state kept); scale = max(scale / factor, 1)
+    not finite: skip the step (no update, inner state kept, schedules advanced);
+                scale = max(scale / factor, 1)
+
+A skipped step keeps the optimizer's own state (moments, its update count, so
+Adam's bias correction counts applied updates) but advances the count of every
+`optax.inject_hyperparams` in it, so learning-rate and rho schedules stay on the
+training step (the data position, the epoch) as torch's GradScaler loop steps
+its scheduler on skipped steps. A schedule passed straight to an optimizer
+(not injected) follows that optimizer's update count, which a skip does not
+advance; the training factory injects every schedule.
 
 The SAM family computes its second gradient inside `tx.update` from
 `loss_fn`; the wrapper hands it a `loss_fn` whose backward pass scales the
@@ -74,6 +83,22 @@ def scaled_backward(loss_fn, scale: jax.Array):
   return wrapped
 
 
+_INJECT_STATES = (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)
+
+
+def _schedules_advanced(kept, stepped):
+  """`kept` (the state before a skipped step) with the injected schedules' counts of `stepped`."""
+  is_inject = lambda x: isinstance(x, _INJECT_STATES)
+
+  def one(old, new):
+    if not is_inject(old):
+      return old
+    advanced = {f: getattr(new, f) for f in old._fields if f != "inner_state"}
+    return old._replace(**advanced, inner_state=_schedules_advanced(old.inner_state, new.inner_state))
+
+  return jax.tree.map(one, kept, stepped, is_leaf=is_inject)
+
+
 def dynamic_loss_scale(
   inner: optax.GradientTransformation, *, initial_scale: float = 2.0**15, period: int = 2000, factor: float = 2.0
 ) -> optax.GradientTransformation:
@@ -83,8 +108,8 @@ def dynamic_loss_scale(
   extra keyword arguments reach `inner.update`, `loss_fn` wrapped by `scaled_backward`.
   """
   validation.integer("period", period)  # a count of steps: not True, not 2.5
-  if initial_scale < 1 or factor <= 1:
-    raise ValueError(f"dynamic_loss_scale needs initial_scale >= 1 and factor > 1; got {initial_scale}, {factor}.")
+  validation.at_least("initial_scale", initial_scale, 1)
+  validation.at_least("factor", factor, 1, strict=True)
 
   def init(params):
     return LossScaleState(jnp.asarray(initial_scale, jnp.float32), jnp.zeros((), jnp.int32), inner.init(params))
@@ -95,7 +120,9 @@ def dynamic_loss_scale(
     updates, inner_state = inner.update(grads, state.inner_state, params, **extra)
     finite = _all_finite(grads) & _all_finite(updates)
     updates, inner_state = jax.lax.cond(
-      finite, lambda: (updates, inner_state), lambda: (jax.tree.map(jnp.zeros_like, updates), state.inner_state)
+      finite,
+      lambda: (updates, inner_state),
+      lambda: (jax.tree.map(jnp.zeros_like, updates), _schedules_advanced(state.inner_state, inner_state)),
     )
     grow = finite & (state.good_steps + 1 >= period)
     scale = jnp.where(

@@ -107,12 +107,48 @@ def test_overflow_skips_the_step_and_lowers_the_scale_then_it_grows():
   for _ in range(2):
     _, state = tx.update(good, state, params)
   assert (float(state.scale), int(state.good_steps)) == (8.0, 0)
-  for bad in (dict(initial_scale=0.5), dict(factor=1.0)):
-    with pytest.raises(ValueError, match="dynamic_loss_scale needs"):
-      loss_scale.dynamic_loss_scale(msam_jax.sgd(0.1), **bad)
+  for name, bad, requirement in (
+    ("initial_scale", 0.5, ">= 1"),
+    ("initial_scale", "8", ">= 1"),
+    ("factor", 1.0, "> 1"),
+    ("factor", True, "> 1"),
+  ):
+    with pytest.raises(ValueError, match=rf"^{name} must be a number {requirement}, got {bad!r}$"):
+      loss_scale.dynamic_loss_scale(msam_jax.sgd(0.1), **{name: bad})
   for bad in (0, True, 2.5, "2000"):
     with pytest.raises(ValueError, match=r"period must be an integer >= 1"):
       loss_scale.dynamic_loss_scale(msam_jax.sgd(0.1), period=bad)
+
+
+def test_skipped_steps_advance_the_schedules_but_not_the_optimizer_state():
+  """Schedules follow the training step (as torch's GradScaler loop steps its
+  scheduler on skipped steps); momentum and rho-free state stay as they were."""
+  schedule = lambda count: 0.1 * (count + 1.0)
+  inner = optax.inject_hyperparams(msam_jax.sam)(
+    base=optax.inject_hyperparams(msam_jax.sgd)(learning_rate=schedule, momentum=0.9), rho=schedule
+  )
+  tx = loss_scale.dynamic_loss_scale(inner, initial_scale=8.0)
+  params = {"w": jnp.array([1.0, -2.0, 0.5])}
+  loss_fn = lambda p, indices=None: jnp.atleast_1d(jnp.sum(p["w"] ** 2))
+  good, bad = {"w": 2 * params["w"]}, {"w": jnp.array([1.0, jnp.inf, 0.0])}
+  state = tx.init(params)
+  _, state = tx.update(good, state, params, loss_fn=loss_fn)
+  kept = state.inner_state
+  for _ in range(2):  # two skipped steps
+    updates, state = tx.update(bad, state, params, loss_fn=loss_fn)
+    np.testing.assert_array_equal(updates["w"], 0.0)
+  # Counts of both injected schedules at the training step (3), the optimizers' own state kept.
+  assert int(state.inner_state.count) == int(state.inner_state.inner_state.base_state.count) == 3
+  assert int(state.inner_state.inner_state.count) == int(kept.inner_state.count) == 1
+  jax.tree.map(
+    np.testing.assert_array_equal,
+    state.inner_state.inner_state.base_state.inner_state,
+    kept.inner_state.base_state.inner_state,
+  )
+  # The next (finite) step uses the schedules' values at step 3.
+  _, state = tx.update(good, state, params, loss_fn=loss_fn)
+  hyper = msam_jax.optim.current_hyperparams(state)
+  np.testing.assert_allclose([hyper["rho"], hyper["learning_rate"]], [schedule(3)] * 2, rtol=1e-6)
 
 
 def test_scaled_backward_keeps_values_and_gradients():
