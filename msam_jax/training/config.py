@@ -421,6 +421,12 @@ def _validate_pod(config: ml_collections.ConfigDict, num_devices: int) -> None:
       f"config.sam_group_size={m} is not supported with grad_accum_steps > 1 or dtype float16"
       " (each group needs its own unscaled gradients); set --config.sam_group_size=0."
     )
+  if m and config.sharding == "fsdp":
+    raise ConfigError(
+      f"config.sam_group_size={m} is not supported with sharding fsdp (the per-device update holds the"
+      " whole parameters and optimizer state on every device); use --config.sharding=replicate"
+      " or --config.sam_group_size=0."
+    )
   if k > 1 and config.optimizer == "esam":
     raise ConfigError(
       f"config.grad_accum_steps={k} is not supported with esam (it picks examples by sharpness"

@@ -19,7 +19,11 @@ with ``group_size=m, axis_name="data"``) the first pass is forward only (losses,
 metrics, batch statistics) and the optimizer's update runs under
 `jax.shard_map`: each device's groups come from its own examples and their
 second-pass gradients are averaged over the devices, the step's only gradient
-collective. The step then reports no first-pass gradient norm.
+collective. The step then reports no first-pass gradient norm. Each device
+folds its index into the dropout key, so dropout masks differ across devices
+(within a device they repeat across groups, which are vmapped with one key).
+The update holds the whole parameters and optimizer state on every device, so
+the config refuses it with FSDP.
 """
 
 import functools
@@ -120,11 +124,11 @@ def train_step(
   if scale is not None:
     grads = loss_scale.unscale(grads, scale)
 
-  def loss_fn_of(images, labels):
+  def loss_fn_of(images, labels, rng=dropout_rng):
     def loss_fn(params, indices=None):  # the SAM family's further passes; others ignore it
       if indices is None:
-        return forward(params, images, labels)[0]  # batch statistics discarded
-      return forward(params, images[indices], labels[indices])[0]
+        return forward(params, images, labels, rng)[0]  # batch statistics discarded
+      return forward(params, images[indices], labels[indices], rng)[0]
 
     return loss_fn
 
@@ -140,7 +144,8 @@ def train_step(
   else:
 
     def device_update(opt_state, params, images, labels):
-      return tx.update(None, opt_state, params, loss_fn=loss_fn_of(images, labels))
+      device_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(DATA_AXIS))  # masks differ per device
+      return tx.update(None, opt_state, params, loss_fn=loss_fn_of(images, labels, device_rng))
 
     updates, opt_state = jax.shard_map(
       device_update, mesh=group_mesh, in_specs=(P(), P(), P(DATA_AXIS), P(DATA_AXIS)), out_specs=(P(), P())

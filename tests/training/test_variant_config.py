@@ -3,6 +3,7 @@ training step's per-device groups."""
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -54,6 +55,7 @@ def test_the_variants_are_valid_optimizers(name):
     (dict(optimizer="sam", sam_group_size=3), "config.sam_group_size=3 does not divide the per-device batch 8"),
     (dict(optimizer="sam", sam_group_size=2, grad_accum_steps=2), "set --config.sam_group_size=0"),
     (dict(optimizer="gsam", sam_group_size=2, dtype="float16"), "set --config.sam_group_size=0"),
+    (dict(optimizer="sam", sam_group_size=2, sharding="fsdp"), "not supported with sharding fsdp"),
   ],
 )
 def test_group_size_must_fit_the_per_device_batch(overrides, message):
@@ -97,3 +99,36 @@ def test_per_device_groups_in_training_equal_the_groups_of_the_global_batch(opti
   for x, y in zip(tree_arrays(a), tree_arrays(b), strict=True):
     np.testing.assert_allclose(x, y, rtol=2e-5, atol=2e-6)
   np.testing.assert_allclose(ma["loss"], mb["loss"], rtol=1e-6)
+
+
+class _DropoutNet(nn.Module):
+  """Dropout between two dense layers: the gradient depends on the mask."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    h = nn.Dense(16)(x.reshape(x.shape[0], -1))
+    return nn.Dense(10)(nn.Dropout(0.5, deterministic=not train)(h))
+
+
+@pytest.mark.slow  # compiles training steps on 8 devices and on one
+def test_per_device_groups_draw_their_own_dropout_masks():
+  """Every device holds the same examples: with one dropout key for all devices
+  each device's group gradient would be the same, and the 8-device step would
+  equal the step of one device on its own batch (as it did)."""
+  config = load_config("digits", optimizer="sam", rho=0.1, sam_group_size=2)
+  tx = build_optimizer(config, steps_per_epoch=10)
+  model = _DropoutNet()
+  rng = np.random.default_rng(0)
+  one = {"image": rng.normal(size=(2, 4, 4, 1)).astype(np.float32), "label": rng.integers(0, 10, 2).astype(np.int32)}
+  params = []
+  for devices in (jax.devices(), jax.devices()[:1]):
+    mesh = mesh_lib.create_mesh(devices)
+    batch = jax.device_put(
+      {k: np.tile(v, (mesh.size,) + (1,) * (v.ndim - 1)) for k, v in one.items()}, mesh_lib.batch_sharding(mesh)
+    )
+    state = create_train_state(model, tx, jax.random.key(0), image_shape=(4, 4, 1))
+    step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, label_smoothing=0.0, group_mesh=mesh))
+    params.append(step(state, batch, jax.random.key(1))[0].params)
+  eight, single = (tree_arrays(p) for p in params)
+  assert len(jax.devices()) == 8
+  assert max(float(np.abs(a - b).max()) for a, b in zip(eight, single)) > 1e-4
