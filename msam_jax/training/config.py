@@ -378,15 +378,28 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, process_cou
       )
   if config.dataset == "synthetic":
     try:
-      data.synthetic.Spec(**config.synthetic)
+      spec = data.synthetic.Spec(**config.synthetic)
     except (TypeError, ValueError) as e:
       raise ConfigError(f"config.synthetic: {e}") from None
+    _check_synthetic_fits_the_model(config, spec)
   try:
     info = data.dataset_info(config.dataset, image_size=config.image_size, synthetic=synthetic_spec(config))
     data.steps_per_epoch(info, config.batch_size)
   except ValueError as e:
     raise ConfigError(f"config.dataset={config.dataset!r}: {e}") from None
   _validate_pod(config, num_devices)
+
+
+def _check_synthetic_fits_the_model(config: ml_collections.ConfigDict, spec) -> None:
+  """A model built for `config.image_size` (ViT) gets synthetic images of that size, or one line saying which to set."""
+  size = config.image_size
+  height, width, channels = spec.image_shape
+  if size is not None and (height, width) != (size, size):
+    raise ConfigError(
+      f"config.image_size={size} ({config.model} takes {size}x{size} images) but config.synthetic.image_shape="
+      f"{spec.image_shape} makes {height}x{width} images; set --config.synthetic.image_shape='({size}, {size},"
+      f" {channels})' or --config.image_size={height}."
+    )
 
 
 def _divides_per_device_batch(config: ml_collections.ConfigDict, field: str, num_devices: int) -> None:

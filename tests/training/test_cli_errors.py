@@ -76,6 +76,18 @@ CASES = [
     ["--config", DIGITS, "--config.model=wrn", "--config.model_kwargs.depth=11", "--workdir", "{tmp}/run"],
     "wrn depth must be 6n + 4",
   ),
+  (
+    "model and synthetic data shapes differ",
+    [
+      "--config",
+      os.path.join(REPO, "configs", "imagenet_vit.py"),
+      "--config.dataset=synthetic",
+      "--config.num_train_steps=2",
+      "--workdir",
+      "{tmp}/run",
+    ],
+    "config.image_size=224 (vit takes 224x224 images) but config.synthetic.image_shape=(32, 32, 3)",
+  ),
   ("workdir is a file", ["--config", DIGITS, "--workdir", "{tmp}/afile"], "afile is a file"),
   ("workdir under a file", ["--config", DIGITS, "--workdir", "{tmp}/afile/run"], "which is a file"),
   (
