@@ -108,8 +108,8 @@ def resized_crop_window_from_uniforms(
   like Python's); the first attempt with 0 < w <= W and 0 < h <= H gives the
   window, its offsets uniform integers top in [0, H - h], left in [0, W - w].
   If none fits: a centred crop of the whole image, its aspect ratio clamped to
-  `ratio` (w = W, h = round(W / min ratio) for too-wide images, h = H,
-  w = round(H * max ratio) for too-tall ones).
+  `ratio` (h = H, w = round(H * max ratio) for too-wide images, w = W,
+  h = round(W / min ratio) for too-tall ones).
   """
   height = tf.cast(image_shape[0], tf.float64)
   width = tf.cast(image_shape[1], tf.float64)

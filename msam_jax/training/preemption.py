@@ -4,7 +4,11 @@ A preempted TPU VM, a SLURM time limit (`--signal=TERM@...`) or `kill` sends
 SIGTERM. The loop asks `Preemption.reached(step)` after every step; when it
 says yes, it saves a checkpoint of that step and raises `Preempted`, which
 `train.py` turns into exit status 75 (EX_TEMPFAIL: "try again"); rerunning the
-same command resumes from that checkpoint exactly.
+same command resumes from that checkpoint exactly. A second SIGTERM ends the
+process at once (the signal's default action, status 143, also while a step
+hangs in native code), leaving the newest complete checkpoint to resume from.
+Python delivers signals to the main thread only: with the loop in another
+thread SIGTERM is not caught, which `start` logs.
 
 Several processes must stop after the same step. With `jax.distributed`
 initialised, JAX's preemption sync manager (on by default) already catches
@@ -53,6 +57,11 @@ class Preemption:
     can_handle = threading.current_thread() is threading.main_thread()
     if self.enabled and not self.multihost and can_handle:
       self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+    elif self.enabled and not self.multihost:
+      logging.warning(
+        "The training loop runs outside the main thread, where Python cannot catch SIGTERM: "
+        "SIGTERM will end the run without a checkpoint of its step."
+      )
     elif self.enabled and self.multihost and getattr(distributed.global_state, "preemption_sync_manager", None) is None:
       logging.warning("jax_enable_preemption_service is off: SIGTERM will not save a checkpoint.")
       self.enabled = False
@@ -65,7 +74,11 @@ class Preemption:
 
   def _on_sigterm(self, signum, frame):
     del signum, frame
-    logging.warning("SIGTERM: finishing the current step and saving a checkpoint.")
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    logging.warning(
+      "SIGTERM: finishing the current step and saving a checkpoint (a second SIGTERM stops at once, "
+      "leaving the newest checkpoint)."
+    )
     self._notice.set()
 
   def reached(self, step: int) -> bool:
