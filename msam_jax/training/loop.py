@@ -10,6 +10,7 @@ the workdir records (run identity, evaluation history) is `run_record`'s.
 
 import contextlib
 import functools
+import itertools
 import logging as std_logging
 import time
 from typing import Any
@@ -127,16 +128,18 @@ def _train_iterator(config, mesh, *, seed: int, start_step: int = 0):
   )
 
 
-def _recompute_batch_norm(bn_fn, config, mesh, state: TrainState, num_batches: int):
+def _recompute_batch_norm(bn_fn, config, mesh, state: TrainState, num_batches: int, between=lambda: None):
   """Running batch-norm statistics re-estimated at the unperturbed parameters.
 
   MSAM trains at perturbed parameters, so the running statistics belong to the
   wrong point; like the original, rerun forward passes in training mode.
+  `between()` runs after every batch (the preemption check).
   """
   batch_stats = state.batch_stats
   train_iter = _train_iterator(config, mesh, seed=config.seed + 1)
   for _ in range(num_batches):
     batch_stats = bn_fn(state, batch_stats, mesh_lib.global_batch(mesh, next(train_iter)))
+    between()
   return batch_stats
 
 
@@ -180,6 +183,14 @@ def train_and_evaluate(
 
   Returns the results dict that is also written to `workdir/results.json`.
   """
+  preempt = preemption.Preemption()  # SIGTERM handling from the first step to results.json
+  try:
+    return _train_and_evaluate(config, workdir, mesh, preempt)
+  finally:
+    preempt.stop()
+
+
+def _train_and_evaluate(config, workdir, mesh, preempt: preemption.Preemption) -> dict[str, Any]:
   mesh = mesh_lib.create_mesh() if mesh is None else mesh
   config = config_lib.resolve(config)  # model_kwargs: every option of the model
   validate(config, num_devices=mesh.size, process_count=jax.process_count())
@@ -269,7 +280,8 @@ def train_and_evaluate(
   clock = _StepClock()
   sharpness = None
 
-  preempt = preemption.Preemption(config.checkpoint_on_preemption).start()
+  preempt.enabled = config.checkpoint_on_preemption
+  preempt.start()
   try:  # an error (a non-finite loss, Ctrl-C) still lets the in-flight checkpoint finish
     for step in range(start_step + 1, num_steps + 1):
       batch = next(train_iter)
@@ -310,7 +322,7 @@ def train_and_evaluate(
           _check_finite(first_bad, last_good_checkpoint, state)
           checkpoint.save(manager, step, state)
         last_good_checkpoint = step
-      if not is_last and preempt.reached(step):  # SIGTERM: checkpoint this step and stop
+      if preempt.reached(step) and not is_last:  # SIGTERM: checkpoint this step and stop
         if last_good_checkpoint != step:
           _check_finite(first_bad, last_good_checkpoint, state)
           checkpoint.save(manager, step, state)
@@ -318,11 +330,31 @@ def train_and_evaluate(
     jax.block_until_ready(state)
     train_end = time.time()
   finally:
-    preempt.stop()
     manager.wait_until_finished()
-  train_seconds = train_end - train_start
   timed_steps = num_steps - start_step - 1
   timed_seconds = clock.seconds(train_end) if timed_steps > 0 else 0.0
+  training = {
+    "train_seconds": train_end - train_start,
+    "steps_per_second": timed_steps / timed_seconds if timed_steps > 0 else float("nan"),
+    "seconds_per_step_excluding_compilation": timed_seconds / timed_steps if timed_steps > 0 else float("nan"),
+    "input_wait_fraction": train_iter.wait_seconds / timed_seconds if timed_steps > 0 else float("nan"),
+    # Averages over the last logging interval of this process's run.
+    **{f"final_train_{k}": float(train_scalars[k]) for k in ("loss", "accuracy") if k in train_scalars},
+  }
+  if start_step < num_steps and is_primary:
+    run_record.save_training(workdir, training)
+  elif start_step == num_steps:  # stopped while finishing: the training's numbers are the recorded ones
+    training = run_record.load_training(workdir) or training
+  # Finishing the run: SIGTERM still stops it (with the last step's checkpoint) between its parts.
+  finishing_points = itertools.count(num_steps + 1)
+
+  def stop_if_preempted():
+    if preempt.reached(next(finishing_points)):
+      raise preemption.Preempted(num_steps)
+
+  if is_primary:
+    log.info("step %d: training done; finishing the run (final evaluation, model, results).", num_steps)
+  stop_if_preempted()
 
   results = {
     "optimizer": config.optimizer,
@@ -330,29 +362,27 @@ def train_and_evaluate(
     "model": config.model,
     "steps": num_steps,
     "epochs": num_steps / steps_per_epoch,
-    "train_seconds": train_seconds,
-    "steps_per_second": timed_steps / timed_seconds if timed_steps > 0 else float("nan"),
-    "seconds_per_step_excluding_compilation": timed_seconds / timed_steps if timed_steps > 0 else float("nan"),
-    "input_wait_fraction": train_iter.wait_seconds / timed_seconds if timed_steps > 0 else float("nan"),
+    **{k: v for k, v in training.items() if not k.startswith("final_train_")},
     "eval_history": eval_history,
     "sharding": config.sharding,
     "grad_accum_steps": config.grad_accum_steps,
     "params_bytes_per_device": mesh_lib.bytes_per_device(abstract_state.params, state_sharding.params),
     "opt_state_bytes_per_device": mesh_lib.bytes_per_device(abstract_state.opt_state, state_sharding.opt_state),
   }
-  # Averages over the last logging interval of this process's run.
-  results.update({f"final_train_{k}": float(train_scalars[k]) for k in ("loss", "accuracy") if k in train_scalars})
+  results.update({k: v for k, v in training.items() if k.startswith("final_train_")})
   final = eval_history[-1] if eval_history and eval_history[-1]["step"] == num_steps else None
   if final is None:  # resumed after the last step: evaluate the restored state
     final = _evaluate(eval_fn, config, mesh, state)
+    stop_if_preempted()
   bn_batches = steps_per_epoch if config.bn_recompute_batches < 0 else config.bn_recompute_batches
   batch_stats = state.batch_stats
   if msam_jax.optim.perturbs_params(state.opt_state) and state.batch_stats and bn_batches > 0:
     bn_fn = jax.jit(functools.partial(steps.batch_norm_step, model=model))
-    batch_stats = _recompute_batch_norm(bn_fn, config, mesh, state, bn_batches)
+    batch_stats = _recompute_batch_norm(bn_fn, config, mesh, state, bn_batches, between=stop_if_preempted)
     results["eval_accuracy_before_bn_recompute"] = final["accuracy"]
     results["eval_loss_before_bn_recompute"] = final["loss"]
     final = _evaluate(eval_fn, config, mesh, state, batch_stats)
+    stop_if_preempted()
     writer.write_scalars(num_steps, {f"eval/{k}_after_bn_recompute": v for k, v in final.items()})
   results["final_param_norm"] = float(mesh_lib.to_host(jax.jit(_unperturbed_norm)(state)))
   results["final_eval_accuracy"] = final["accuracy"]
@@ -362,12 +392,14 @@ def train_and_evaluate(
   if sharpness_fn is not None:
     if start_step == num_steps:  # resumed after the last step
       sharpness = mesh_lib.to_host(sharpness_fn(state))
+      stop_if_preempted()
     results.update({f"final_{k}": float(v) for k, v in sharpness.items()})
   variables = {"params": jax.jit(_unperturbed_params)(state)}
   if batch_stats:
     variables["batch_stats"] = batch_stats
   results["evaluated_model"] = str(evaluated_model.save(workdir, num_steps, variables))
   writer.flush()
+  stop_if_preempted()
   if is_primary:
     run_record.write_results(workdir, results)
     before = results.get("eval_accuracy_before_bn_recompute")

@@ -15,6 +15,11 @@ initialised, JAX's preemption sync manager (on by default) already catches
 SIGTERM in every process and agrees on the step (the largest step any process
 has reached, plus one): `multihost_utils.reached_preemption_sync_point`. A
 single process needs no agreement and uses its own signal handler.
+
+The handler stays until the run's `results.json` is written: after the last
+step the loop asks `reached` between the parts of finishing the run, numbered
+on from the last step (so that processes agree there too), and a notice stops
+it with the last step's checkpoint; rerunning finishes the run.
 """
 
 import signal
@@ -52,6 +57,7 @@ class Preemption:
     self.multihost = jax.distributed.is_initialized()
     self._notice = threading.Event()
     self._previous = None
+    self._stopping = False  # `reached` said yes: it stays yes (the agreed step is never asked again)
 
   def start(self) -> "Preemption":
     can_handle = threading.current_thread() is threading.main_thread()
@@ -85,6 +91,9 @@ class Preemption:
     """Whether to checkpoint `step` and stop; every process must call it after every step."""
     if not self.enabled:
       return False
-    if self.multihost:
-      return multihost_utils.reached_preemption_sync_point(step)
-    return self._notice.is_set()
+    if not self._stopping:
+      if self.multihost:
+        self._stopping = bool(multihost_utils.reached_preemption_sync_point(step))
+      else:
+        self._stopping = self._notice.is_set()
+    return self._stopping

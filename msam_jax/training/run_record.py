@@ -4,6 +4,9 @@
       config.json         the config the run started with (fields in RESUMABLE_FIELDS
                           follow the latest restart)
       eval_history.json   one entry per evaluation so far, rewritten after each
+      training.json       the training's own numbers (last logged train loss,
+                          throughput), written when the last step is done, so
+                          a run stopped while finishing reports them
       checkpoints/        the train state (orbax), for exact resume
       evaluated_model/    the model whose accuracy results.json reports
       results.json        written last: the run is finished when it holds the run's steps
@@ -25,6 +28,7 @@ from msam_jax.training.config import RESUMABLE_FIELDS
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "eval_history.json"
 RESULTS_FILE = "results.json"
+TRAINING_FILE = "training.json"
 
 
 class WorkdirError(ValueError):
@@ -151,3 +155,12 @@ def save_history(workdir: epath.Path, history: list[dict]) -> None:
 
 def write_results(workdir: epath.Path, results: dict) -> None:
   write_json(workdir / RESULTS_FILE, results)
+
+
+def save_training(workdir: epath.Path, numbers: dict) -> None:
+  write_json(workdir / TRAINING_FILE, numbers)
+
+
+def load_training(workdir: epath.Path) -> dict | None:
+  """What `save_training` wrote when the last step was done; None if it never was."""
+  return read_json(workdir / TRAINING_FILE)

@@ -1,5 +1,6 @@
 """train.py under pod conditions: SIGTERM mid-run, and 2 processes with fsdp and accumulation."""
 
+import json
 import signal
 import subprocess
 import time
@@ -7,25 +8,26 @@ import time
 import numpy as np
 import pytest
 from helpers import REPO, final_checkpoint, tree_arrays
-from test_processes import _env, _finalised_checkpoints, _free_port, _run, _train_cmd
+from test_processes import RESUME_FLAGS, _env, _finalised_checkpoints, _free_port, _run, _train_cmd
 
 from msam_jax.training.preemption import EXIT_CODE
 
 pytestmark = pytest.mark.slow
 
-SIGTERM_FLAGS = (
-  "--config.num_train_steps=200",
-  "--config.checkpoint_every_steps=20",
-  "--config.log_every_steps=50",
-  "--config.eval_every_epochs=100",
-  "--config.bn_recompute_batches=2",
-)
+SIGTERM_FLAGS = RESUME_FLAGS  # 200 steps; batch-norm recomputation (msam) while finishing
+FINISHING = "training done; finishing the run"  # the line the loop logs after the last step
 
 
-def test_sigterm_checkpoints_exits_75_and_resumes_bit_identically(tmp_path):
-  reference = _run(tmp_path / "reference", *SIGTERM_FLAGS)
-  assert reference.returncode == 0, reference.stderr[-3000:]
+def _stopped_step(err: str) -> int:
+  message = [line for line in err.splitlines() if line.startswith("stopped: preempted")]
+  assert len(message) == 1, err[-3000:]
+  return int(message[0].split("checkpoint of step ")[1].split(";")[0])
 
+
+def test_sigterm_checkpoints_exits_75_and_resumes_bit_identically(tmp_path, digits_reference):
+  """SIGTERM mid-run, then SIGTERM while the resumed run finishes (batch-norm
+  recomputation): both exit 75; the next rerun completes the run with the
+  uninterrupted run's checkpoint and final numbers."""
   workdir = tmp_path / "preempted"
   proc = subprocess.Popen(
     _train_cmd(workdir, *SIGTERM_FLAGS),
@@ -45,20 +47,45 @@ def test_sigterm_checkpoints_exits_75_and_resumes_bit_identically(tmp_path):
   assert time.time() - sent < 60
   assert proc.returncode == EXIT_CODE, err[-3000:]
   assert "Traceback" not in err
-  message = [line for line in err.splitlines() if line.startswith("stopped: preempted")]
-  assert len(message) == 1, err[-3000:]
-  step = int(message[0].split("checkpoint of step ")[1].split(";")[0])
+  step = _stopped_step(err)
   assert final_checkpoint(str(workdir))[0] == step < 200
   assert not (workdir / "results.json").exists()
 
-  resumed = _run(workdir, *SIGTERM_FLAGS)
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert f"Resuming from the checkpoint of step {step}" in resumed.stderr
-  step_a, a = final_checkpoint(str(tmp_path / "reference"))
+  # Resumed; SIGTERM once the last step is done, while the run finishes.
+  proc = subprocess.Popen(
+    _train_cmd(workdir, *SIGTERM_FLAGS),
+    env=_env(1),
+    cwd=REPO,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  seen = []
+  for line in proc.stderr:
+    seen.append(line)
+    if FINISHING in line:
+      proc.send_signal(signal.SIGTERM)
+      break
+  _, err = proc.communicate(timeout=120)
+  err = "".join(seen) + err
+  assert FINISHING in err and f"Resuming from the checkpoint of step {step}" in err, err[-3000:]
+  assert proc.returncode == EXIT_CODE, err[-3000:]
+  assert "Traceback" not in err and _stopped_step(err) == 200
+  assert not (workdir / "results.json").exists()
+
+  finished = _run(workdir, *SIGTERM_FLAGS)
+  assert finished.returncode == 0, finished.stderr[-3000:]
+  step_a, a = final_checkpoint(str(digits_reference))
   step_b, b = final_checkpoint(str(workdir))
   assert step_a == step_b == 200
   for x, y in zip(tree_arrays(a), tree_arrays(b), strict=True):
     np.testing.assert_array_equal(x, y)
+  expected, got = (json.loads((w / "results.json").read_text()) for w in (digits_reference, workdir))
+  numbers = [k for k in expected if k.startswith(("final_", "eval_")) and k != "eval_history"]
+  assert {"final_train_loss", "final_eval_accuracy", "eval_accuracy_before_bn_recompute"} <= set(numbers)
+  assert {k: got[k] for k in numbers} == {k: expected[k] for k in numbers}
+  history = lambda r: [(e["step"], e["accuracy"], e["loss"]) for e in r["eval_history"]]
+  assert history(got) == history(expected)
 
 
 def test_two_processes_with_fsdp_and_accumulation_equal_one_replicated_process(tmp_path):
