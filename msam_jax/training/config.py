@@ -392,7 +392,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, process_cou
 
 def _check_synthetic_fits_the_model(config: ml_collections.ConfigDict, spec) -> None:
   """A model built for `config.image_size` (ViT) gets synthetic images of that size, or one line saying which to set."""
-  size = config.image_size
+  size = config.image_size if "image_size" in config.model_kwargs else None  # other models take any size
   height, width, channels = spec.image_shape
   if size is not None and (height, width) != (size, size):
     raise ConfigError(

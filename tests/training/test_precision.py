@@ -46,6 +46,17 @@ def test_bad_synthetic_shape_is_a_config_error(tmp_path, one_device_mesh):
     training.train_and_evaluate(config, str(tmp_path), mesh=one_device_mesh)
 
 
+def test_synthetic_images_must_fit_a_model_built_for_one_image_size(tmp_path, one_device_mesh):
+  """ViT is built for config.image_size; ResNet takes any size, so its config's 224 does not matter."""
+  vit = load_config("imagenet_vit", dataset="synthetic")
+  with pytest.raises(training.ConfigError, match=r"^config.image_size=224 \(vit takes 224x224 images\)[^\n]*32x32"):
+    training.train_and_evaluate(vit, str(tmp_path / "vit"), mesh=one_device_mesh)
+  assert not (tmp_path / "vit").exists()
+  vit.synthetic.image_shape = (224, 224, 3)
+  training.validate(training.resolve(vit), num_devices=1)
+  training.validate(training.resolve(load_config("imagenet_resnet50", dataset="synthetic")), num_devices=1)
+
+
 @pytest.mark.slow  # the training loop end to end
 @pytest.mark.parametrize("optimizer", ["msam", "esam"])
 def test_float16_runs_the_loop_with_a_loss_scale(tmp_path, one_device_mesh, optimizer):
