@@ -56,8 +56,10 @@ def rst(
 
   The branch is a `lax.cond`, so under `jax.jit` a base step takes one
   gradient and a SAM step two: the expected cost is ``1 + p`` gradients.
-  ``p = 0`` is `base` and ``p = 1`` is `sam(base, rho)`, exactly. The draws
-  depend on `seed` and the update count only, so a resumed run draws the same.
+  A constant ``p = 0`` or ``1`` needs no branch: it computes exactly `base`
+  or ``sam(base, rho)``. The key advances every update (also then), so the
+  draws depend on `seed` and the update count only and a resumed run draws
+  the same.
 
   Args:
     base: any optax transformation; it receives the chosen gradient and the
@@ -94,6 +96,9 @@ def rst(
   if axis_name is not None and not isinstance(axis_name, str):
     validation.fail("axis_name", axis_name, "None or the name of a mapped axis (a str)")
 
+  fixed = None if callable(p) else validation.concrete_value(p)
+  always = {0.0: False, 1.0: True}.get(fixed)  # SAM on every step (True), on none (False), or drawn (None)
+
   def init_fn(params):
     return RstState(count=jnp.zeros([], jnp.int32), key=jax.random.PRNGKey(seed), base_state=base.init(params))
 
@@ -127,7 +132,10 @@ def rst(
     def base_step(_):
       return first_pass()
 
-    g = jax.lax.cond(take_sam, sam_step, base_step, None)
+    if always is None:
+      g = jax.lax.cond(take_sam, sam_step, base_step, None)
+    else:  # p is the constant 0 or 1: no branch, the same computation as `base` or `sam`
+      g = sam_step(None) if always else base_step(None)
     if axis_name is not None:
       g = jax.lax.pmean(g, axis_name)
     updates, base_state = base_update(base, g, state.base_state, params, extra)

@@ -81,8 +81,11 @@ def test_coupled_weight_decay_is_applied_at_the_unperturbed_point(x64):
 
 @pytest.mark.parametrize(
   "base",
-  [lambda: optax.lion(0.01), lambda: optax.adam(0.01), lambda: msam_jax.adamw(0.01, weight_decay=0.1)],
-  ids=["lion", "adam", "adamw"],
+  [
+    pytest.param(lambda: optax.lion(0.01), id="lion", marks=pytest.mark.slow),
+    pytest.param(lambda: optax.adam(0.01), id="adam", marks=pytest.mark.slow),
+    pytest.param(lambda: msam_jax.adamw(0.01, weight_decay=0.1), id="adamw"),
+  ],
 )
 def test_rho_zero_is_the_base_bit_for_bit(base, x64):
   """Op by op (under jit XLA may fuse the base's arithmetic differently: ~1e-16 apart)."""
