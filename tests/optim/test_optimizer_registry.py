@@ -116,10 +116,13 @@ def test_lion_keeps_its_own_constants():
 
   def two_updates(tx):
     state, params = tx.init(PARAMS), PARAMS
-    for _ in range(2):
-      updates, state = tx.update(GRADS, state, params)
+    for grads in (GRADS, jax.tree.map(lambda g: -0.05 * g, GRADS)):  # the second step's sign needs b1
+      updates, state = tx.update(grads, state, params)
       params = optax.apply_updates(params, updates)
     return params
 
-  got = two_updates(registry.build("lion_msam", learning_rate=0.1, rho=0.2, b1=0.5, b2=0.5, weight_decay=0.5))
-  assert_trees_equal(got, two_updates(msam_jax.msam_of(optax.lion(0.1), rho=0.2)))
+  expected = two_updates(msam_jax.msam_of(optax.lion(0.1), rho=0.2))
+  for other in ({"b1": 0.5}, {"b2": 0.5}, {"weight_decay": 0.5}):
+    assert_trees_equal(two_updates(registry.build("lion_msam", learning_rate=0.1, rho=0.2, **other)), expected)
+    changed = two_updates(msam_jax.msam_of(optax.lion(0.1, **other), rho=0.2))
+    assert any(bool(jnp.any(a != b)) for a, b in zip(jax.tree.leaves(changed), jax.tree.leaves(expected))), other
