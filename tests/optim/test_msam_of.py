@@ -84,7 +84,7 @@ def test_coupled_weight_decay_is_applied_at_the_unperturbed_point(x64):
   [
     pytest.param(lambda: optax.lion(0.01), id="lion", marks=pytest.mark.slow),
     pytest.param(lambda: optax.adam(0.01), id="adam", marks=pytest.mark.slow),
-    pytest.param(lambda: msam_jax.adamw(0.01, weight_decay=0.1), id="adamw"),
+    pytest.param(lambda: msam_jax.adamw(0.01, weight_decay=0.1), id="adamw", marks=pytest.mark.slow),
   ],
 )
 def test_rho_zero_is_the_base_bit_for_bit(base, x64):
@@ -94,6 +94,19 @@ def test_rho_zero_is_the_base_bit_for_bit(base, x64):
   for a, b in zip(plain, wrapped, strict=True):
     assert_trees_equal(a["params"], b["params"])
     assert_trees_equal(a["state"], b["state"].base_state)
+
+
+def test_rho_zero_is_the_base_on_a_tiny_tree():
+  """The everyday tier's version of the test above: three updates op by op."""
+  params = {"w": jnp.array([1.0, -2.0]), "b": jnp.array(0.5)}
+  results = []
+  for tx in (optax.lion(0.1), msam_jax.msam_of(optax.lion(0.1), rho=0.0)):
+    p, state = params, tx.init(params)
+    for scale in (1.0, -0.5, 2.0):
+      updates, state = tx.update(jax.tree.map(lambda x, s=scale: s * (x + 0.25), p), state, p)
+      p = optax.apply_updates(p, updates)
+    results.append(p)
+  assert_trees_equal(*results)
 
 
 def test_two_steps_by_hand():
