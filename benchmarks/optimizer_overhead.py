@@ -41,6 +41,7 @@ LABEL_SMOOTHING = 0.1
 HYPERPARAMS = {
   "sgd": dict(learning_rate=0.05, momentum=0.9, weight_decay=5e-4),
   "adamw": dict(learning_rate=1e-3, weight_decay=5e-2),
+  "lion": dict(learning_rate=1e-4),  # b1, b2, weight decay: optax.lion's defaults
 }
 RHO = {"base": None, "msam": 0.3, "sam": 0.05}
 

@@ -16,7 +16,7 @@ not measured; `train.py` with `config.dataset="synthetic"` times the whole loop.
 Rounds are interleaved: every (optimizer, dtype) runs `--steps` steps in turn,
 in an order rotated each round, so each ratio compares times taken under the
 same machine load. "ratio" is the median over rounds of step time / step time
-of the base (sgd or adamw) in the same round and dtype; "<base>, again" is the
+of the base (sgd, adamw or lion: the registry entry's base) in the same round and dtype; "<base>, again" is the
 base measured a second time (own state, same executable): its ratio is the A/A
 control, the noise floor of every other ratio. "bf16 x" is the median over
 rounds of float32 step time / bfloat16 step time of the same optimizer.
@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 
 from msam_jax import data, models
+from msam_jax.optim import registry
 from msam_jax.training import steps
 from msam_jax.training.config import OPTIMIZERS
 from msam_jax.training.optimizer import build_optimizer
@@ -105,8 +106,8 @@ QUICK_BATCH = 8
 
 
 def base_of(optimizer: str) -> str:
-  """The plain optimizer a SAM-family one is compared with."""
-  return "adamw" if optimizer.startswith("adamw") else "sgd"
+  """The plain optimizer another one is compared with: its registry entry's base."""
+  return registry.get(optimizer).base
 
 
 def load_config(name: str):

@@ -5,9 +5,37 @@ The optimizers are re-exported here (``msam_jax.msam(...)``); see
 never TensorFlow or Flax.
 """
 
-from msam_jax.optim import adamw, adamw_msam, asam, esam, eval_params, gsam, looksam, msam, sam, schedules, sgd
+from msam_jax.optim import (
+  adamw,
+  adamw_msam,
+  asam,
+  esam,
+  eval_params,
+  gsam,
+  looksam,
+  msam,
+  msam_of,
+  rst,
+  sam,
+  schedules,
+  sgd,
+)
 
-__all__ = ["adamw", "adamw_msam", "asam", "esam", "eval_params", "gsam", "looksam", "msam", "sam", "schedules", "sgd"]
+__all__ = [
+  "adamw",
+  "adamw_msam",
+  "asam",
+  "esam",
+  "eval_params",
+  "gsam",
+  "looksam",
+  "msam",
+  "msam_of",
+  "rst",
+  "sam",
+  "schedules",
+  "sgd",
+]
 
 # The heavier subpackages (Flax models, TensorFlow input pipelines, training)
 # load on first attribute access, so `import msam_jax` stays cheap.

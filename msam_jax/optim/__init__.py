@@ -6,7 +6,9 @@ arguments it does not use, so one training step can pass ``loss_fn=`` to any.
 * `sgd`, `adamw`: the original's baselines.
 * `msam`, `adamw_msam`: Momentum-SAM; the model holds perturbed parameters,
   `eval_params(params, opt_state)` returns the unperturbed ones.
-* `sam`, `asam`, `gsam`, `esam`, `looksam`: wrap any base; `update` needs ``loss_fn=``
+* `msam_of`: Momentum-SAM around any optax optimizer that keeps a momentum
+  (optax.lion, adam, contrib.muon, ...), found by `momentum.find_momentum`.
+* `sam`, `asam`, `gsam`, `esam`, `looksam`, `rst`: wrap any base; `update` needs ``loss_fn=``
   (and optionally takes ``losses=``) and forwards other extra arguments to the base.
 * `needs_loss_fn`, `perturbs_params`, `current_hyperparams`: what a training loop
   asks of any of them.
@@ -15,13 +17,14 @@ arguments it does not use, so one training step can pass ``loss_fn=`` to any.
 * `schedules`: the original's learning-rate and rho schedules, and GSAM's rho.
 """
 
-from msam_jax.optim import registry, schedules
+from msam_jax.optim import momentum, registry, schedules
 from msam_jax.optim.asam import all_but_biases, asam
 from msam_jax.optim.baselines import AdamWState, adamw, sgd
 from msam_jax.optim.esam import EsamState, esam
 from msam_jax.optim.gsam import gsam
 from msam_jax.optim.looksam import LookSamState, looksam
-from msam_jax.optim.msam import AdamWMsamState, MsamState, adamw_msam, eval_params, msam
+from msam_jax.optim.msam import AdamWMsamState, MsamOfState, MsamState, adamw_msam, eval_params, msam, msam_of
+from msam_jax.optim.rst import RstState, rst
 from msam_jax.optim.sam import SamState, ascent_perturbation, sam
 from msam_jax.optim.state_utils import current_hyperparams, needs_loss_fn, perturbs_params
 
@@ -30,7 +33,9 @@ __all__ = [
   "AdamWState",
   "EsamState",
   "LookSamState",
+  "MsamOfState",
   "MsamState",
+  "RstState",
   "SamState",
   "adamw",
   "adamw_msam",
@@ -42,10 +47,13 @@ __all__ = [
   "eval_params",
   "gsam",
   "looksam",
+  "momentum",
   "msam",
+  "msam_of",
   "needs_loss_fn",
   "perturbs_params",
   "registry",
+  "rst",
   "sam",
   "schedules",
   "sgd",

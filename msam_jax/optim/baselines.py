@@ -42,7 +42,8 @@ def sgd(
 
   Args:
     learning_rate: a float or an optax schedule (update count -> value).
-    momentum: `mu` in [0, 1); the first step's buffer is the gradient itself.
+    momentum: `mu` in [0, 1); the first step's buffer is the gradient itself. A
+      Python 0 keeps no buffer (the same steps).
     weight_decay: L2 coefficient added to the gradient before the momentum.
     nesterov: torch's Nesterov variant ``d + mu * buf``.
 
@@ -53,9 +54,13 @@ def sgd(
   validation.non_negative("learning_rate", learning_rate)
   validation.in_interval("momentum", momentum, 0.0, 1.0, low_closed=True, high_closed=False)
   validation.non_negative("weight_decay", weight_decay)
+  # A concrete momentum 0 keeps no buffer (torch and optax.sgd(momentum=None) keep none):
+  # the trace would be a copy of the gradient, and `msam_of` would take it for a momentum.
+  # Python numbers only: inject_hyperparams passes arrays (concrete at init, traced in update).
+  keeps_momentum = not (isinstance(momentum, (int, float)) and momentum == 0)
   return optax.chain(
     optax.add_decayed_weights(weight_decay),
-    optax.trace(decay=momentum, nesterov=nesterov),
+    optax.trace(decay=momentum, nesterov=nesterov) if keeps_momentum else optax.identity(),
     optax.scale_by_learning_rate(learning_rate),
   )
 

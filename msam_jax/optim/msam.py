@@ -11,8 +11,9 @@ optimizer state carries `v` (which SGD/Adam keep anyway) and the scalar `c`;
 evaluation and export.
 """
 
+import dataclasses
 import sys
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +21,9 @@ import optax
 
 from msam_jax import validation
 from msam_jax.optim import baselines
+from msam_jax.optim.momentum import MomentumFn, find_momentum
 from msam_jax.optim.numerics import NORM_EPS, global_norm, value_at, wide_dtype, widen
+from msam_jax.optim.sam import base_update, check_base
 
 
 class MsamState(NamedTuple):
@@ -213,11 +216,149 @@ def adamw_msam(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class MsamOfState:
+  """State of `msam_of`: the base's state and the scalar `c` (plus the count for a rho schedule).
+
+  The stored parameters are ``p - offset_scale * momentum_of(base_state)``.
+  `momentum_of` is static (part of the tree structure, not a leaf), so that
+  `eval_params` can read the momentum from the state alone.
+  """
+
+  count: jax.Array  # int32 scalar: number of updates applied so far
+  base_state: optax.OptState
+  offset_scale: jax.Array  # c = rho / (||m|| + 1e-12), float32 or wider
+  momentum_of: MomentumFn = dataclasses.field(default=find_momentum, metadata=dict(static=True))
+
+
+def _momentum_error(base_state, found_none: bool) -> ValueError:
+  what = "found no gradient-momentum buffer" if found_none else "got a momentum that is not a tree like the params"
+  kinds = sorted({type(s).__name__ for s in jax.tree.leaves(base_state, is_leaf=lambda x: hasattr(x, "_fields"))})
+  return ValueError(
+    f"msam_of {what} in the base optimizer's state ({', '.join(kinds) or 'empty'}); give the base a "
+    "momentum (e.g. sgd with momentum > 0, adafactor with momentum=0.9) or pass "
+    "momentum=lambda base_state: <its first-moment buffer, a tree like the params>."
+  )
+
+
+def msam_of(
+  base: optax.GradientTransformation,
+  rho: optax.ScalarOrSchedule = 0.3,
+  momentum: Optional[MomentumFn] = None,
+) -> optax.GradientTransformationExtraArgs:
+  """Momentum-SAM around any optax optimizer that keeps a gradient momentum.
+
+  Becker, Altrock & Risse, arXiv:2401.12033 (2024), generalised: the ascent is
+  along the momentum `m` the base keeps anyway (SGD's trace, Adam's and Lion's
+  first moment, Muon's, adafactor's), so no buffer is added. `params` (and the
+  gradients) are the perturbed parameters ``p~``. One update::
+
+    p  = p~ + c_old m_old             # undo, m_old read from the base state
+    u  = base.update(g, params=p)     # g taken at p~; the base sees unperturbed p
+    m  = the base's momentum after u
+    c  = rho / (||m|| + 1e-12)        # ||.|| global, float32 or wider
+    p~ = p + u - c m                  # the update is c_old m_old + u - c m
+
+  State: the base's state, the scalar `c` and the update count. `rho = 0` is
+  the base; ``msam_of(adamw(...))`` is `adamw_msam` and ``msam_of(sgd(...,
+  weight_decay=0))`` is `msam` (to round-off). With coupled weight decay
+  ``msam_of(sgd(..., weight_decay=wd))`` decays the unperturbed `p` where
+  `msam` (the original) decays ``p~`` (docs/algorithms.md). Unlike `msam` it
+  reads the old momentum before the base overwrites it, so with donated
+  buffers XLA may keep a transient copy of it. The chaining rule of `msam`
+  holds: nothing that rescales updates may follow it (`eval_params` checks).
+
+  Args:
+    base: an optax transformation keeping a gradient momentum; it receives
+      the unperturbed params and the extra update arguments.
+    rho: perturbation radius >= 0, a float or a schedule; 0 gives `base`.
+    momentum: None finds the buffer (`msam_jax.optim.momentum.KNOWN_BUFFERS`:
+      optax's trace, adam/adamw/nadam, amsgrad, adabelief, lion, novograd,
+      adafactor's ema, contrib.muon, this project's sgd/adamw); otherwise
+      ``momentum(base_state)`` returns it, a tree like the params
+      (`optax.MaskedNode` leaves are left unperturbed). With
+      `optax.inject_hyperparams` list ``"momentum"`` in `static_args`.
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs`; `init` raises ValueError when
+    the base keeps no momentum.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax, msam_jax
+    >>> tx = msam_jax.msam_of(optax.lion(0.125, weight_decay=0.0), rho=0.3)
+    >>> params = {"w": jnp.array([1.0, -2.0])}
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update({"w": jnp.array([0.5, 0.5])}, state, params)
+    >>> params = optax.apply_updates(params, updates)  # perturbed: p - c m
+    >>> print(msam_jax.eval_params(params, state)["w"])  # unperturbed: one Lion step
+    [ 0.875 -2.125]
+  """
+  check_base(base)
+  validation.non_negative("rho", rho)
+  if momentum is not None and not callable(momentum):
+    validation.fail("momentum", momentum, "None or a function base_state -> momentum tree")
+  momentum_of = find_momentum if momentum is None else momentum
+
+  def init_fn(params):
+    base_state = base.init(params)
+    m = momentum_of(base_state)
+    if m is None:
+      raise _momentum_error(base_state, found_none=True)
+    try:
+      jax.tree.map(lambda *_: None, params, m, is_leaf=_masked)
+    except (ValueError, TypeError):
+      raise _momentum_error(base_state, found_none=False) from None
+    return MsamOfState(
+      count=jnp.zeros([], jnp.int32),
+      base_state=base_state,
+      offset_scale=jnp.zeros([], wide_dtype(params)),
+      momentum_of=momentum_of,
+    )
+
+  def update_fn(grads, state, params=None, **extra):
+    rho_now = value_at(rho, state.count)
+    c_old = state.offset_scale
+    m_old = momentum_of(state.base_state)
+    unperturbed = None if params is None else _add_scaled(params, c_old, m_old)
+    base_updates, base_state = base_update(base, grads, state.base_state, unperturbed, extra)
+    m_new = momentum_of(base_state)
+    c_new = (rho_now / (global_norm(m_new) + NORM_EPS)).astype(c_old.dtype)
+
+    def leaf(g, u, mo, mn):
+      if _masked(mo):
+        return u
+      return (c_old * widen(mo) + widen(u) - c_new * widen(mn)).astype(g.dtype)
+
+    updates = jax.tree.map(leaf, grads, base_updates, m_old, m_new)
+    new_state = MsamOfState(
+      count=optax.safe_increment(state.count), base_state=base_state, offset_scale=c_new, momentum_of=momentum_of
+    )
+    return updates, new_state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _masked(x) -> bool:
+  return isinstance(x, optax.MaskedNode)
+
+
+def _add_scaled(params, scale, direction):
+  """``params + scale * direction`` leafwise in float32 or wider, leaf dtypes kept; masked leaves as they are."""
+
+  def leaf(p, v):
+    return p if _masked(v) else (widen(p) + scale * widen(v)).astype(p.dtype)
+
+  return jax.tree.map(leaf, params, direction)
+
+
 def _is_msam_state(x) -> bool:
-  return isinstance(x, (MsamState, AdamWMsamState))
+  return isinstance(x, (MsamState, AdamWMsamState, MsamOfState))
 
 
 def _ascent_direction(state):
+  if isinstance(state, MsamOfState):
+    return state.momentum_of(state.base_state)
   return state.momentum if isinstance(state, MsamState) else state.mu
 
 
@@ -254,7 +395,7 @@ def _check_msam_is_last(opt_state: optax.OptState) -> None:
     for position, member in enumerate(opt_state[:-1]):
       if _contains_msam_state(member):
         raise ValueError(
-          f"msam/adamw_msam is member {position} of an optax.chain of {len(opt_state)} and "
+          f"msam/adamw_msam/msam_of is member {position} of an optax.chain of {len(opt_state)} and "
           f"{len(opt_state) - 1 - position} transformation(s) follow it; they would rescale its "
           "perturbation and eval_params would be wrong. Put gradient transformations (clipping, "
           "accumulation) before msam and schedule the learning rate inside msam(learning_rate=...)."
@@ -271,7 +412,7 @@ def _check_msam_is_last(opt_state: optax.OptState) -> None:
 def eval_params(params: optax.Params, opt_state: optax.OptState) -> optax.Params:
   """The unperturbed parameters ``p~ + c v`` behind MSAM-family parameters.
 
-  Finds every `msam` / `adamw_msam` state anywhere in `opt_state` (inside
+  Finds every `msam` / `adamw_msam` / `msam_of` state anywhere in `opt_state` (inside
   `optax.chain`, `optax.inject_hyperparams`, `optax.MultiSteps`,
   `optax.multi_transform`, ...) and undoes its perturbation; with no such state
   it returns `params` unchanged, so a training loop can always call it.
@@ -286,14 +427,6 @@ def eval_params(params: optax.Params, opt_state: optax.OptState) -> optax.Params
   params, opt_state = _as_pure(params), _as_pure(opt_state)
   _check_msam_is_last(opt_state)
   states = [s for s in jax.tree.leaves(opt_state, is_leaf=_is_msam_state) if _is_msam_state(s)]
-  masked = lambda x: isinstance(x, optax.MaskedNode)
   for state in states:
-    scale = state.offset_scale
-
-    def undo(v, p, scale=scale):
-      if masked(v):
-        return p
-      return (widen(p) + scale * widen(v)).astype(p.dtype)
-
-    params = jax.tree.map(undo, _ascent_direction(state), params, is_leaf=masked)
+    params = _add_scaled(params, state.offset_scale, _ascent_direction(state))
   return params

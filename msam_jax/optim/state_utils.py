@@ -23,8 +23,9 @@ def _sam_family_states() -> tuple[type, ...]:
   # Imported here so that each optimizer module only depends on sam.py.
   from msam_jax.optim.esam import EsamState
   from msam_jax.optim.looksam import LookSamState
+  from msam_jax.optim.rst import RstState
 
-  return (SamState, EsamState, LookSamState)
+  return (SamState, EsamState, LookSamState, RstState)
 
 
 def _find(tree, types) -> list[Any]:
@@ -47,7 +48,7 @@ def needs_loss_fn(tx_or_state, params=None) -> bool:
       that accepts any parameter tree.
 
   Returns:
-    True when a `sam`, `esam` or `looksam` state is part of the state tree.
+    True when a `sam`, `esam`, `looksam` or `rst` state is part of the state tree.
     Costs no computation (`jax.eval_shape`); usable inside `jax.jit`.
   """
   state = tx_or_state
@@ -88,15 +89,15 @@ def current_hyperparams(opt_state) -> dict[str, jax.Array]:
 
 
 def _msam_family_states() -> tuple[type, ...]:
-  from msam_jax.optim.msam import AdamWMsamState, MsamState
+  from msam_jax.optim.msam import AdamWMsamState, MsamOfState, MsamState
 
-  return (MsamState, AdamWMsamState)
+  return (MsamState, AdamWMsamState, MsamOfState)
 
 
 def perturbs_params(opt_state) -> bool:
   """Whether the parameters this optimizer returns are perturbed: the MSAM family's are.
 
-  True when an `msam` or `adamw_msam` state is part of the state tree (however
+  True when an `msam`, `adamw_msam` or `msam_of` state is part of the state tree (however
   wrapped; abstract states from `jax.eval_shape` too). Then `eval_params` gives
   the parameters to evaluate, and a batch-norm model's running statistics,
   collected at the perturbed point, are worth recomputing at those.

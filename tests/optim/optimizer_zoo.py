@@ -8,6 +8,8 @@ suit small deterministic problems (curvature up to ~10, lr 0.02), and rho is
 small enough that the perturbation does not hide convergence.
 """
 
+import optax
+
 import msam_jax
 
 LR = 0.02
@@ -26,10 +28,12 @@ OPTIMIZERS = {
   "sam": (msam_jax.sam, {"base": _sgd(), "rho": RHO}),
   "esam": (msam_jax.esam, {"base": _sgd(), "rho": RHO}),
   "looksam": (msam_jax.looksam, {"base": _sgd(), "rho": RHO, "k": 2}),
+  "msam_of": (msam_jax.msam_of, {"base": optax.adam(LR), "rho": RHO}),
+  "rst": (msam_jax.rst, {"base": _sgd(), "rho": RHO, "p": 0.5}),
 }
 
 # Optimizers whose parameters are perturbed (`eval_params` undoes it).
-MSAM_FAMILY = ("msam", "adamw_msam")
+MSAM_FAMILY = ("msam", "adamw_msam", "msam_of")
 
 
 def make(name: str):

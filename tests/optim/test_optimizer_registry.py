@@ -78,6 +78,10 @@ def test_perturbs_params_sees_through_wrappers_and_is_false_elsewhere():
       ),
     ),
     ("adamw_sam", lambda: msam_jax.sam(msam_jax.adamw(0.1, b1=0.8, weight_decay=1e-2), rho=0.2)),
+    # Lion keeps its own weight decay (and b1, b2: see the test below).
+    ("lion", lambda: optax.lion(0.1)),
+    ("lion_msam", lambda: msam_jax.msam_of(optax.lion(0.1), rho=0.2)),
+    ("rst", lambda: msam_jax.rst(msam_jax.sgd(0.1, momentum=0.5, weight_decay=1e-2, nesterov=True), rho=0.2)),
   ],
 )
 def test_build_hands_each_factory_the_hyperparameters_it_takes(name, expected):
@@ -103,3 +107,22 @@ def test_unknown_name_lists_the_valid_ones():
     registry.get("adam")
   with pytest.raises(ValueError, match="unknown optimizer"):
     registry.build("adam", learning_rate=0.1)
+
+
+def test_lion_keeps_its_own_constants():
+  """Adam's config.b1/b2 and SGD's weight decay are not Lion's (optax.lion's defaults stay)."""
+  for name in ("lion", "lion_msam"):
+    assert registry.get(name).config_fields == {}
+
+  def two_updates(tx):
+    state, params = tx.init(PARAMS), PARAMS
+    for grads in (GRADS, jax.tree.map(lambda g: -0.05 * g, GRADS)):  # the second step's sign needs b1
+      updates, state = tx.update(grads, state, params)
+      params = optax.apply_updates(params, updates)
+    return params
+
+  expected = two_updates(msam_jax.msam_of(optax.lion(0.1), rho=0.2))
+  for other in ({"b1": 0.5}, {"b2": 0.5}, {"weight_decay": 0.5}):
+    assert_trees_equal(two_updates(registry.build("lion_msam", learning_rate=0.1, rho=0.2, **other)), expected)
+    changed = two_updates(msam_jax.msam_of(optax.lion(0.1, **other), rho=0.2))
+    assert any(bool(jnp.any(a != b)) for a, b in zip(jax.tree.leaves(changed), jax.tree.leaves(expected))), other

@@ -155,6 +155,9 @@ def test_norms_in_updates_are_float32_for_bfloat16_params(name):
     updates, new_state = jax.jit(tx.update)(grads, state, params)
     assert all(u.dtype == jnp.bfloat16 for u in jax.tree.leaves(updates))
     assert new_state.offset_scale.dtype == jnp.float32
-    direction = new_state.momentum if name == "msam" else new_state.mu
+    if name in ("msam", "adamw_msam"):
+      direction = new_state.momentum if name == "msam" else new_state.mu
+    else:  # msam_of: the base's momentum
+      direction = new_state.momentum_of(new_state.base_state)
     norm64 = np.sqrt(sum(np.sum(np.asarray(v, np.float64) ** 2) for v in jax.tree.leaves(direction)))
     np.testing.assert_allclose(new_state.offset_scale, 0.3 / norm64, rtol=1e-6)

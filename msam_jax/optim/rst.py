@@ -1,0 +1,144 @@
+"""Randomized sharpness-aware training: each step is a SAM step with probability p.
+
+Zhao, Zhang & Hu, "Randomized Sharpness-Aware Training for Boosting
+Computational Efficiency in Deep Learning", arXiv:2203.09962 (2022).
+"""
+
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from msam_jax import validation
+from msam_jax.optim.numerics import value_at
+from msam_jax.optim.sam import (
+  UPDATE_CALL,
+  GradFn,
+  LossFn,
+  _device_local,
+  _sam_family_gradient,
+  ascent_perturbation,
+  base_update,
+  check_base,
+  mean_loss_grad,
+  perturb,
+)
+
+
+class RstState(NamedTuple):
+  """State of `rst`: update count, the key of the draws, the base's state."""
+
+  count: jax.Array  # int32 scalar: number of updates applied so far
+  key: jax.Array  # raw uint32[2] PRNG key, advanced every update
+  base_state: optax.OptState
+
+
+def rst(
+  base: optax.GradientTransformation,
+  rho: optax.ScalarOrSchedule = 0.05,
+  p: optax.ScalarOrSchedule = 0.5,
+  seed: int = 0,
+  group_size: Optional[int] = None,
+  axis_name: Optional[str] = None,
+) -> optax.GradientTransformationExtraArgs:
+  """Randomized SAM (RST): a `sam` step with probability `p`, a base step otherwise.
+
+  Zhao, Zhang & Hu, arXiv:2203.09962 (2022). One update::
+
+    key, draw = split(key)                    # the key lives in the state
+    if uniform(draw) < p:                     # a SAM step
+      e  = rho g / (||g|| + 1e-12)
+      g' = grad mean(loss_fn(p + e))
+    else:                                     # a base step
+      g' = g
+    updates = base.update(g', params=p)
+
+  The branch is a `lax.cond`, so under `jax.jit` a base step takes one
+  gradient and a SAM step two: the expected cost is ``1 + p`` gradients.
+  A constant ``p = 0`` or ``1`` needs no branch: it computes exactly `base`
+  or ``sam(base, rho)``. The key advances every update (also then), so the
+  draws depend on `seed` and the update count only and a resumed run draws
+  the same.
+
+  Args:
+    base: any optax transformation; it receives the chosen gradient and the
+      unperturbed params.
+    rho: perturbation radius >= 0 of the SAM steps, a float or a schedule.
+    p: probability in [0, 1] of a SAM step, a float or a schedule (Zhao et
+      al. also schedule it).
+    seed: seed of the draws.
+    group_size: m-sharpness on the SAM steps, as in `sam`.
+    axis_name: the mapped batch axis, as in `sam`: gradients are averaged
+      over it on both kinds of step, and every device draws the same.
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs`; `update(grads, state, params, *,
+    loss_fn, losses=None, grad_fn=None)` as documented in `msam_jax.optim.sam`.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax, msam_jax
+    >>> tx = msam_jax.rst(msam_jax.sgd(0.1), rho=0.05, p=0.5, seed=0)
+    >>> params = {"w": jnp.array([1.0, -2.0])}
+    >>> loss_fn = lambda p, indices=None: jnp.sum(p["w"] ** 2, keepdims=True)  # one example
+    >>> state = tx.init(params)
+    >>> grads = {"w": 2 * params["w"]}
+    >>> updates, state = tx.update(grads, state, params, loss_fn=loss_fn)
+    >>> params = optax.apply_updates(params, updates)
+    >>> int(state.count)
+    1
+  """
+  check_base(base)
+  validation.non_negative("rho", rho)
+  validation.in_interval("p", p, 0.0, 1.0, low_closed=True, high_closed=True)
+  validation.integer("seed", seed, low=0, static=False)
+  validation.integer("group_size", group_size, optional=True)
+  if axis_name is not None and not isinstance(axis_name, str):
+    validation.fail("axis_name", axis_name, "None or the name of a mapped axis (a str)")
+
+  fixed = None if callable(p) else validation.concrete_value(p)
+  always = {0.0: False, 1.0: True}.get(fixed)  # SAM on every step (True), on none (False), or drawn (None)
+
+  def init_fn(params):
+    return RstState(count=jnp.zeros([], jnp.int32), key=jax.random.PRNGKey(seed), base_state=base.init(params))
+
+  def update_fn(
+    grads,
+    state,
+    params=None,
+    *,
+    loss_fn: LossFn,
+    losses: Optional[jax.Array] = None,
+    grad_fn: Optional[GradFn] = None,
+    **extra,
+  ):
+    del losses
+    validation.require_params(params, "rst", UPDATE_CALL)
+    key, draw = jax.random.split(state.key)
+    take_sam = jax.random.uniform(draw) < value_at(p, state.count)
+    radius = value_at(rho, state.count)
+    local = params if axis_name is None else _device_local(params, axis_name)
+
+    def direction(g1, point, grad_at):
+      return grad_at(perturb(point, ascent_perturbation(g1, radius)))
+
+    def first_pass():
+      return mean_loss_grad(loss_fn, local, grad_fn=grad_fn) if grads is None else grads
+
+    def sam_step(_):
+      g = _sam_family_gradient(direction, grads, local, loss_fn, group_size, grad_fn)
+      return optax.tree.cast_like(g, params)  # gradients have the params' dtypes
+
+    def base_step(_):
+      return first_pass()
+
+    if always is None:
+      g = jax.lax.cond(take_sam, sam_step, base_step, None)
+    else:  # p is the constant 0 or 1: no branch, the same computation as `base` or `sam`
+      g = sam_step(None) if always else base_step(None)
+    if axis_name is not None:
+      g = jax.lax.pmean(g, axis_name)
+    updates, base_state = base_update(base, g, state.base_state, params, extra)
+    return updates, RstState(count=optax.safe_increment(state.count), key=key, base_state=base_state)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
