@@ -23,6 +23,7 @@ from msam_jax.optim.sam import (
   check_base,
   mean_loss_grad,
   perturb,
+  refuse_multi_steps,
 )
 
 
@@ -114,6 +115,7 @@ def rst(
   ):
     del losses
     validation.require_params(params, "rst", UPDATE_CALL)
+    refuse_multi_steps("rst")
     key, draw = jax.random.split(state.key)
     take_sam = jax.random.uniform(draw) < value_at(p, state.count)
     radius = value_at(rho, state.count)

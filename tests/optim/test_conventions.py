@@ -157,6 +157,7 @@ SAM_FAMILY_FACTORIES = {
   "gsam": lambda: msam_jax.gsam(msam_jax.sgd(0.1), rho=0.3, alpha=0.2),
   "esam": lambda: msam_jax.esam(msam_jax.sgd(0.1), rho=0.3),
   "looksam": lambda: msam_jax.looksam(msam_jax.sgd(0.1), rho=0.3, k=2),
+  "rst": lambda: msam_jax.rst(msam_jax.sgd(0.1), rho=0.3, p=0.5),
 }
 
 
