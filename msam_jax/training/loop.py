@@ -97,20 +97,35 @@ def _check_finite(first_bad, last_good_step: int | None, state: TrainState | Non
     )
 
 
+# Key prefix of each evaluated split's metrics (eval history, results.json, TensorBoard):
+# the test split's are unprefixed; "noisy_train" is the training split against the labels it
+# trains with (noisy under label_noise), i.e. memorisation.
+_SPLIT_PREFIX = {"test": "", "validation": "validation_", "train": "noisy_train_"}
+
+
 def _evaluate(eval_fn, config, mesh, state, batch_stats=None) -> dict[str, float]:
-  """Every test example once (padded, masked batches), at the unperturbed parameters."""
-  acc = None
-  for local in data.eval_iterator(
-    config.dataset,
-    global_batch_size=config.eval_batch_size,
-    data_dir=config.data_dir,
-    image_size=config.image_size,
-    num_devices=mesh.size,
-    synthetic=config_lib.synthetic_spec(config),
-  ):
-    m = eval_fn(state, state.batch_stats if batch_stats is None else batch_stats, mesh_lib.global_batch(mesh, local))
-    acc = m if acc is None else acc.merge(m)
-  return {k: float(v) for k, v in mesh_lib.to_host(acc.compute()).items()}
+  """Every example of each evaluated split once (padded, masked batches), at the unperturbed parameters.
+
+  Test metrics as `accuracy`, `loss`, ...; then `validation_*` and `noisy_train_*`
+  where the config asks for them (`config_lib.evaluated_splits`).
+  """
+  results = {}
+  for split in config_lib.evaluated_splits(config):
+    acc = None
+    for local in data.eval_iterator(
+      config.dataset,
+      global_batch_size=config.eval_batch_size,
+      data_dir=config.data_dir,
+      image_size=config.image_size,
+      num_devices=mesh.size,
+      synthetic=config_lib.synthetic_spec(config),
+      split=split,
+      labels=config_lib.training_labels(config),
+    ):
+      m = eval_fn(state, state.batch_stats if batch_stats is None else batch_stats, mesh_lib.global_batch(mesh, local))
+      acc = m if acc is None else acc.merge(m)
+    results.update({_SPLIT_PREFIX[split] + k: float(v) for k, v in mesh_lib.to_host(acc.compute()).items()})
+  return results
 
 
 def _train_iterator(config, mesh, *, seed: int, start_step: int = 0):
@@ -124,6 +139,7 @@ def _train_iterator(config, mesh, *, seed: int, start_step: int = 0):
     image_size=config.image_size,
     num_devices=mesh.size,
     synthetic=config_lib.synthetic_spec(config),
+    labels=config_lib.training_labels(config),
   )
 
 
@@ -188,7 +204,12 @@ def train_and_evaluate(
     config.data_dir = str(run_record.as_path(config.data_dir))
   is_primary = jax.process_index() == 0
 
-  info = data.dataset_info(config.dataset, image_size=config.image_size, synthetic=config_lib.synthetic_spec(config))
+  info = data.dataset_info(
+    config.dataset,
+    image_size=config.image_size,
+    synthetic=config_lib.synthetic_spec(config),
+    validation_fraction=config.validation_fraction,
+  )
   steps_per_epoch = data.steps_per_epoch(info, config.batch_size)
   num_steps = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
   finished = run_record.check_run(workdir, config, num_steps)
@@ -298,13 +319,7 @@ def train_and_evaluate(
           )
           if is_primary:
             run_record.save_history(workdir, eval_history)
-            log.info(
-              "step %d (epoch %g): eval accuracy %.4f, loss %.4f",
-              step,
-              step / steps_per_epoch,
-              eval_metrics["accuracy"],
-              eval_metrics["loss"],
-            )
+            log.info("step %d (epoch %g): %s", step, step / steps_per_epoch, _eval_line(eval_metrics))
       if (config.checkpoint_every_steps > 0 and step % config.checkpoint_every_steps == 0) or is_last:
         with clock.paused(state):
           _check_finite(first_bad, last_good_checkpoint, state)
@@ -359,6 +374,23 @@ def train_and_evaluate(
   results["final_eval_loss"] = final["loss"]
   if "accuracy_top5" in final:
     results["final_eval_accuracy_top5"] = final["accuracy_top5"]
+  for split in ("validation", "noisy_train"):  # final_validation_accuracy, final_noisy_train_loss, ...
+    results.update({f"final_{k}": v for k, v in final.items() if k.startswith(f"{split}_")})
+  results.update(
+    label_noise=config.label_noise,
+    label_noise_seed=config.label_noise_seed,
+    # The fraction of training labels the noise changed (None for ImageNet: not counted).
+    label_noise_realised_fraction=data.realised_noise_fraction(
+      config.dataset,
+      config_lib.training_labels(config),
+      data_dir=config.data_dir,
+      synthetic=config_lib.synthetic_spec(config),
+      global_batch_size=config.batch_size,
+    ),
+    validation_fraction=config.validation_fraction,
+    num_train_examples=info.num_train,
+    num_validation_examples=info.num_validation,
+  )
   if sharpness_fn is not None:
     if start_step == num_steps:  # resumed after the last step
       sharpness = mesh_lib.to_host(sharpness_fn(state))
@@ -372,13 +404,23 @@ def train_and_evaluate(
     run_record.write_results(workdir, results)
     before = results.get("eval_accuracy_before_bn_recompute")
     log.info(
-      "final eval accuracy %.4f%s; model saved in %s; results in %s",
+      "final eval accuracy %.4f%s%s; model saved in %s; results in %s",
       results["final_eval_accuracy"],
       "" if before is None else f" ({before:.4f} before the batch-norm recomputation)",
+      "".join(f"; {part}" for part in _eval_line(final).split("; ")[1:]),
       results["evaluated_model"],
       workdir / run_record.RESULTS_FILE,
     )
   return results
+
+
+def _eval_line(metrics: dict[str, float]) -> str:
+  """'eval accuracy 0.9861, loss 0.1093; validation accuracy ...; noisy_train accuracy ...'."""
+  parts = [f"eval accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}"]
+  for prefix in ("validation_", "noisy_train_"):
+    if f"{prefix}accuracy" in metrics:
+      parts.append(f"{prefix[:-1]} accuracy {metrics[prefix + 'accuracy']:.4f}, loss {metrics[prefix + 'loss']:.4f}")
+  return "; ".join(parts)
 
 
 def _unperturbed_params(state: TrainState):
