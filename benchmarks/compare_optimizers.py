@@ -303,6 +303,9 @@ def run_config(
     config.num_train_steps = steps
   if rho is not None:
     config.rho = rho
+    if registry.get(optimizer).rho_follows_lr and "gsam_rho_min" in DEFAULT_FIELDS.get(optimizer, {}):
+      # GSAM's rho_min keeps its ratio to rho_max (1/5), so any swept rho_max is valid.
+      config.gsam_rho_min = rho * DEFAULT_FIELDS[optimizer]["gsam_rho_min"] / _RHO[optimizer]
   if learning_rate is not None:
     config.learning_rate = learning_rate
   if weight_decay is not None:

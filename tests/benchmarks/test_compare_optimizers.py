@@ -180,6 +180,14 @@ def _check_outputs(out, optimizers, num_runs, probes=True, pngs=PNGS):
   return results
 
 
+def test_swept_gsam_keeps_rho_min_at_a_fifth_of_rho_max(compare):
+  module = compare.load_config_module(compare.DEFAULT_CONFIG)
+  for rho in (0.01, 0.1, 1.0):
+    config = compare.run_config(module, "gsam", 0, rho=rho, sharpness=False)
+    assert config.gsam_rho_min == pytest.approx(rho / 5)
+  assert compare.run_config(module, "gsam", 0, sharpness=False).gsam_rho_min == 0.02  # the config's rho: untouched
+
+
 def test_t_interval_against_a_hand_computation(compare):
   # mean 0.01, sample std 0.02, t(0.975, 2 dof) = 4.302653: half width 4.302653 * 0.02 / sqrt(3) = 0.0496827.
   got = compare.t_interval([0.01, 0.03, -0.01])
