@@ -152,9 +152,15 @@ def main(argv):
   except preemption.Preempted as e:  # SIGTERM: checkpoint saved; rerun to resume
     print(f"stopped: {e}", file=sys.stderr)
     sys.exit(preemption.EXIT_CODE)
+  others = "".join(
+    f"; {name} accuracy {results[f'final_{key}_accuracy']:.4f}"
+    for key, name in (("validation", "validation"), ("noisy_train", "noisy-train"))
+    if f"final_{key}_accuracy" in results
+  )
+  noise = f" (label noise {results['label_noise']:g})" if results.get("label_noise") else ""
   print(
     f"final eval accuracy: {results['final_eval_accuracy']:.4f} "
-    f"(loss {results['final_eval_loss']:.4f}), parameter norm {results['final_param_norm']!r}; "
+    f"(loss {results['final_eval_loss']:.4f}){others}{noise}, parameter norm {results['final_param_norm']!r}; "
     f"results in {run_record.as_path(FLAGS.workdir) / run_record.RESULTS_FILE}"
   )
 

@@ -1,7 +1,9 @@
-"""Trains one config with several optimizers and seeds; tables and plots the outcome.
+"""Trains one config with several optimizers, label-noise levels and seeds; tables and plots the outcome.
 
     python benchmarks/compare_optimizers.py [--config configs/digits.py]
-        [--optimizers sgd,msam,sam,esam,looksam,adamw,adamw_msam] [--seeds 0,1,2]
+        [--optimizers sgd,msam,sam,...] [--seeds 0,1,2,3,4] [--label_noise 0,0.2,0.4]
+        [--validation_fraction 0.1] [--no_sweep | --sweep_seed 100 --sweep_noise 0.2
+        --msam_rho_grid 0.3,1,3,10 --sam_rho_grid 0.01,0.03,0.1,0.3,1 --lr_factors 0.3,1,3]
         [--epochs N] [--steps N] [--out benchmarks/results/compare_digits]
         [--rho msam=1,sam=0.1,...] [--lr adamw=3e-3,...] [--weight_decay adamw=0.05,...]
         [--no_sharpness] [--report_only] [--dpi 80]
@@ -9,10 +11,30 @@
 Each run calls `msam_jax.training.train_and_evaluate` in this process, in a
 fresh temporary workdir, on one device, evaluating every epoch and probing
 sharpness (SAM sharpness and top Hessian eigenvalue, at the unperturbed
-parameters on a fixed training batch) once at the end. Runs go seed by seed,
-every optimizer in turn, so the optimizers of one seed share the machine load
-they were timed under; the time ratio to the base optimizer (SGD for the
-SGD-based family, AdamW for the AdamW family) is taken within a seed.
+parameters on a fixed training batch) once at the end. Runs go noise level by
+noise level and seed by seed, every optimizer in turn, so the optimizers of one
+seed share the machine load they were timed under; the time ratio to the base
+optimizer (SGD for the SGD-based family, AdamW for the AdamW family) is taken
+within a seed.
+
+Label noise (`config.label_noise`, msam_jax/data/label_noise.py) corrupts the
+same training examples in every run of a level (`--label_noise_seed`, not the
+training seed), so each optimizer's run is paired with its base's run of the
+same seed: the table gives the mean paired difference in clean test accuracy
+with a 95 % t-interval over seeds. `--validation_fraction` holds out a fixed,
+stratified part of the training split (clean labels); each run reports its
+accuracy beside the test accuracy, and the accuracy on the training split
+against its noisy labels (memorisation).
+
+Hyper-parameters are chosen on the validation split, never the test split:
+unless `--no_sweep`, every optimizer that takes a rho first trains at seed
+`--sweep_seed` (not reported) over a log grid of rho (the MSAM family's
+`--msam_rho_grid`, the SAM family's `--sam_rho_grid`: MSAM's rho is an order of
+magnitude larger), and the optimizers whose base is not SGD also over
+`--lr_factors` times their learning rate; the point with the best final
+validation accuracy (ties: lower validation loss) is used for every reported
+run and written into results.json and the table notes. The sweep runs at one
+noise level, `--sweep_noise` (default: the middle of `--label_noise`).
 
 Time per step is the median over epochs of (epoch wall time / steps), leaving
 out the first epoch (compilation) and the last (final probes, checkpoint); it
@@ -24,9 +46,14 @@ The `--rho`, `--lr` and `--weight_decay` defaults are chosen for
 `configs/digits.py` (see DEFAULT_* below); for another config pass your own, or
 an empty string to keep the config's values.
 
-Writes into `--out`: `table.md` (mean +- std over seeds), `results.json` (every
-run, written after each one), `accuracy_vs_epoch.png`, `accuracy_vs_time.png`
-and `sharpness.png`, one colour per optimizer throughout.
+Writes into `--out`: `table.md` (mean +- std over seeds, one table per noise
+level), `results.json` (every run and sweep run, written after each one),
+`accuracy_vs_noise.png` (clean test and noisy-train accuracy against the noise
+level, seed spread), and per noise level `accuracy_vs_epoch.png`,
+`accuracy_vs_time.png` and `sharpness.png` (with a `_noise<p>` suffix when there
+are several levels), one colour per optimizer throughout. A crashed or stopped
+comparison keeps its finished runs in results.json; `--report_only` redraws
+everything from it.
 """
 
 import argparse
@@ -36,6 +63,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 
@@ -94,7 +122,20 @@ DEFAULT_FIELDS = {
 }
 # The config's learning rate and weight decay are SGD's; the AdamW family needs its own.
 _ADAMW_FAMILY = [name for name in OPTIMIZERS if BASE_OPTIMIZER[name] == "adamw"]
-DEFAULT_LR = ",".join(f"{name}=3e-3" for name in _ADAMW_FAMILY)
+# The centre of each non-SGD base's learning-rate sweep (the config's learning rate is SGD's).
+BASE_LEARNING_RATE = {"adamw": 3e-3}
+DEFAULT_LR = ",".join(
+  f"{name}={BASE_LEARNING_RATE[BASE_OPTIMIZER[name]]:g}"
+  for name in OPTIMIZERS
+  if BASE_OPTIMIZER[name] in BASE_LEARNING_RATE
+)
+# Sweep grids (log spaced): each family's rho scale (the original's commands: MSAM rho 3, SAM 0.2).
+DEFAULT_MSAM_RHO_GRID = "0.3,1,3,10"
+DEFAULT_SAM_RHO_GRID = "0.01,0.03,0.1,0.3,1"
+DEFAULT_LR_FACTORS = "0.3,1,3"  # times the centre learning rate, for optimizers whose base is not SGD
+DEFAULT_SEEDS = "0,1,2,3,4"
+DEFAULT_LABEL_NOISE = "0,0.2,0.4"
+SWEEP_SEED = 100  # never a reported seed
 DEFAULT_WEIGHT_DECAY = ",".join(f"{name}=0.05" for name in _ADAMW_FAMILY)
 
 # Per-run numbers copied from the training library's results, and the summary's metrics.
@@ -110,9 +151,28 @@ RUN_FIELDS = (
   "eval_accuracy_before_bn_recompute",
   "steps",
   "epochs",
+  "final_validation_accuracy",
+  "final_validation_loss",
+  "final_noisy_train_accuracy",
+  "final_noisy_train_loss",
+  "label_noise",
+  "label_noise_realised_fraction",
+)
+# Per-evaluation numbers kept in each run's history.
+HISTORY_FIELDS = (
+  "epoch",
+  "step",
+  "seconds",
+  "accuracy",
+  "loss",
+  "validation_accuracy",
+  "validation_loss",
+  "noisy_train_accuracy",
 )
 SUMMARY_FIELDS = (
   "final_eval_accuracy",
+  "final_validation_accuracy",
+  "final_noisy_train_accuracy",
   "final_eval_loss",
   "final_train_loss",
   "final_sam_sharpness",
@@ -154,6 +214,23 @@ def parse_seeds(text: str) -> list[int]:
   return values
 
 
+def parse_numbers(text: str, flag: str, *, low: float, high: float | None = None, low_open=False) -> list[float]:
+  """'0,0.2,0.4' -> [0.0, 0.2, 0.4]; ValueError naming `flag` unless each is in [low, high).
+
+  `low_open`: (low, high) instead; no `high`: no upper bound.
+  """
+  items = parse_list(text, flag)
+  interval = f"{'(' if low_open else '['}{low:g}, {'inf' if high is None else format(high, 'g')})"
+  try:
+    values = [float(s) for s in items]
+  except ValueError:
+    raise ValueError(f"{flag}={text!r}: give comma-separated numbers in {interval}.") from None
+  for v in values:
+    if not (v > low if low_open else v >= low) or (high is not None and not v < high):
+      raise ValueError(f"{flag}={text!r}: {v:g} is not in {interval}.")
+  return values
+
+
 def parse_overrides(text: str, flag: str) -> dict[str, float]:
   """'msam=0.3,sam=0.05' -> {'msam': 0.3, 'sam': 0.05}; '' -> {}."""
   overrides = {}
@@ -189,7 +266,9 @@ def load_config_module(path: str):
 def _steps_per_epoch(config) -> int:
   from msam_jax import data
 
-  info = data.dataset_info(config.dataset, image_size=config.image_size)
+  info = data.dataset_info(
+    config.dataset, image_size=config.image_size, validation_fraction=config.get("validation_fraction", 0.0)
+  )
   return data.steps_per_epoch(info, config.batch_size)
 
 
@@ -204,11 +283,18 @@ def run_config(
   learning_rate=None,
   weight_decay=None,
   sharpness=True,
+  label_noise=0.0,
+  label_noise_seed=0,
+  validation_fraction=0.0,
 ):
   """One run's config: the file's, with the comparison's fields and overrides set."""
   config = config_module.get_config()
   config.optimizer = optimizer
   config.seed = seed
+  config.label_noise = label_noise
+  config.label_noise_seed = label_noise_seed
+  config.validation_fraction = validation_fraction
+  config.eval_train_split = True  # memorisation at every noise level, 0 included
   for field, value in DEFAULT_FIELDS.get(optimizer, {}).items():
     config[field] = value
   if epochs is not None:
@@ -217,6 +303,9 @@ def run_config(
     config.num_train_steps = steps
   if rho is not None:
     config.rho = rho
+    if registry.get(optimizer).rho_follows_lr and "gsam_rho_min" in DEFAULT_FIELDS.get(optimizer, {}):
+      # GSAM's rho_min keeps its ratio to rho_max (1/5), so any swept rho_max is valid.
+      config.gsam_rho_min = rho * DEFAULT_FIELDS[optimizer]["gsam_rho_min"] / _RHO[optimizer]
   if learning_rate is not None:
     config.learning_rate = learning_rate
   if weight_decay is not None:
@@ -270,6 +359,7 @@ def train_one(config, mesh) -> dict:
   record = {
     "optimizer": config.optimizer,
     "seed": config.seed,
+    "label_noise": config.label_noise,
     "rho": config.rho if config.optimizer in USES_RHO else None,
     "learning_rate": config.learning_rate,
     "weight_decay": config.weight_decay,
@@ -282,7 +372,7 @@ def train_one(config, mesh) -> dict:
   record["wall_seconds_including_setup"] = wall
   history = results["eval_history"]
   record["eval_history"] = [
-    {**{k: e[k] for k in ("epoch", "step", "seconds", "accuracy", "loss")}, "training_seconds": t}
+    {**{k: e[k] for k in HISTORY_FIELDS if k in e}, "training_seconds": t}
     for e, t in zip(history, training_seconds(history, record["seconds_per_step"]))
   ]
   record["training_seconds"] = record["eval_history"][-1]["training_seconds"]
@@ -290,11 +380,16 @@ def train_one(config, mesh) -> dict:
 
 
 def print_run(index: int, total: int, record: dict) -> None:
-  name = f"{record['optimizer']} seed {record['seed']}"
+  name = f"{record['optimizer']} seed {record['seed']} noise {record.get('label_noise', 0):g}"
   for e in record["eval_history"]:
+    extra = "".join(
+      f"  {label} acc {100 * e[key]:.2f}%"
+      for key, label in (("validation_accuracy", "val"), ("noisy_train_accuracy", "noisy-train"))
+      if key in e
+    )
     print(
       f"  [{index}/{total}] {name}  epoch {e['epoch']:g}/{record['epochs']:g}  "
-      f"test acc {100 * e['accuracy']:.2f}%  test loss {e['loss']:.4f}  ({e['training_seconds']:.1f} s)"
+      f"test acc {100 * e['accuracy']:.2f}%  test loss {e['loss']:.4f}{extra}  ({e['training_seconds']:.1f} s)"
     )
   probes = (
     f"sam sharpness {record['final_sam_sharpness']:.4g}, hessian max eig {record['final_hessian_max_eigenvalue']:.4g}"
@@ -323,15 +418,74 @@ def _mean_std(values: list[float]) -> dict:
   return {"mean": statistics.fmean(values), "std": std, "n": len(values), "values": values}
 
 
+def noise_of(run: dict) -> float:
+  """A run's label-noise level (0 for runs recorded before the option existed)."""
+  return run.get("label_noise") or 0.0
+
+
+def level_key(level: float) -> str:
+  """A noise level as results.json's keys and the file names write it: 0, 0.2, 0.4."""
+  return f"{level:g}"
+
+
+def noise_levels(runs: list[dict]) -> list[float]:
+  return sorted({noise_of(r) for r in runs})
+
+
 def add_time_ratios(runs: list[dict]) -> None:
-  """Sets each run's `time_per_step_vs_base`: its time per step over its base's in the same seed.
+  """Sets each run's `time_per_step_vs_base`: its time per step over its base's in the same seed and noise level.
 
   None when the base optimizer was not run with that seed.
   """
-  step_time = {(r["optimizer"], r["seed"]): r["seconds_per_step"] for r in runs}
+  step_time = {(r["optimizer"], r["seed"], noise_of(r)): r["seconds_per_step"] for r in runs}
   for r in runs:
-    base = step_time.get((BASE_OPTIMIZER[r["optimizer"]], r["seed"]))
+    base = step_time.get((BASE_OPTIMIZER[r["optimizer"]], r["seed"], noise_of(r)))
     r["time_per_step_vs_base"] = r["seconds_per_step"] / base if base else None
+
+
+def t_interval(values: list[float], confidence: float = 0.95) -> dict:
+  """Mean of `values` with its two-sided Student-t interval (n - 1 degrees of freedom).
+
+  {mean, std (ddof=1), n, low, high, values}; low and high are None for fewer than two values.
+  """
+  from scipy import stats
+
+  n = len(values)
+  if n == 0:
+    return {"mean": None, "std": None, "n": 0, "low": None, "high": None, "values": []}
+  mean = statistics.fmean(values)
+  if n < 2:
+    return {"mean": mean, "std": None, "n": 1, "low": None, "high": None, "values": list(values)}
+  std = statistics.stdev(values)
+  half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * std / n**0.5
+  return {"mean": mean, "std": std, "n": n, "low": mean - half, "high": mean + half, "values": list(values)}
+
+
+def paired_differences(runs: list[dict], optimizers: list[str], field: str = "final_eval_accuracy") -> dict:
+  """noise level -> optimizer -> `t_interval` of (its `field` - its base's) over the seeds both ran.
+
+  The pairs share the seed and the corrupted labels (label_noise_seed), so the
+  seed-to-seed variation they have in common cancels. Base optimizers are left out.
+  """
+  out = {}
+  for level in noise_levels(runs):
+    value = {(r["optimizer"], r["seed"]): r.get(field) for r in runs if noise_of(r) == level}
+    level_out = {}
+    for name in optimizers:
+      base = BASE_OPTIMIZER[name]
+      if base == name:
+        continue
+      seeds = sorted(
+        seed for (n, seed), v in value.items() if n == name and v is not None and value.get((base, seed)) is not None
+      )
+      if any(n == name for n, _ in value):
+        level_out[name] = {
+          "base": base,
+          "seeds": seeds,
+          **t_interval([value[(name, seed)] - value[(base, seed)] for seed in seeds]),
+        }
+    out[level_key(level)] = level_out
+  return out
 
 
 def summarize(runs: list[dict], optimizers: list[str]) -> dict:
@@ -345,17 +499,33 @@ def summarize(runs: list[dict], optimizers: list[str]) -> dict:
 
 
 def _cell(stat: dict, fmt: str, scale: float = 1.0) -> str:
-  if stat["mean"] is None:
+  if stat is None or stat["mean"] is None:
     return "n/a"
   if stat["n"] == 1:
     return format(scale * stat["mean"], fmt)
   return f"{format(scale * stat['mean'], fmt)} ± {format(scale * stat['std'], fmt)}"
 
 
-def markdown_table(summary: dict, runs: list[dict]) -> str:
-  """The README table: one row per optimizer, mean ± std over its seeds."""
+def _difference_cell(paired: dict | None, name: str) -> str:
+  """'+0.56 [-0.12, +1.24]' (percentage points, 95 % t-interval) or why there is none."""
+  if BASE_OPTIMIZER[name] == name:
+    return "– (base)"
+  d = (paired or {}).get(name)
+  if d is None or d["mean"] is None:
+    return f"n/a ({BASE_OPTIMIZER[name]} not run)"
+  if d["low"] is None:
+    return f"{100 * d['mean']:+.2f} (one seed)"
+  return f"{100 * d['mean']:+.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]"
+
+
+def markdown_table(summary: dict, runs: list[dict], paired: dict | None = None) -> str:
+  """The README table: one row per optimizer, mean ± std over its seeds.
+
+  `paired`: this level's `paired_differences` (test accuracy minus the base's, same seed).
+  """
   header = (
-    "| optimizer | rho | test accuracy (%) | final train loss | SAM sharpness | "
+    "| optimizer | rho | test accuracy (%) | vs base: Δ test accuracy (pp, 95 % CI) | validation accuracy (%) | "
+    "noisy-train accuracy (%) | final train loss | SAM sharpness | "
     "Hessian max eigenvalue | training time (s) | time per step (ms) | time per step vs base |"
   )
   num_columns = header.count("|") - 1
@@ -379,6 +549,9 @@ def markdown_table(summary: dict, runs: list[dict]) -> str:
           name,
           ", ".join(f"{v:g}" for v in rhos) or "–",
           _cell(stats["final_eval_accuracy"], ".2f", 100),
+          _difference_cell(paired, name),
+          _cell(stats.get("final_validation_accuracy"), ".2f", 100),
+          _cell(stats.get("final_noisy_train_accuracy"), ".2f", 100),
           _cell(stats["final_train_loss"], ".4f"),
           _cell(stats["final_sam_sharpness"], ".4f"),
           _cell(stats["final_hessian_max_eigenvalue"], ".2f"),
@@ -486,6 +659,46 @@ def plot_sharpness(runs: list[dict], summary: dict, sharpness_rho, path: str, dp
   _save_png(figure, path, dpi)
 
 
+def plot_accuracy_vs_noise(runs: list[dict], optimizers: list[str], path: str, dpi: int) -> None:
+  """Clean test accuracy (left) and noisy-train accuracy (right) against the noise level.
+
+  One line per optimizer through the means over seeds, error bars ± std, dots the seeds
+  (offset a little sideways so that the optimizers stay apart).
+  """
+  figure = _new_figure(10, 4)
+  panels = (
+    ("final_eval_accuracy", "clean test accuracy (%)"),
+    ("final_noisy_train_accuracy", "accuracy on the noisy training labels (%)"),
+  )
+  levels = noise_levels(runs)
+  span = (levels[-1] - levels[0]) or 1.0
+  names = [n for n in optimizers if any(r["optimizer"] == n for r in runs)]
+  for axes, (key, label) in zip(figure.subplots(1, 2), panels):
+    for i, name in enumerate(names):
+      shift = span * 0.012 * (i - (len(names) - 1) / 2)
+      xs, means, stds = [], [], []
+      for level in levels:
+        values = [
+          100 * r[key] for r in runs if r["optimizer"] == name and noise_of(r) == level and r.get(key) is not None
+        ]
+        if not values:
+          continue
+        xs.append(level + shift)
+        means.append(statistics.fmean(values))
+        stds.append(statistics.stdev(values) if len(values) > 1 else 0.0)
+        axes.plot([level + shift] * len(values), values, ".", color=COLORS[name], markersize=3, alpha=0.6)
+      if xs:
+        axes.errorbar(xs, means, yerr=stds, color=COLORS[name], label=name, linewidth=1.3, capsize=2)
+    axes.set_xlabel("label noise (fraction of training labels replaced)")
+    axes.set_ylabel(label)
+    axes.set_xticks(levels, [level_key(v) for v in levels])
+    axes.grid(alpha=0.3)
+  figure.axes[0].set_title("clean test accuracy (mean ± std over seeds; dots: seeds)")
+  figure.axes[1].set_title("memorisation")
+  figure.axes[0].legend(fontsize=7, ncol=2)
+  _save_png(figure, path, dpi)
+
+
 # ----------------------------------------------------------------------------- output
 
 
@@ -511,26 +724,41 @@ def write_json(path: str, payload: dict) -> None:
 
 
 def write_report(out: str, payload: dict, dpi: int = 80) -> None:
-  """table.md, results.json (with the summary) and the three PNGs from the runs in `payload`."""
+  """table.md, results.json (with the summaries) and the PNGs from the runs in `payload`.
+
+  `summary` and `paired_vs_base` are keyed by noise level ("0", "0.2", ...), then optimizer.
+  """
   runs, optimizers = payload["runs"], payload["optimizers"]
   add_time_ratios(runs)
-  payload["summary"] = summarize(runs, optimizers)
+  levels = noise_levels(runs)
+  by_level = {level_key(level): [r for r in runs if noise_of(r) == level] for level in levels}
+  payload["summary"] = {key: summarize(level_runs, optimizers) for key, level_runs in by_level.items()}
+  payload["paired_vs_base"] = paired_differences(runs, optimizers)
   write_json(os.path.join(out, "results.json"), payload)
+  sections = []
+  for key, level_runs in by_level.items():
+    table = markdown_table(payload["summary"][key], level_runs, payload["paired_vs_base"][key])
+    sections.append(f"### Label noise {key}\n\n{table}" if len(levels) > 1 else table)
   with open(os.path.join(out, "table.md"), "w") as f:
-    f.write(markdown_table(payload["summary"], runs) + "\n" + table_notes(payload) + "\n")
-  curves = mean_curves(runs, optimizers)
-  plot_accuracy(
-    curves, "epoch", "epoch", "test accuracy (mean over seeds)", os.path.join(out, "accuracy_vs_epoch.png"), dpi
-  )
-  plot_accuracy(
-    curves,
-    "seconds",
-    "wall-clock seconds (compilation included)",
-    "test accuracy (mean over seeds)",
-    os.path.join(out, "accuracy_vs_time.png"),
-    dpi,
-  )
-  plot_sharpness(runs, payload["summary"], payload["sharpness_rho"], os.path.join(out, "sharpness.png"), dpi)
+    f.write("\n".join(sections) + "\n" + table_notes(payload) + "\n")
+  if len(levels) > 1:
+    plot_accuracy_vs_noise(runs, optimizers, os.path.join(out, "accuracy_vs_noise.png"), dpi)
+  for key, level_runs in by_level.items():
+    suffix = f"_noise{key}" if len(levels) > 1 else ""
+    title = "test accuracy (mean over seeds)" + (f", label noise {key}" if len(levels) > 1 else "")
+    curves = mean_curves(level_runs, optimizers)
+    plot_accuracy(curves, "epoch", "epoch", title, os.path.join(out, f"accuracy_vs_epoch{suffix}.png"), dpi)
+    plot_accuracy(
+      curves,
+      "seconds",
+      "wall-clock seconds (compilation included)",
+      title,
+      os.path.join(out, f"accuracy_vs_time{suffix}.png"),
+      dpi,
+    )
+    plot_sharpness(
+      level_runs, payload["summary"][key], payload["sharpness_rho"], os.path.join(out, f"sharpness{suffix}.png"), dpi
+    )
 
 
 def table_notes(payload: dict) -> str:
@@ -556,10 +784,30 @@ def table_notes(payload: dict) -> str:
     else f"at the end of training, at the unperturbed parameters, on one fixed training batch;"
     f" SAM sharpness = L(p + rho g/|g|) - L(p) with rho = {payload['sharpness_rho']:g}"
   )
+  levels = noise_levels(runs)
+  noise = (
+    f"Label noise {', '.join(level_key(v) for v in levels)} (symmetric: that fraction of the training labels"
+    f" replaced by another class, the same examples for every optimizer and seed: label_noise_seed"
+    f" {payload.get('label_noise_seed', 0)}; realised fractions {_realised(runs)})."
+    if any(levels)
+    else "No label noise."
+  )
+  validation = (
+    f"Validation: {payload['validation_fraction']:g} of the training split (fixed, stratified, clean labels),"
+    " held out of training."
+    if payload.get("validation_fraction")
+    else "No validation split."
+  )
   return "\n".join(
     [
       f"{payload['config_name']}, {payload['epochs']:g} epochs, seeds "
       f"{', '.join(str(s) for s in payload['seeds'])}; mean ± sample std over seeds.",
+      f"{noise} {validation}",
+      sweep_notes(payload),
+      "Δ test accuracy: mean over seeds of (test accuracy - the base optimizer's of the same seed and noise"
+      " level), percentage points, with the 95 % Student-t interval over those seeds. Noisy-train accuracy:"
+      " the training split (validation excluded) evaluated against the labels it trained with; at noise > 0,"
+      " high values mean the corrupted labels were memorised.",
       f"Learning rate / weight decay: {hparams}." + (f" Other fields: {fields}." if fields else ""),
       "Test accuracy: final, on the whole test split. Final train loss: mean over the last epoch"
       " (MSAM family: at the perturbed parameters it trains at).",
@@ -574,6 +822,39 @@ def table_notes(payload: dict) -> str:
   )
 
 
+def _realised(runs: list[dict]) -> str:
+  """'0.2: 0.203, 0.4: 0.405': the fraction of training labels each level changed."""
+  realised = {}
+  for r in runs:
+    if noise_of(r) and r.get("label_noise_realised_fraction") is not None:
+      realised[noise_of(r)] = r["label_noise_realised_fraction"]
+  return ", ".join(f"{level_key(k)}: {v:.3f}" for k, v in sorted(realised.items())) or "not recorded"
+
+
+def sweep_notes(payload: dict) -> str:
+  """How each optimizer's rho (and learning rate) was chosen: the grid, the seed, the split."""
+  sweep = payload.get("sweep")
+  if not sweep:
+    return "Hyper-parameters: fixed (--rho, --lr, --weight_decay), not swept in this comparison."
+  chosen = "; ".join(
+    f"{name}: "
+    + ", ".join(f"{k} {v:g}" for k, v in point.items() if k in ("rho", "learning_rate"))
+    + f" (validation accuracy {100 * point['validation_accuracy']:.2f} %)"
+    for name, point in sweep["chosen"].items()
+  )
+  return (
+    f"Hyper-parameters chosen on the validation split by a sweep at seed {sweep['seed']} (not reported),"
+    f" label noise {sweep['label_noise']:g}: rho over {', '.join(f'{v:g}' for v in sweep['msam_rho_grid'])}"
+    f" (MSAM family) or {', '.join(f'{v:g}' for v in sweep['sam_rho_grid'])} (SAM family), and for"
+    f" optimizers whose base is not SGD the learning rate times {', '.join(f'{v:g}' for v in sweep['lr_factors'])};"
+    f" best final validation accuracy, ties to the lower validation loss. Chosen: {chosen}."
+  )
+
+
+# What a results.json written before label noise and validation existed implies.
+DEFAULT_PAYLOAD = {"label_noise_levels": [0.0], "validation_fraction": 0.0}
+
+
 def merge_previous(payload: dict, path: str) -> None:
   """Puts the earlier runs at `path` of the optimizers not in `payload` into it.
 
@@ -582,10 +863,11 @@ def merge_previous(payload: dict, path: str) -> None:
   """
   with open(path) as f:
     previous = json.load(f)
-  for key in ("config_name", "seeds", "epochs", "sharpness_rho"):
-    if previous[key] != payload[key]:
+  for key in ("config_name", "seeds", "epochs", "sharpness_rho", "label_noise_levels", "validation_fraction"):
+    if previous.get(key, DEFAULT_PAYLOAD.get(key)) != payload.get(key, DEFAULT_PAYLOAD.get(key)):
       raise SystemExit(
-        f"--merge: {path} has {key}={previous[key]!r}, this run {payload[key]!r}; merge only runs of the same settings."
+        f"--merge: {path} has {key}={previous.get(key)!r}, this run {payload.get(key)!r}; merge only runs of the"
+        " same settings."
       )
   kept = [r for r in previous["runs"] if r["optimizer"] not in payload["optimizers"]]
   names = set(payload["optimizers"]) | {r["optimizer"] for r in kept}
@@ -597,6 +879,41 @@ def merge_previous(payload: dict, path: str) -> None:
     "load_average_start": previous["load_average_start"],
     "load_average_end": previous.get("load_average_end"),
     "total_seconds": previous.get("total_seconds"),
+    "sweep": previous.get("sweep"),
+  }
+  if payload.get("sweep") and previous.get("sweep"):  # the kept optimizers' choices, for the table notes
+    kept_names = {r["optimizer"] for r in kept}
+    for name, point in previous["sweep"]["chosen"].items():
+      if name in kept_names:
+        payload["sweep"]["chosen"].setdefault(name, point)
+
+
+# ----------------------------------------------------------------------------- sweep
+
+
+def sweep_grid(name: str, args, centre_lr: float) -> list[dict]:
+  """The points {"rho", "learning_rate"} at which `name` is tried; one point means nothing to choose.
+
+  rho over its family's grid where it takes one; the learning rate times each of
+  `args.lr_factors` where its base is not SGD (the config's learning rate is SGD's).
+  """
+  entry = registry.get(name)
+  rhos = [None]
+  if entry.uses_rho:
+    rhos = args.msam_rho_grid if entry.family == "msam" else args.sam_rho_grid
+  lrs = [None] if BASE_OPTIMIZER[name] == "sgd" else [centre_lr * f for f in args.lr_factors]
+  return [{k: v for k, v in (("rho", r), ("learning_rate", lr)) if v is not None} for r in rhos for lr in lrs]
+
+
+def best_point(records: list[dict]) -> dict:
+  """The swept point with the best final validation accuracy (ties: lower validation loss, then the earlier)."""
+  best = max(
+    enumerate(records), key=lambda ir: (ir[1]["final_validation_accuracy"], -ir[1]["final_validation_loss"], -ir[0])
+  )[1]
+  return {
+    **best["point"],
+    "validation_accuracy": best["final_validation_accuracy"],
+    "validation_loss": best["final_validation_loss"],
   }
 
 
@@ -604,7 +921,18 @@ def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
   parser.add_argument("--config", default=DEFAULT_CONFIG, help="config file defining get_config()")
   parser.add_argument("--optimizers", default=",".join(DEFAULT_OPTIMIZERS))
-  parser.add_argument("--seeds", default="0,1,2")
+  parser.add_argument("--seeds", default=DEFAULT_SEEDS)
+  parser.add_argument("--label_noise", default=DEFAULT_LABEL_NOISE, help="noise levels in [0, 1), e.g. 0,0.2,0.4")
+  parser.add_argument("--label_noise_seed", type=int, default=0, help="which examples are corrupted (all runs)")
+  parser.add_argument(
+    "--validation_fraction", type=float, default=0.1, help="of the training split, held out for the sweep"
+  )
+  parser.add_argument("--no_sweep", action="store_true", help="use --rho / --lr as given, choose nothing")
+  parser.add_argument("--sweep_seed", type=int, default=SWEEP_SEED, help="the sweep's seed (never reported)")
+  parser.add_argument("--sweep_noise", type=float, default=None, help="the sweep's noise level (default: the middle)")
+  parser.add_argument("--msam_rho_grid", default=DEFAULT_MSAM_RHO_GRID)
+  parser.add_argument("--sam_rho_grid", default=DEFAULT_SAM_RHO_GRID)
+  parser.add_argument("--lr_factors", default=DEFAULT_LR_FACTORS, help="times --lr, for optimizers not based on SGD")
   parser.add_argument("--epochs", type=int, default=None, help="overrides the config's num_epochs")
   parser.add_argument("--steps", type=int, default=None, help="overrides the number of steps (quick checks)")
   parser.add_argument("--out", default=DEFAULT_OUT)
@@ -615,6 +943,12 @@ def parse_args(argv=None):
     "--no_sharpness",
     action="store_true",
     help="skip the sharpness probes (quick checks: their compilation dominates short runs)",
+  )
+  parser.add_argument(
+    "--compilation_cache",
+    default=os.path.join(tempfile.gettempdir(), "msam_jax_compare_cache"),
+    help="JAX's persistent compilation cache: runs that differ only in seed or label noise compile"
+    " the same programs, so later runs load them ('' to compile every run afresh)",
   )
   parser.add_argument("--dpi", type=int, default=80)
   parser.add_argument(
@@ -630,6 +964,23 @@ def parse_args(argv=None):
   try:
     args.optimizers = parse_list(args.optimizers, "--optimizers", OPTIMIZERS)
     args.seeds = parse_seeds(args.seeds)
+    args.label_noise = parse_numbers(args.label_noise, "--label_noise", low=0.0, high=1.0)
+    args.msam_rho_grid = parse_numbers(args.msam_rho_grid, "--msam_rho_grid", low=0.0, low_open=True)
+    args.sam_rho_grid = parse_numbers(args.sam_rho_grid, "--sam_rho_grid", low=0.0, low_open=True)
+    args.lr_factors = parse_numbers(args.lr_factors, "--lr_factors", low=0.0, low_open=True)
+    if not 0 <= args.validation_fraction < 1:
+      raise ValueError(f"--validation_fraction={args.validation_fraction:g} must be in [0, 1).")
+    if args.label_noise_seed < 0:
+      raise ValueError(f"--label_noise_seed={args.label_noise_seed} must be a non-negative integer.")
+    if not args.no_sweep and not args.report_only:
+      if args.validation_fraction == 0:
+        raise ValueError("the sweep scores on the validation split: give --validation_fraction > 0 or --no_sweep.")
+      if args.sweep_seed in args.seeds:
+        raise ValueError(f"--sweep_seed={args.sweep_seed} is one of --seeds; the sweep's seed is never reported.")
+      if args.sweep_noise is None:
+        args.sweep_noise = sorted(args.label_noise)[len(args.label_noise) // 2]
+      if not 0 <= args.sweep_noise < 1:
+        raise ValueError(f"--sweep_noise={args.sweep_noise:g} must be in [0, 1).")
     args.rho = parse_overrides(args.rho, "--rho")
     args.lr = parse_overrides(args.lr, "--lr")
     args.weight_decay = parse_overrides(args.weight_decay, "--weight_decay")
@@ -640,6 +991,30 @@ def parse_args(argv=None):
   except ValueError as e:
     parser.error(str(e))
   return args
+
+
+def _run_all(configs: list, mesh, records: list, payload: dict, out: str, what: str) -> None:
+  """Trains each config, appending its record to `records` and saving results.json after each."""
+  start = time.time()
+  for index, config in enumerate(configs, 1):
+    hparams = f"lr={config.learning_rate:g}, wd={config.weight_decay:g}" + (
+      f", rho={config.rho:g}" if config.optimizer in USES_RHO else ""
+    )
+    print(
+      f"[{what} {index}/{len(configs)}] {config.optimizer} seed {config.seed} noise {config.label_noise:g}"
+      f" ({hparams}): training...",
+      flush=True,
+    )
+    record = train_one(config, mesh)
+    records.append(record)
+    write_json(os.path.join(out, "results.json"), payload)  # partial results survive a crash
+    print_run(index, len(configs), record)
+    elapsed = time.time() - start
+    print(
+      f"  {elapsed / 60:.1f} min so far, about {elapsed / index * (len(configs) - index) / 60:.1f} min "
+      f"to go in the {what} (rough: SAM-family runs take longer)",
+      flush=True,
+    )
 
 
 def main(argv=None) -> dict:
@@ -654,61 +1029,97 @@ def main(argv=None) -> dict:
   from msam_jax.training import mesh as mesh_lib, validate
 
   mesh = mesh_lib.create_mesh(jax.devices()[:1])  # one device: times comparable across machines
-  configs = [
-    run_config(
+  if args.compilation_cache:
+    jax.config.update("jax_compilation_cache_dir", args.compilation_cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+  def config_of(name, seed, noise, point=None):
+    point = point or {}
+    return run_config(
       args.config_module,
       name,
       seed,
       epochs=args.epochs,
       steps=args.steps,
-      rho=args.rho.get(name),
-      learning_rate=args.lr.get(name),
+      rho=point.get("rho", args.rho.get(name)),
+      learning_rate=point.get("learning_rate", args.lr.get(name)),
       weight_decay=args.weight_decay.get(name),
       sharpness=not args.no_sharpness,
+      label_noise=noise,
+      label_noise_seed=args.label_noise_seed,
+      validation_fraction=args.validation_fraction,
     )
-    for seed in args.seeds
-    for name in args.optimizers
+
+  grids = {}
+  if not args.no_sweep:
+    for name in args.optimizers:
+      grid = sweep_grid(name, args, config_of(name, args.sweep_seed, args.sweep_noise).learning_rate)
+      if len(grid) > 1:
+        grids[name] = grid
+  sweep_points = [(p, config_of(name, args.sweep_seed, args.sweep_noise, p)) for name, g in grids.items() for p in g]
+  sweep_configs = [config for _, config in sweep_points]
+  configs = [  # with the given values; the swept optimizers' are replaced after the sweep
+    config_of(name, seed, noise) for noise in args.label_noise for seed in args.seeds for name in args.optimizers
   ]
-  for config in configs:  # a bad override fails now, not after an hour of runs
+  for config in sweep_configs + configs:  # a bad override fails now, not after an hour of runs
     validate(config, num_devices=mesh.size)
   os.makedirs(args.out, exist_ok=True)
   first = configs[0]
   payload = {
+    "command": "python benchmarks/compare_optimizers.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     "config": os.path.relpath(os.path.abspath(args.config), os.getcwd()),
     "config_name": os.path.basename(args.config),
     "optimizers": args.optimizers,
     "seeds": args.seeds,
+    "label_noise_levels": args.label_noise,
+    "label_noise_seed": args.label_noise_seed,
+    "validation_fraction": args.validation_fraction,
     "epochs": (first.num_train_steps / _steps_per_epoch(first) if first.num_train_steps > 0 else first.num_epochs),
     "sharpness_rho": None if args.no_sharpness else first.sharpness_rho,
     "sharpness_num_iters": first.sharpness_num_iters,
     "overrides": {"rho": args.rho, "learning_rate": args.lr, "weight_decay": args.weight_decay},
+    "sweep": None
+    if args.no_sweep
+    else {
+      "seed": args.sweep_seed,
+      "label_noise": args.sweep_noise,
+      "msam_rho_grid": args.msam_rho_grid,
+      "sam_rho_grid": args.sam_rho_grid,
+      "lr_factors": args.lr_factors,
+      "grid": grids,
+      "runs": [],
+      "chosen": {},
+    },
     "environment": environment(),
     "load_average_start": os.getloadavg(),
     "runs": [],
   }
   if args.merge:
     merge_previous(payload, os.path.join(args.out, "results.json"))
-  print(
-    f"{len(configs)} runs ({len(args.optimizers)} optimizers x {len(args.seeds)} seeds), "
-    f"{payload['epochs']:g} epochs each, on {payload['environment']['device']}; writing {args.out}",
-    flush=True,
-  )
   start = time.time()
-  for index, config in enumerate(configs, 1):
-    hparams = f"lr={config.learning_rate:g}, wd={config.weight_decay:g}" + (
-      f", rho={config.rho:g}" if config.optimizer in USES_RHO else ""
-    )
-    print(f"[{index}/{len(configs)}] {config.optimizer} seed {config.seed} ({hparams}): training...", flush=True)
-    record = train_one(config, mesh)
-    payload["runs"].append(record)
-    write_json(os.path.join(args.out, "results.json"), payload)  # partial results survive a crash
-    print_run(index, len(configs), record)
-    elapsed = time.time() - start
+  if sweep_configs:
     print(
-      f"  {elapsed / 60:.1f} min so far, about {elapsed / index * (len(configs) - index) / 60:.1f} min "
-      "to go (rough: SAM-family runs take longer)",
+      f"Sweep: {len(sweep_configs)} runs ({', '.join(f'{n} {len(g)}' for n, g in grids.items())}) at seed"
+      f" {args.sweep_seed}, label noise {args.sweep_noise:g}, scored on the validation split",
       flush=True,
     )
+    sweep_runs = payload["sweep"]["runs"]
+    for index, (point, point_config) in enumerate(sweep_points):
+      _run_all([point_config], mesh, sweep_runs, payload, args.out, f"sweep {index + 1}/{len(sweep_points)}:")
+      sweep_runs[-1]["point"] = point
+    for name in grids:
+      payload["sweep"]["chosen"][name] = best_point([r for r in sweep_runs if r["optimizer"] == name])
+      print(f"  {name}: chose {payload['sweep']['chosen'][name]}", flush=True)
+    chosen = payload["sweep"]["chosen"]
+    configs = [config_of(c.optimizer, c.seed, c.label_noise, chosen.get(c.optimizer)) for c in configs]
+  print(
+    f"{len(configs)} runs ({len(args.optimizers)} optimizers x {len(args.seeds)} seeds x"
+    f" {len(args.label_noise)} noise levels), {payload['epochs']:g} epochs each, on"
+    f" {payload['environment']['device']}; writing {args.out}",
+    flush=True,
+  )
+  _run_all(configs, mesh, payload["runs"], payload, args.out, "comparison")
   payload["load_average_end"] = os.getloadavg()
   payload["total_seconds"] = time.time() - start
   if args.merge:

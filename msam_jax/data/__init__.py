@@ -2,6 +2,17 @@
 
 info = data.dataset_info("cifar100")
 for batch in data.train_iterator("cifar100", global_batch_size=128, seed=0): ...
+
+Label noise and a validation subset (config.label_noise, label_noise_seed,
+validation_fraction) are `TrainingLabels`, passed to both iterators:
+
+labels = data.TrainingLabels(label_noise=0.4, label_noise_seed=0, validation_fraction=0.1)
+data.train_iterator("digits", global_batch_size=64, labels=labels)  # noisy labels, validation left out
+data.eval_iterator("digits", global_batch_size=128, split="validation", labels=labels)  # clean labels
+data.eval_iterator("digits", global_batch_size=128, split="train", labels=labels)  # as trained: memorisation
+
+See label_noise.py (symmetric noise, fixed per example) and validation_split.py
+(fixed, stratified subset of the training split).
 """
 
 from msam_jax._extras import require
@@ -22,18 +33,28 @@ from msam_jax.data.datasets import DatasetInfo  # noqa: E402
 from msam_jax.data.datasets import DatasetNotFoundError  # noqa: E402
 from msam_jax.data.datasets import dataset_info  # noqa: E402
 from msam_jax.data.datasets import steps_per_epoch  # noqa: E402
+from msam_jax.data.pipeline import SPLITS  # noqa: E402
+from msam_jax.data.pipeline import TrainingLabels  # noqa: E402
 from msam_jax.data.pipeline import eval_iterator  # noqa: E402
+from msam_jax.data.pipeline import realised_noise_fraction  # noqa: E402
 from msam_jax.data.pipeline import train_iterator  # noqa: E402
+from msam_jax.data import label_noise  # noqa: E402
 from msam_jax.data import synthetic  # noqa: E402
+from msam_jax.data import validation_split  # noqa: E402
 
 __all__ = [
   "DATASETS",
   "DatasetInfo",
   "DatasetNotFoundError",
+  "SPLITS",
+  "TrainingLabels",
   "dataset_info",
   "eval_iterator",
+  "label_noise",
   "prefetch",
+  "realised_noise_fraction",
   "steps_per_epoch",
   "synthetic",
   "train_iterator",
+  "validation_split",
 ]

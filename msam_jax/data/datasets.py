@@ -12,6 +12,7 @@ import tensorflow_datasets as tfds
 
 from msam_jax import validation
 from msam_jax.data import synthetic as synthetic_data
+from msam_jax.data import validation_split
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,11 +22,14 @@ class DatasetInfo:
   name: str
   num_classes: int
   image_shape: tuple[int, int, int]  # (height, width, channels)
-  num_train: int
+  num_train: int  # the examples that train (a validation subset is not among them)
   num_test: int
+  num_validation: int = 0  # carved from the training split (validation_split.py)
 
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagenet2012", "synthetic")
+# Datasets held in memory: a validation subset can be carved from their training split.
+IN_MEMORY = ("digits", "cifar10", "cifar100")
 
 DEFAULT_IMAGENET_SIZE = 224
 
@@ -47,12 +51,28 @@ def check_name(name: str) -> None:
     raise ValueError(f"Unknown dataset {name!r}; valid choices: {', '.join(DATASETS)}.")
 
 
-def dataset_info(name: str, *, image_size: int | None = None, synthetic=None) -> DatasetInfo:
+def dataset_info(
+  name: str, *, image_size: int | None = None, synthetic=None, validation_fraction: float = 0.0
+) -> DatasetInfo:
   """The `DatasetInfo` of `name`; `image_size` (square side) only for imagenet2012.
 
   `synthetic` (a `synthetic.Spec`, default `Spec()`) describes the synthetic dataset.
+  `validation_fraction` (digits and CIFAR only) moves that share of the
+  training split into `num_validation`.
   """
   check_name(name)
+  validation_split.check(validation_fraction)
+  if validation_fraction and name not in IN_MEMORY:
+    raise ValueError(
+      f"validation_fraction={validation_fraction!r} is available for {', '.join(IN_MEMORY)} only, not {name};"
+      " set it to 0."
+    )
+  info = _dataset_info(name, image_size, synthetic)
+  num_validation = validation_split.size(info.num_train, validation_fraction)
+  return dataclasses.replace(info, num_train=info.num_train - num_validation, num_validation=num_validation)
+
+
+def _dataset_info(name: str, image_size, synthetic) -> DatasetInfo:
   if name == "synthetic":
     spec = synthetic_data.Spec() if synthetic is None else synthetic
     return DatasetInfo(name, spec.num_classes, spec.image_shape, spec.num_train, spec.num_test)

@@ -16,6 +16,7 @@ from msam_jax.data.datasets import tfds_split
 NAME = "imagenet2012"
 TRAIN_SPLIT = "train"
 TEST_SPLIT = "validation"
+NUM_CLASSES = 1000
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 EVAL_CROP_FRACTION = 0.875

@@ -41,8 +41,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from msam_jax import validation
-from msam_jax.data import augment, cifar, digits, imagenet, synthetic as synthetic_data
-from msam_jax.data.datasets import check_batch_size, dataset_info, tfds_reader_identity
+from msam_jax.data import augment, cifar, digits, imagenet, label_noise, validation_split
+from msam_jax.data import synthetic as synthetic_data
+from msam_jax.data.datasets import IN_MEMORY, check_batch_size, dataset_info, tfds_reader_identity
 
 Batch = dict[str, np.ndarray]
 
@@ -102,15 +103,92 @@ def _stream_key(seed: int, stream: int) -> tf.Tensor:
   return tf.random.experimental.stateless_fold_in(tf.constant([seed, 0], tf.int64), stream)
 
 
-def _in_memory_split(name: str, train: bool, shard: Shard, data_dir):
-  """(images, labels, preprocess(local batch, step key)) of a dataset held in host memory."""
-  split = "train" if train else "test"
+@dataclasses.dataclass(frozen=True)
+class TrainingLabels:
+  """How the training split is used: label noise (label_noise.py) and a validation subset (validation_split.py)."""
+
+  label_noise: float = 0.0
+  label_noise_seed: int = 0
+  validation_fraction: float = 0.0
+
+  def __post_init__(self):
+    label_noise.check(self.label_noise, self.label_noise_seed)
+    validation_split.check(self.validation_fraction)
+
+
+SPLITS = ("test", "validation", "train")  # what `eval_iterator` can visit
+
+
+def _load_in_memory(name: str, split: str, data_dir) -> tuple[np.ndarray, np.ndarray]:
   if name == "digits":
-    images, labels = digits.load_split(split)
-    return images, labels, lambda batch, key: digits.preprocess(batch)
-  images, labels = cifar.load_split(name, split, data_dir=data_dir)
-  if not train:
-    return images, labels, lambda batch, key: cifar.eval_preprocess(batch, name=name)
+    return digits.load_split(split)
+  return cifar.load_split(name, split, data_dir=data_dir)
+
+
+def in_memory_arrays(name: str, split: str, labels: TrainingLabels, data_dir=None) -> tuple[np.ndarray, np.ndarray]:
+  """(images, labels) of a digits or CIFAR split as the run uses it.
+
+  "train": the examples that train, with their (noisy) training labels;
+  "validation": the held-out examples, clean labels; "test": the test split.
+  """
+  return _in_memory_arrays(name, split, labels, data_dir, tfds_reader_identity())
+
+
+@functools.lru_cache(maxsize=8)
+def _in_memory_arrays(name, split, labels: TrainingLabels, data_dir, reader):
+  del reader  # part of the cache key only
+  if split == "test":
+    return _load_in_memory(name, "test", data_dir)
+  images, clean = _load_in_memory(name, "train", data_dir)
+  train, held_out = validation_split.split(clean, labels.validation_fraction)
+  if split == "validation":
+    return images[held_out], clean[held_out]
+  noisy = label_noise.corrupt(
+    clean,
+    np.arange(len(clean)),  # the identity: index in the stored training split
+    num_classes=dataset_info(name).num_classes,
+    rate=labels.label_noise,
+    seed=labels.label_noise_seed,
+  ).numpy()
+  if not len(held_out):
+    return images, noisy
+  return images[train], noisy[train]
+
+
+def realised_noise_fraction(
+  name: str, labels: TrainingLabels, *, data_dir=None, synthetic=None, global_batch_size: int = 1
+) -> float | None:
+  """The fraction of training labels the noise changed; None for ImageNet (it would need a pass over the split).
+
+  digits, CIFAR: over the examples that train. Synthetic: over its first
+  epoch's stream positions (num_train // global_batch_size batches).
+  """
+  if name == "imagenet2012":
+    return None
+  if name == "synthetic":
+    spec = synthetic or synthetic_data.Spec()
+    positions = np.arange(spec.num_train // global_batch_size * global_batch_size)
+    clean = np.zeros(len(positions), np.int32)  # the flip does not depend on the label
+    noisy = label_noise.corrupt(
+      clean, positions, num_classes=spec.num_classes, rate=labels.label_noise, seed=labels.label_noise_seed
+    ).numpy()
+    return float(np.mean(noisy != clean)) if len(positions) else 0.0
+  noisy = in_memory_arrays(name, "train", labels, data_dir)[1]
+  clean = in_memory_arrays(name, "train", TrainingLabels(validation_fraction=labels.validation_fraction), data_dir)[1]
+  return float(np.mean(noisy != clean))
+
+
+def _in_memory_split(name: str, split: str, labels: TrainingLabels, shard: Shard, data_dir):
+  """(images, labels, preprocess(local batch, step key)) of a dataset held in host memory.
+
+  `split` "train_batches" is the training split augmented; the others (SPLITS) are not.
+  """
+  augmented = split == "train_batches"
+  images, split_labels = in_memory_arrays(name, "train" if augmented else split, labels, data_dir)
+  if name == "digits":
+    return images, split_labels, lambda batch, key: digits.preprocess(batch)
+  if not augmented:
+    return images, split_labels, lambda batch, key: cifar.eval_preprocess(batch, name=name)
 
   def train_preprocess(batch, key):
     # Drawn for the whole global batch, then this process's rows: a row's augmentation
@@ -119,7 +197,7 @@ def _in_memory_split(name: str, train: bool, shard: Shard, data_dir):
     rows = slice(shard.offset, shard.offset + shard.local_batch)
     return cifar.train_preprocess(batch, {k: v[rows] for k, v in augmentation.items()}, name=name)
 
-  return images, labels, train_preprocess
+  return images, split_labels, train_preprocess
 
 
 def _epoch_batches(num_examples: int, shard: Shard, seed: int, epoch: tf.Tensor) -> tf.data.Dataset:
@@ -134,8 +212,10 @@ def _epoch_batches(num_examples: int, shard: Shard, seed: int, epoch: tf.Tensor)
   return tf.data.Dataset.from_tensor_slices((rows, epoch * steps + tf.range(steps, dtype=tf.int64)))
 
 
-def _in_memory_train(name, shard: Shard, seed: int, start_step: int, data_dir) -> tf.data.Dataset:
-  images, labels, preprocess = _in_memory_split(name, True, shard, data_dir)
+def _in_memory_train(
+  name, shard: Shard, seed: int, start_step: int, data_dir, training_labels: TrainingLabels
+) -> tf.data.Dataset:
+  images, labels, preprocess = _in_memory_split(name, "train_batches", training_labels, shard, data_dir)
   steps = len(labels) // shard.global_batch
   if steps == 0:
     raise ValueError(f"global_batch_size={shard.global_batch} exceeds the {len(labels)} training examples of {name}.")
@@ -155,8 +235,8 @@ def _in_memory_train(name, shard: Shard, seed: int, start_step: int, data_dir) -
   )
 
 
-def _in_memory_eval(name, shard: Shard, data_dir) -> tf.data.Dataset:
-  images, labels, preprocess = _in_memory_split(name, False, shard, data_dir)
+def _in_memory_eval(name, split: str, shard: Shard, data_dir, training_labels: TrainingLabels) -> tf.data.Dataset:
+  images, labels, preprocess = _in_memory_split(name, split, training_labels, shard, data_dir)
   num_examples = len(labels)
   num_batches = math.ceil(num_examples / shard.global_batch)
   slots = np.arange(num_batches)[:, None] * shard.global_batch + shard.offset + np.arange(shard.local_batch)[None, :]
@@ -179,7 +259,9 @@ def _epoch_shuffle_seed(seed: int, epoch: int) -> int:
   return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
-def _imagenet_train(shard: Shard, seed: int, start_step: int, data_dir, image_size: int) -> Iterator[Batch]:
+def _imagenet_train(
+  shard: Shard, seed: int, start_step: int, data_dir, image_size: int, training_labels: TrainingLabels
+) -> Iterator[Batch]:
   split = tfds.split_for_jax_process(imagenet.TRAIN_SPLIT, process_index=shard.index, process_count=shard.count)
   num_train, _ = imagenet.split_sizes(data_dir)
   steps = num_train // shard.global_batch
@@ -204,10 +286,14 @@ def _imagenet_train(shard: Shard, seed: int, start_step: int, data_dir, image_si
       step = epoch * steps + i // local_batch
       position = step * shard.global_batch + shard.offset + i % local_batch
       key = tf.random.experimental.stateless_fold_in(augment_key, position)
-      return {
-        "image": imagenet.train_preprocess(record["image"], key, image_size=image_size),
-        "label": tf.cast(record["label"], tf.int32),
-      }
+      label = label_noise.corrupt(  # keyed by the file name: the same in every order and process
+        record["label"],
+        record["file_name"],
+        num_classes=imagenet.NUM_CLASSES,
+        rate=training_labels.label_noise,
+        seed=training_labels.label_noise_seed,
+      )
+      return {"image": imagenet.train_preprocess(record["image"], key, image_size=image_size), "label": label}
 
     return (
       records.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -299,14 +385,16 @@ def train_iterator(
   process_count: int | None = None,
   num_devices: int | None = None,
   synthetic=None,
+  labels: TrainingLabels = TrainingLabels(),
 ) -> Iterator[Batch]:
   """Endless training batches of this process: {"image": float32 [b, H, W, C], "label": int32 [b]}.
 
   b = global_batch_size / process_count. An epoch is num_train // global_batch_size
   steps (the remainder is dropped), each a fresh shuffle. With `start_step=n` the
   iterator yields exactly what an uninterrupted one yields from its n-th batch on.
+  `labels` sets the label noise and the validation subset left out of training.
   """
-  info = dataset_info(name, image_size=image_size, synthetic=synthetic)
+  info = dataset_info(name, image_size=image_size, synthetic=synthetic, validation_fraction=labels.validation_fraction)
   shard = shard_for(
     global_batch_size, process_index=process_index, process_count=process_count, num_devices=num_devices
   )
@@ -320,10 +408,12 @@ def train_iterator(
       global_batch=shard.global_batch,
       offset=shard.offset,
       local_batch=shard.local_batch,
+      label_noise=labels.label_noise,
+      label_noise_seed=labels.label_noise_seed,
     )
   if name == "imagenet2012":
-    return _imagenet_train(shard, seed, start_step, data_dir, info.image_shape[0])
-  ds = _in_memory_train(name, shard, seed, start_step, data_dir)
+    return _imagenet_train(shard, seed, start_step, data_dir, info.image_shape[0], labels)
+  ds = _in_memory_train(name, shard, seed, start_step, data_dir, labels)
   return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 
 
@@ -337,15 +427,26 @@ def eval_iterator(
   process_count: int | None = None,
   num_devices: int | None = None,
   synthetic=None,
+  split: str = "test",
+  labels: TrainingLabels = TrainingLabels(),
 ) -> Iterator[Batch]:
-  """Every test example once: {"image", "label", "mask": bool [b]}, padding masked out.
+  """Every example of `split` once: {"image", "label", "mask": bool [b]}, padding masked out.
 
+  `split`: "test"; "validation", the subset `labels.validation_fraction` holds
+  out (clean labels); "train", the examples that train, with their training
+  labels (noisy under `labels.label_noise`: the accuracy there measures
+  memorisation), without augmentation. The last two for digits and CIFAR only.
   All processes yield the same number of batches (needed for multi-host jit).
   """
-  info = dataset_info(name, image_size=image_size, synthetic=synthetic)
+  validation.one_of("split", split, SPLITS)
+  info = dataset_info(name, image_size=image_size, synthetic=synthetic, validation_fraction=labels.validation_fraction)
   shard = shard_for(
     global_batch_size, process_index=process_index, process_count=process_count, num_devices=num_devices
   )
+  if split != "test" and name not in IN_MEMORY:
+    raise ValueError(f"split={split!r} is available for {', '.join(IN_MEMORY)} only, not {name}.")
+  if split == "validation" and not info.num_validation:
+    raise ValueError("split='validation' needs labels.validation_fraction > 0 (config.validation_fraction).")
   if name == "synthetic":
     return synthetic_data.eval_batches(
       synthetic or synthetic_data.Spec(),
@@ -356,5 +457,5 @@ def eval_iterator(
   if name == "imagenet2012":
     ds = _imagenet_eval(shard, data_dir, info.image_shape[0])
   else:
-    ds = _in_memory_eval(name, shard, data_dir)
+    ds = _in_memory_eval(name, split, shard, data_dir, labels)
   return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()

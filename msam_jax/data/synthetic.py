@@ -6,6 +6,9 @@ generator keyed by (seed, n, r), so a global batch depends only on the seed
 and the step (not on the number of processes), and `start_step` is free.
 Test example `j` is keyed by j alone: one fixed test set for every seed.
 
+With `label_noise` a training label is corrupted as label_noise.py says, keyed by
+the example's stream position (step * global batch + row).
+
 An image is its class's pattern (a row profile plus a column profile, each a
 4-step function) plus one of NOISE_POOL fixed standard normal images, both
 chosen by the example's key, so the task is learnable but not trivially so.
@@ -22,6 +25,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from msam_jax import validation
+from msam_jax.data import label_noise as label_noise_lib
 
 _TRAIN_STREAM, _TEST_STREAM, _PATTERN_STREAM, _NOISE_STREAM = 0, 1, 2, 3
 NOISE_POOL = 128
@@ -82,9 +86,21 @@ def _examples(spec: Spec, profiles, noise, keys) -> tuple[np.ndarray, np.ndarray
 
 
 def train_batches(
-  spec: Spec, *, seed: int, start_step: int, global_batch: int, offset: int, local_batch: int
+  spec: Spec,
+  *,
+  seed: int,
+  start_step: int,
+  global_batch: int,
+  offset: int,
+  local_batch: int,
+  label_noise: float = 0.0,
+  label_noise_seed: int = 0,
 ) -> Iterator[dict[str, np.ndarray]]:
-  """Endless {"image", "label"} of rows offset..offset+local_batch-1 of each global batch."""
+  """Endless {"image", "label"} of rows offset..offset+local_batch-1 of each global batch.
+
+  With `label_noise` the labels are corrupted (label_noise.py), keyed by the
+  example's position in the stream, step * global_batch + row.
+  """
   if global_batch > spec.num_train:
     raise ValueError(
       f"global_batch_size={global_batch} exceeds the {spec.num_train} training "
@@ -95,6 +111,11 @@ def train_batches(
   while True:
     keys = [[_TRAIN_STREAM, seed, step, row] for row in range(offset, offset + local_batch)]
     images, labels = _examples(spec, profiles, noise, keys)
+    if label_noise:
+      positions = step * global_batch + np.arange(offset, offset + local_batch)
+      labels = label_noise_lib.corrupt(
+        labels, positions, num_classes=spec.num_classes, rate=label_noise, seed=label_noise_seed
+      ).numpy()
     yield {"image": images, "label": labels}
     step += 1
 

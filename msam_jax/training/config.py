@@ -34,6 +34,18 @@ def base_config() -> ml_collections.ConfigDict:
   c.image_size = ml_collections.FieldReference(None, field_type=int)
   c.batch_size = 256  # global, over all devices and processes
   c.eval_batch_size = 512
+  # Symmetric label noise (msam_jax/data/label_noise.py): this fraction of the TRAINING labels,
+  # in [0, 1), replaced by a uniformly drawn other class; which examples and into which class
+  # is fixed per example by label_noise_seed (not by `seed`: every seed and optimizer sees the
+  # same corrupted set). Evaluation labels stay clean.
+  c.label_noise = 0.0
+  c.label_noise_seed = 0
+  # A fixed, stratified subset of the training split, in [0, 1), held out with clean labels and
+  # evaluated beside the test split (msam_jax/data/validation_split.py); digits and CIFAR only.
+  c.validation_fraction = 0.0
+  # Also evaluate the training split as trained (noisy labels, no augmentation): the accuracy
+  # there is memorisation. Always on when label_noise > 0 (digits and CIFAR only).
+  c.eval_train_split = False
   # dataset="synthetic": generated batches, nothing on disk (msam_jax/data/synthetic.py).
   c.synthetic = ml_collections.ConfigDict(
     {"image_shape": (32, 32, 3), "num_classes": 10, "num_train": 50_000, "num_test": 1_000}
@@ -301,6 +313,11 @@ def validate_fields(config: ml_collections.ConfigDict) -> None:
   ):
     _at_least(config, field, 0)
   _in_unit(config, "label_smoothing")
+  _in_unit(config, "label_noise")
+  _in_unit(config, "validation_fraction")
+  _at_least(config, "label_noise_seed", 0)
+  if config.label_noise_seed >= 2**63:
+    raise ConfigError(f"config.label_noise_seed={config.label_noise_seed!r} must be < 2**63.")
   _in_unit(config, "momentum")
   _in_unit(config, "b1")
   _in_unit(config, "b2")
@@ -336,6 +353,25 @@ def synthetic_spec(config: ml_collections.ConfigDict):
   from msam_jax import data
 
   return data.synthetic.Spec(**config.synthetic) if config.dataset == "synthetic" else None
+
+
+def training_labels(config: ml_collections.ConfigDict):
+  """The label noise and validation subset of the run (`msam_jax.data.TrainingLabels`)."""
+  from msam_jax import data
+
+  return data.TrainingLabels(config.label_noise, config.label_noise_seed, config.validation_fraction)
+
+
+def evaluated_splits(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The splits each evaluation visits: test, then validation and the training split where asked."""
+  from msam_jax.data.datasets import IN_MEMORY
+
+  splits = ["test"]
+  if config.validation_fraction > 0:
+    splits.append("validation")
+  if (config.eval_train_split or config.label_noise > 0) and config.dataset in IN_MEMORY:
+    splits.append("train")
+  return tuple(splits)
 
 
 def _validate_variants(config: ml_collections.ConfigDict) -> None:
@@ -382,8 +418,20 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, process_cou
     except (TypeError, ValueError) as e:
       raise ConfigError(f"config.synthetic: {e}") from None
     _check_synthetic_fits_the_model(config, spec)
+  if config.dataset not in data.datasets.IN_MEMORY:
+    for field in ("validation_fraction", "eval_train_split"):
+      if config[field]:
+        raise ConfigError(
+          f"config.{field}={config[field]!r} is available for {', '.join(data.datasets.IN_MEMORY)} only, not"
+          f" {config.dataset}; set --config.{field} to its default."
+        )
   try:
-    info = data.dataset_info(config.dataset, image_size=config.image_size, synthetic=synthetic_spec(config))
+    info = data.dataset_info(
+      config.dataset,
+      image_size=config.image_size,
+      synthetic=synthetic_spec(config),
+      validation_fraction=config.validation_fraction,
+    )
     data.steps_per_epoch(info, config.batch_size)
   except ValueError as e:
     raise ConfigError(f"config.dataset={config.dataset!r}: {e}") from None

@@ -97,6 +97,31 @@ def evaluate(s: Setup, state: TrainState, batches, batch_stats=None) -> dict[str
   return {k: float(v) for k, v in mesh_lib.to_host(acc.compute()).items()}
 
 
+# Key prefix of each evaluated split's metrics (eval history, results.json, TensorBoard):
+# the test split's are unprefixed; "noisy_train" is the training split against the labels it
+# trains with (noisy under label_noise), i.e. memorisation.
+_SPLIT_PREFIX = {"test": "", "validation": "validation_", "train": "noisy_train_"}
+
+
+def evaluate_all(s: Setup, state: TrainState, batch_stats=None) -> dict[str, float]:
+  """Test metrics as `accuracy`, `loss`, ...; then `validation_*` and `noisy_train_*` where the
+  config asks for them (`config_lib.evaluated_splits`)."""
+  metrics = {}
+  for split in config_lib.evaluated_splits(s.config):
+    split_metrics = evaluate(s, state, s.eval_batches(split), batch_stats)
+    metrics.update({_SPLIT_PREFIX[split] + k: v for k, v in split_metrics.items()})
+  return metrics
+
+
+def _eval_line(metrics: dict[str, float]) -> str:
+  """'eval accuracy 0.9861, loss 0.1093; validation accuracy ...; noisy_train accuracy ...'."""
+  parts = [f"eval accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}"]
+  for prefix in ("validation_", "noisy_train_"):
+    if f"{prefix}accuracy" in metrics:
+      parts.append(f"{prefix[:-1]} accuracy {metrics[prefix + 'accuracy']:.4f}, loss {metrics[prefix + 'loss']:.4f}")
+  return "; ".join(parts)
+
+
 def _recompute_batch_norm(s: Setup, state: TrainState, num_batches: int, between=lambda: None):
   """Running batch-norm statistics re-estimated at the unperturbed parameters.
 
@@ -254,19 +279,13 @@ def _train(s: Setup, workdir, manager, preempt: preemption.Preemption) -> _Train
 
 
 def _evaluate_and_record(s: Setup, state, step: int, seconds: float, history: list, workdir, writer) -> None:
-  """Evaluates on the test split, logs it and rewrites the evaluation history."""
-  metrics = evaluate(s, state, s.test_batches())
+  """Evaluates on the test split (and validation, noisy train), logs it and rewrites the evaluation history."""
+  metrics = evaluate_all(s, state)
   writer.write_scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
   history.append({"step": step, "epoch": step / s.steps_per_epoch, "seconds": seconds, **metrics})
   if jax.process_index() == 0:
     run_record.save_history(workdir, history)
-    log.info(
-      "step %d (epoch %g): eval accuracy %.4f, loss %.4f",
-      step,
-      step / s.steps_per_epoch,
-      metrics["accuracy"],
-      metrics["loss"],
-    )
+    log.info("step %d (epoch %g): %s", step, step / s.steps_per_epoch, _eval_line(metrics))
 
 
 def _finalise(s: Setup, workdir, t: _Trained, preempt: preemption.Preemption) -> dict[str, Any]:
@@ -317,7 +336,7 @@ def _finalise(s: Setup, workdir, t: _Trained, preempt: preemption.Preemption) ->
   history = t.eval_history
   final = history[-1] if history and history[-1]["step"] == num_steps else None
   if final is None:  # resumed after the last step: evaluate the restored state
-    final = evaluate(s, state, s.test_batches())
+    final = evaluate_all(s, state)
     stop_if_preempted()
   bn_batches = s.steps_per_epoch if config.bn_recompute_batches < 0 else config.bn_recompute_batches
   batch_stats = state.batch_stats
@@ -325,7 +344,7 @@ def _finalise(s: Setup, workdir, t: _Trained, preempt: preemption.Preemption) ->
     batch_stats = _recompute_batch_norm(s, state, bn_batches, between=stop_if_preempted)
     results["eval_accuracy_before_bn_recompute"] = final["accuracy"]
     results["eval_loss_before_bn_recompute"] = final["loss"]
-    final = evaluate(s, state, s.test_batches(), batch_stats)
+    final = evaluate_all(s, state, batch_stats)
     stop_if_preempted()
     writer.write_scalars(num_steps, {f"eval/{k}_after_bn_recompute": v for k, v in final.items()})
   results["final_param_norm"] = float(mesh_lib.to_host(jax.jit(_unperturbed_norm)(state)))
@@ -333,6 +352,23 @@ def _finalise(s: Setup, workdir, t: _Trained, preempt: preemption.Preemption) ->
   results["final_eval_loss"] = final["loss"]
   if "accuracy_top5" in final:
     results["final_eval_accuracy_top5"] = final["accuracy_top5"]
+  for split in ("validation", "noisy_train"):  # final_validation_accuracy, final_noisy_train_loss, ...
+    results.update({f"final_{k}": v for k, v in final.items() if k.startswith(f"{split}_")})
+  results.update(
+    label_noise=config.label_noise,
+    label_noise_seed=config.label_noise_seed,
+    # The fraction of training labels the noise changed (None for ImageNet: not counted).
+    label_noise_realised_fraction=data.realised_noise_fraction(
+      config.dataset,
+      config_lib.training_labels(config),
+      data_dir=config.data_dir,
+      synthetic=config_lib.synthetic_spec(config),
+      global_batch_size=config.batch_size,
+    ),
+    validation_fraction=config.validation_fraction,
+    num_train_examples=s.info.num_train,
+    num_validation_examples=s.info.num_validation,
+  )
   if t.sharpness is not None:
     results.update({f"final_{k}": float(v) for k, v in t.sharpness.items()})
   variables = {"params": jax.jit(_unperturbed_params)(state)}
@@ -345,9 +381,10 @@ def _finalise(s: Setup, workdir, t: _Trained, preempt: preemption.Preemption) ->
     run_record.write_results(workdir, results)
     before = results.get("eval_accuracy_before_bn_recompute")
     log.info(
-      "final eval accuracy %.4f%s; model saved in %s; results in %s",
+      "final eval accuracy %.4f%s%s; model saved in %s; results in %s",
       results["final_eval_accuracy"],
       "" if before is None else f" ({before:.4f} before the batch-norm recomputation)",
+      "".join(f"; {part}" for part in _eval_line(final).split("; ")[1:]),
       results["evaluated_model"],
       workdir / run_record.RESULTS_FILE,
     )

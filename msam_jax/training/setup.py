@@ -98,10 +98,15 @@ class Setup:
       image_size=c.image_size,
       num_devices=self.mesh.size,
       synthetic=config_lib.synthetic_spec(c),
+      labels=config_lib.training_labels(c),
     )
 
   def test_batches(self):
     """This process's test batches (numpy, padded and masked): every test example once."""
+    return self.eval_batches("test")
+
+  def eval_batches(self, split: str):
+    """This process's batches of `split` (data.SPLITS: test, validation, train as trained), padded and masked."""
     c = self.config
     return data.eval_iterator(
       c.dataset,
@@ -110,6 +115,8 @@ class Setup:
       image_size=c.image_size,
       num_devices=self.mesh.size,
       synthetic=config_lib.synthetic_spec(c),
+      split=split,
+      labels=config_lib.training_labels(c),
     )
 
   def global_batch(self, local_batch) -> dict[str, jax.Array]:
@@ -141,7 +148,12 @@ def resolve(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> ml_co
 def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
   """The setup of the run `config` describes on `mesh`; raises `ConfigError` for a bad config."""
   config = resolve(config, mesh)
-  info = data.dataset_info(config.dataset, image_size=config.image_size, synthetic=config_lib.synthetic_spec(config))
+  info = data.dataset_info(
+    config.dataset,
+    image_size=config.image_size,
+    synthetic=config_lib.synthetic_spec(config),
+    validation_fraction=config.validation_fraction,
+  )
   steps_per_epoch = data.steps_per_epoch(info, config.batch_size)
   num_steps = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
   plan = StepPlan.of(config)

@@ -26,6 +26,9 @@ SHORT = {
   "max_checkpoints_to_keep": 5,
   "bn_recompute_batches": 2,
   "async_checkpointing": False,
+  # Noisy labels and a validation subset, so resume, rerun and the saved model cover them too.
+  "label_noise": 0.4,
+  "validation_fraction": 0.1,
 }
 
 
@@ -53,6 +56,13 @@ def test_rerunning_a_finished_run_changes_nothing(finished_run, one_device_mesh)
   assert again == results
   assert _snapshot(workdir) == before  # results.json byte-identical, no checkpoint or event file added
   assert [e["step"] for e in results["eval_history"]] == [6]
+  # Clean test, validation and noisy-train metrics in the history and the results; the noise recorded.
+  assert {"accuracy", "validation_accuracy", "validation_loss", "noisy_train_accuracy"} <= set(
+    results["eval_history"][0]
+  )
+  assert (results["label_noise"], results["label_noise_seed"], results["validation_fraction"]) == (0.4, 0, 0.1)
+  assert results["num_train_examples"] == 1293 and results["num_validation_examples"] == 144
+  assert abs(results["label_noise_realised_fraction"] - 0.4) < 4.5 * (0.24 / 1293) ** 0.5
 
 
 @pytest.mark.slow
@@ -164,9 +174,11 @@ def test_the_saved_model_reproduces_the_reported_accuracy(finished_run, one_devi
   state = TrainState(step=np.int32(6), params=variables["params"], batch_stats=variables["batch_stats"], opt_state=())
   eval_fn = jax.jit(functools.partial(steps.eval_step, model=model, label_smoothing=config.label_smoothing))
   s = dataclasses.replace(setup.build(config, one_device_mesh), eval_step=eval_fn)  # the loaded model's step
-  metrics = loop.evaluate(s, state, s.test_batches())
+  metrics = loop.evaluate_all(s, state)  # test, validation and noisy-train splits
   assert metrics["accuracy"] == results["final_eval_accuracy"]
   assert metrics["loss"] == results["final_eval_loss"]
+  assert metrics["validation_accuracy"] == results["final_validation_accuracy"]
+  assert metrics["noisy_train_accuracy"] == results["final_noisy_train_accuracy"]
 
 
 def test_image_size_is_one_field_shared_with_the_model():

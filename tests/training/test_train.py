@@ -84,9 +84,13 @@ def test_each_family_runs_on_mock_cifar100_tiny_wrn(tmp_path, one_device_mesh, m
     bn_recompute_batches=1,
     async_checkpointing=False,
     model_kwargs={"depth": 10, "width": 1},
+    label_noise=0.4,  # the noise and the validation subset on TFDS-read data (64 mock examples)
+    validation_fraction=0.25,
   )
   results = training.train_and_evaluate(config, str(tmp_path), mesh=one_device_mesh)
   assert results["steps"] == 2 and np.isfinite(results["final_eval_loss"])
+  assert np.isfinite(results["final_validation_loss"]) and np.isfinite(results["final_noisy_train_loss"])
+  assert results["label_noise"] == 0.4 and 0.1 < results["label_noise_realised_fraction"] < 0.7  # of 48
 
 
 @pytest.mark.slow
@@ -114,6 +118,15 @@ def test_imagenet_configs_run_two_steps_on_mock_data(tmp_path, one_device_mesh, 
 
 
 @pytest.mark.slow
+def test_validation_and_train_split_evaluation_need_an_in_memory_dataset():
+  for field, value in (("validation_fraction", 0.1), ("eval_train_split", True)):
+    config = load_config("digits", dataset="synthetic", **{field: value})
+    with pytest.raises(training.ConfigError, match=f"config.{field}={value!r} is available for digits, cifar10"):
+      training.validate(config, num_devices=1)
+  training.validate(load_config("digits", dataset="synthetic", label_noise=0.3), num_devices=1)  # noise is fine
+
+
+@pytest.mark.slow
 def test_one_device_and_eight_devices_agree(tmp_path):
   config = load_config("digits", num_train_steps=6, log_every_steps=3, bn_recompute_batches=0)
   training.train_and_evaluate(config, str(tmp_path / "one"), mesh=create_mesh(jax.devices()[:1]))
@@ -132,6 +145,11 @@ def test_one_device_and_eight_devices_agree(tmp_path):
     ("dataset", "mnist", "config.dataset='mnist' is not valid"),
     ("batch_size", 60, "config.batch_size=60 is not divisible by the 8 devices"),
     ("rho", -1.0, "config.rho=-1.0 must be >= 0"),
+    ("label_noise", 1.0, "config.label_noise=1.0 must be in [0, 1)."),
+    ("label_noise", -0.1, "config.label_noise=-0.1 must be in [0, 1)."),
+    ("label_noise_seed", -1, "config.label_noise_seed=-1 must be >= 0."),
+    ("validation_fraction", 1.0, "config.validation_fraction=1.0 must be in [0, 1)."),
+    ("validation_fraction", 0.99, "config.dataset='digits': global_batch_size=64 exceeds the 14 training examples"),
   ],
 )
 def test_bad_config_fails_before_compiling(tmp_path, field, value, expected, monkeypatch):
