@@ -23,6 +23,7 @@ from clu import metric_writers, periodic_actions
 import msam_jax
 from msam_jax import data, models
 from msam_jax.training import checkpoint, evaluated_model, loss_scale, preemption, run_record, steps
+from msam_jax.training import mesa as mesa_lib
 from msam_jax.training import config as config_lib
 from msam_jax.training import mesh as mesh_lib
 from msam_jax.training.config import validate
@@ -162,8 +163,17 @@ def _summary(config, info, steps_per_epoch: int, num_steps: int, start_step: int
     f"{config.model} ({num_params:,} parameters) on {config.dataset} "
     f"({info.num_train:,} train / {info.num_test:,} test examples, batch {config.batch_size}); "
     f"{config.optimizer} lr {config.learning_rate:g} ({config.lr_schedule}) rho {config.rho:g} "
-    f"({config.rho_schedule}); {mesh.size} devices, {jax.process_count()} processes; "
+    f"({config.rho_schedule}){_mesa_summary(config)}; {mesh.size} devices, {jax.process_count()} processes; "
     f"{num_steps} steps ({num_steps / steps_per_epoch:g} epochs of {steps_per_epoch}). {start}."
+  )
+
+
+def _mesa_summary(config) -> str:
+  if not config.mesa_weight:
+    return ""
+  return (
+    f" with MESA (weight {config.mesa_weight:g}, EMA decay {config.mesa_decay:g}, temperature "
+    f"{config.mesa_temperature:g}, from epoch {config.mesa_start_epoch:g})"
   )
 
 
@@ -202,7 +212,8 @@ def train_and_evaluate(
     tx = loss_scale.dynamic_loss_scale(tx)
 
   init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
-  init = functools.partial(create_train_state, model, tx, image_shape=info.image_shape)
+  mesa = mesa_lib.from_config(config, steps_per_epoch)
+  init = functools.partial(create_train_state, model, tx, image_shape=info.image_shape, mesa=mesa is not None)
   abstract_state = jax.eval_shape(init, init_rng)
   state_sharding = mesh_lib.state_sharding(mesh, abstract_state, config.sharding, config.fsdp_min_bytes)
   replicated = mesh_lib.replicated(mesh)
@@ -231,6 +242,7 @@ def train_and_evaluate(
     label_smoothing=config.label_smoothing,
     grad_accum_steps=config.grad_accum_steps,
     group_mesh=mesh if config.sam_group_size else None,
+    mesa=mesa,
   )
   train_fn = jax.jit(
     functools.partial(_accumulating_train_step, **train_kwargs),
@@ -239,7 +251,9 @@ def train_and_evaluate(
     donate_argnums=(0, 1, 2),
   )
   eval_fn = jax.jit(functools.partial(steps.eval_step, model=model, label_smoothing=config.label_smoothing))
-  train_collection = steps.metrics_collection(info.num_classes, train=True, grad_norm=not config.sam_group_size)
+  train_collection = steps.metrics_collection(
+    info.num_classes, train=True, grad_norm=not config.sam_group_size, mesa=mesa is not None
+  )
 
   sharpness_fn = None
   if config.sharpness_every_steps > 0:
@@ -340,6 +354,8 @@ def train_and_evaluate(
     "params_bytes_per_device": mesh_lib.bytes_per_device(abstract_state.params, state_sharding.params),
     "opt_state_bytes_per_device": mesh_lib.bytes_per_device(abstract_state.opt_state, state_sharding.opt_state),
   }
+  if mesa is not None:  # MESA's EMA of the model: one parameter-sized buffer (plus batch statistics)
+    results["mesa_ema_bytes_per_device"] = mesh_lib.bytes_per_device(abstract_state.ema, state_sharding.ema)
   # Averages over the last logging interval of this process's run.
   results.update({f"final_train_{k}": float(train_scalars[k]) for k in ("loss", "accuracy") if k in train_scalars})
   final = eval_history[-1] if eval_history and eval_history[-1]["step"] == num_steps else None
