@@ -31,7 +31,7 @@ class Mesa:
   """MESA's hyper-parameters, as the training step reads them.
 
   Attributes:
-    weight: lambda > 0, the KL term's weight (the SAF code's `--reinforce`:
+    weight: lambda >= 0, the KL term's weight (the SAF code's `--reinforce`:
       0.3 by default, 0.8 in its ImageNet run).
     decay: the EMA's decay per step, in [0, 1) (0.9998, timm's `--model-ema-decay`).
     temperature: T > 0 (5).
@@ -44,7 +44,7 @@ class Mesa:
   start_step: int = 0
 
   def __post_init__(self):
-    validation.in_interval("weight", self.weight, 0, math.inf, low_closed=False, high_closed=False)
+    validation.non_negative("weight", self.weight)
     validation.in_interval("decay", self.decay, 0, 1, low_closed=True, high_closed=False)
     validation.in_interval("temperature", self.temperature, 0, math.inf, low_closed=False, high_closed=False)
     validation.integer("start_step", self.start_step, low=0)
