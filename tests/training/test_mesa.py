@@ -154,20 +154,23 @@ def test_mesa_off_carries_nothing_parameter_sized():
   )
 
 
-@pytest.mark.parametrize("optimizer", everyday(["msam", "sam"], keep=["msam"]))
-def test_weight_zero_and_steps_before_the_start_equal_the_plain_step_bit_for_bit(optimizer):
+CASES = {"weight 0": mesa_lib.Mesa(0.0), "before the start step": mesa_lib.Mesa(0.3, start_step=5)}
+
+
+@pytest.mark.parametrize("case", everyday(list(CASES), keep=["weight 0"]))
+@pytest.mark.parametrize("optimizer", everyday(["msam", "sam"], keep=["msam"]))  # plain gradient; SAM's loss_fn
+def test_weight_zero_and_steps_before_the_start_equal_the_plain_step_bit_for_bit(optimizer, case):
   model, tx, plain, batch = _setup(optimizer, mesa=False)
   _, _, with_ema, _ = _setup(optimizer, mesa=True)
-  plain_step = _step(model, tx, None)
-  for mesa in (mesa_lib.Mesa(0.0), mesa_lib.Mesa(0.3, start_step=5)):
-    a, b, mesa_step = plain, with_ema, _step(model, tx, mesa)
-    for _ in range(2):
-      a, ma = plain_step(a, batch, jax.random.key(1))
-      b, mb = mesa_step(b, batch, jax.random.key(1))
-    for field in ("step", "params", "batch_stats", "opt_state"):
-      assert_trees_equal(getattr(a, field), getattr(b, field))
-    assert ma.compute()["loss"] == mb.compute()["loss"]
-    assert mb.compute()["mesa_loss"] == 0.0
+  plain_step, mesa_step = _step(model, tx, None), _step(model, tx, CASES[case])
+  a, b = plain, with_ema
+  for _ in range(2):
+    a, ma = plain_step(a, batch, jax.random.key(1))
+    b, mb = mesa_step(b, batch, jax.random.key(1))
+  for field in ("step", "params", "batch_stats", "opt_state"):
+    assert_trees_equal(getattr(a, field), getattr(b, field))
+  assert ma.compute()["loss"] == mb.compute()["loss"]
+  assert mb.compute()["mesa_loss"] == 0.0
 
 
 @pytest.mark.slow  # compiles the step and its transcription
@@ -330,10 +333,10 @@ def test_a_mesa_run_trains_through_train_py_and_resumes_exactly(tmp_path, one_de
   whole = training.train_and_evaluate(
     load_config("digits", num_train_steps=8, **RUN), str(tmp_path / "whole"), mesh=one_device_mesh
   )
-  assert np.isfinite(whole["final_eval_loss"]) and whole["final_eval_accuracy"] > 0.2
   _, a = final_checkpoint(str(interrupted))
   _, b = final_checkpoint(str(tmp_path / "whole"))
   assert "ema" in a and not np.allclose(tree_arrays(a["ema"]["params"])[0], tree_arrays(a["params"])[0])
   for x, y in zip(tree_arrays(a), tree_arrays(b), strict=True):
     np.testing.assert_array_equal(x, y)
   assert resumed["final_eval_accuracy"] == whole["final_eval_accuracy"]
+  assert whole["final_eval_loss"] < np.log(10)  # it learns: below the chance-level loss of 10 classes
