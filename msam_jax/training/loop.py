@@ -9,7 +9,7 @@ the workdir records (run identity, evaluation history) is `run_record`'s.
 """
 
 import contextlib
-import functools
+import dataclasses
 import logging as std_logging
 import time
 from typing import Any
@@ -21,14 +21,13 @@ import optax
 from clu import metric_writers, periodic_actions
 
 import msam_jax
-from msam_jax import data, models
-from msam_jax.training import checkpoint, evaluated_model, loss_scale, preemption, run_record, steps
-from msam_jax.training import mesa as mesa_lib
+from msam_jax import data
+from msam_jax.training import checkpoint, evaluated_model, preemption, run_record
 from msam_jax.training import config as config_lib
 from msam_jax.training import mesh as mesh_lib
-from msam_jax.training.config import validate
-from msam_jax.training.optimizer import build_optimizer
-from msam_jax.training.train_state import TrainState, create_train_state
+from msam_jax.training import setup as setup_lib
+from msam_jax.training.setup import Setup
+from msam_jax.training.train_state import TrainState
 
 # The run's own lines (startup summary, evaluations, result); the command line
 # keeps them at INFO while library internals (orbax, absl) stay at WARNING.
@@ -37,19 +36,6 @@ log = std_logging.getLogger("msam_jax.training")
 
 class NonFiniteLossError(RuntimeError):
   """The training loss became NaN or infinite."""
-
-
-def _accumulating_train_step(state, acc, first_bad, batch, rng, **kwargs):
-  """A train step that also merges its metrics and remembers the first non-finite step.
-
-  Both live on the device, so the loop synchronises with the host only when it logs.
-  """
-  state, step_metrics = steps.train_step(state, batch, rng, **kwargs)
-  finite = jnp.isfinite(step_metrics.loss.total)
-  if hasattr(step_metrics, "grad_norm"):  # absent with per-device m-sharpness
-    finite &= jnp.isfinite(step_metrics.grad_norm.total)
-  first_bad = jnp.where((first_bad < 0) & ~finite, state.step, first_bad)
-  return state, acc.merge(step_metrics), first_bad
 
 
 class _StepClock:
@@ -98,74 +84,29 @@ def _check_finite(first_bad, last_good_step: int | None, state: TrainState | Non
     )
 
 
-def _evaluate(eval_fn, config, mesh, state, batch_stats=None) -> dict[str, float]:
-  """Every test example once (padded, masked batches), at the unperturbed parameters."""
+def evaluate(s: Setup, state: TrainState, batches, batch_stats=None) -> dict[str, float]:
+  """Metrics over `batches` (this process's padded, masked batches of a split), at the unperturbed parameters.
+
+  The test split is `s.test_batches()`; `batch_stats` default to the state's.
+  """
   acc = None
-  for local in data.eval_iterator(
-    config.dataset,
-    global_batch_size=config.eval_batch_size,
-    data_dir=config.data_dir,
-    image_size=config.image_size,
-    num_devices=mesh.size,
-    synthetic=config_lib.synthetic_spec(config),
-  ):
-    m = eval_fn(state, state.batch_stats if batch_stats is None else batch_stats, mesh_lib.global_batch(mesh, local))
+  for local in batches:
+    m = s.eval_step(state, state.batch_stats if batch_stats is None else batch_stats, s.global_batch(local))
     acc = m if acc is None else acc.merge(m)
   return {k: float(v) for k, v in mesh_lib.to_host(acc.compute()).items()}
 
 
-def _train_iterator(config, mesh, *, seed: int, start_step: int = 0):
-  """This process's training batches; other seeds give the probe and batch-norm batches."""
-  return data.train_iterator(
-    config.dataset,
-    global_batch_size=config.batch_size,
-    seed=seed,
-    start_step=start_step,
-    data_dir=config.data_dir,
-    image_size=config.image_size,
-    num_devices=mesh.size,
-    synthetic=config_lib.synthetic_spec(config),
-  )
-
-
-def _recompute_batch_norm(bn_fn, config, mesh, state: TrainState, num_batches: int):
+def _recompute_batch_norm(s: Setup, state: TrainState, num_batches: int):
   """Running batch-norm statistics re-estimated at the unperturbed parameters.
 
   MSAM trains at perturbed parameters, so the running statistics belong to the
   wrong point; like the original, rerun forward passes in training mode.
   """
   batch_stats = state.batch_stats
-  train_iter = _train_iterator(config, mesh, seed=config.seed + 1)
+  batches = s.train_batches(seed=s.config.seed + 1)
   for _ in range(num_batches):
-    batch_stats = bn_fn(state, batch_stats, mesh_lib.global_batch(mesh, next(train_iter)))
+    batch_stats = s.batch_norm_step(state, batch_stats, s.global_batch(next(batches)))
   return batch_stats
-
-
-def _check_prepared(config, mesh) -> None:
-  """Raises data.DatasetNotFoundError unless the test split can be read (training data lives beside it)."""
-  next(
-    iter(
-      data.eval_iterator(
-        config.dataset,
-        global_batch_size=config.eval_batch_size,
-        data_dir=config.data_dir,
-        image_size=config.image_size,
-        num_devices=mesh.size,
-      )
-    )
-  )
-
-
-def _summary(config, info, steps_per_epoch: int, num_steps: int, start_step: int, state, mesh) -> str:
-  num_params = sum(x.size for x in jax.tree.leaves(state.params))
-  start = f"Resuming from the checkpoint of step {start_step}" if start_step else "Starting"
-  return (
-    f"{config.model} ({num_params:,} parameters) on {config.dataset} "
-    f"({info.num_train:,} train / {info.num_test:,} test examples, batch {config.batch_size}); "
-    f"{config.optimizer} lr {config.learning_rate:g} ({config.lr_schedule}) rho {config.rho:g} "
-    f"({config.rho_schedule}){_mesa_summary(config)}; {mesh.size} devices, {jax.process_count()} processes; "
-    f"{num_steps} steps ({num_steps / steps_per_epoch:g} epochs of {steps_per_epoch}). {start}."
-  )
 
 
 def _mesa_summary(config) -> str:
@@ -175,6 +116,35 @@ def _mesa_summary(config) -> str:
     f" with MESA (weight {config.mesa_weight:g}, EMA decay {config.mesa_decay:g}, temperature "
     f"{config.mesa_temperature:g}, from epoch {config.mesa_start_epoch:g})"
   )
+
+
+def _summary(s: Setup, start_step: int) -> str:
+  config, info = s.config, s.info
+  num_params = sum(x.size for x in jax.tree.leaves(s.abstract_state.params))
+  start = f"Resuming from the checkpoint of step {start_step}" if start_step else "Starting"
+  return (
+    f"{config.model} ({num_params:,} parameters) on {config.dataset} "
+    f"({info.num_train:,} train / {info.num_test:,} test examples, batch {config.batch_size}); "
+    f"{config.optimizer} lr {config.learning_rate:g} ({config.lr_schedule}) rho {config.rho:g} "
+    f"({config.rho_schedule}){_mesa_summary(config)}; {s.mesh.size} devices, {jax.process_count()} processes; "
+    f"{s.num_steps} steps ({s.num_steps / s.steps_per_epoch:g} epochs of {s.steps_per_epoch}). {start}."
+  )
+
+
+@dataclasses.dataclass
+class _Trained:
+  """What the training phase hands to finalisation."""
+
+  state: TrainState
+  start_step: int
+  writer: metric_writers.MetricWriter
+  eval_history: list[dict]
+  train_scalars: dict  # the last logging interval's averages
+  sharpness: dict | None  # the last probe's values
+  train_seconds: float
+  timed_steps: int  # steps after the first (compilation) of this process's run
+  timed_seconds: float
+  input_wait_seconds: float
 
 
 def train_and_evaluate(
@@ -190,143 +160,79 @@ def train_and_evaluate(
 
   Returns the results dict that is also written to `workdir/results.json`.
   """
-  mesh = mesh_lib.create_mesh() if mesh is None else mesh
-  config = config_lib.resolve(config)  # model_kwargs: every option of the model
-  validate(config, num_devices=mesh.size, process_count=jax.process_count())
+  s = setup_lib.build(config, mesh_lib.create_mesh() if mesh is None else mesh)
   workdir = run_record.check_workdir(workdir)
-  if config.data_dir is not None:
-    config.data_dir = str(run_record.as_path(config.data_dir))
-  is_primary = jax.process_index() == 0
-
-  info = data.dataset_info(config.dataset, image_size=config.image_size, synthetic=config_lib.synthetic_spec(config))
-  steps_per_epoch = data.steps_per_epoch(info, config.batch_size)
-  num_steps = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
-  finished = run_record.check_run(workdir, config, num_steps)
+  finished = run_record.check_run(workdir, s.config, s.num_steps)
   if finished is not None:
     log.info("%s holds this run finished; nothing to do.", workdir)
     return finished
-  _check_prepared(config, mesh)
-  model = models.build(config.model, info.num_classes, dtype=jnp.dtype(config.dtype), **config.model_kwargs)
-  tx = build_optimizer(config, steps_per_epoch)
-  if config.dtype == "float16":
-    tx = loss_scale.dynamic_loss_scale(tx)
+  next(iter(s.test_batches()))  # data.DatasetNotFoundError unless the data is prepared
+  manager = checkpoint.create_manager(workdir, s.config.max_checkpoints_to_keep, s.config.async_checkpointing)
+  trained = _train(s, workdir, manager)
+  return _finalise(s, workdir, trained)
 
-  init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
-  mesa = mesa_lib.from_config(config, steps_per_epoch)
-  init = functools.partial(create_train_state, model, tx, image_shape=info.image_shape, mesa=mesa is not None)
-  abstract_state = jax.eval_shape(init, init_rng)
-  state_sharding = mesh_lib.state_sharding(mesh, abstract_state, config.sharding, config.fsdp_min_bytes)
-  replicated = mesh_lib.replicated(mesh)
-  state = jax.jit(init, out_shardings=state_sharding)(init_rng)
 
-  manager = checkpoint.create_manager(workdir, config.max_checkpoints_to_keep, config.async_checkpointing)
-  state = checkpoint.restore_latest(manager, state)
+def _restore(s: Setup, workdir, manager) -> tuple[TrainState, int]:
+  """The newest readable checkpoint's state (or the initial one) and its step."""
+  state = checkpoint.restore_latest(manager, s.init_state())
   start_step = int(mesh_lib.to_host(state.step))
-  if start_step > num_steps:
+  if start_step > s.num_steps:
     raise config_lib.ConfigError(
-      f"config.num_train_steps={config.num_train_steps} ends the run at step {num_steps}, but {workdir} "
+      f"config.num_train_steps={s.config.num_train_steps} ends the run at step {s.num_steps}, but {workdir} "
       f"already holds a checkpoint of step {start_step}; set --config.num_train_steps to at least {start_step}."
     )
+  return state, start_step
+
+
+def _train(s: Setup, workdir, manager) -> _Trained:
+  """Steps from the restored state to `s.num_steps`: logs, probes, evaluates and checkpoints on cadence."""
+  config, num_steps, is_primary = s.config, s.num_steps, jax.process_index() == 0
+  state, start_step = _restore(s, workdir, manager)
   if is_primary:
     run_record.record_config(workdir, config)
-  if is_primary:
-    log.info("%s", _summary(config, info, steps_per_epoch, num_steps, start_step, state, mesh))
-
+    log.info("%s", _summary(s, start_step))
   writer = metric_writers.create_default_writer(str(workdir), just_logging=not is_primary)
   if start_step == 0:
     writer.write_hparams({k: v for k, v in config.to_dict().items() if not isinstance(v, dict)})
-
-  train_kwargs = dict(
-    model=model,
-    tx=tx,
-    label_smoothing=config.label_smoothing,
-    grad_accum_steps=config.grad_accum_steps,
-    group_mesh=mesh if config.sam_group_size else None,
-    mesa=mesa,
-  )
-  train_fn = jax.jit(
-    functools.partial(_accumulating_train_step, **train_kwargs),
-    in_shardings=(state_sharding, replicated, replicated, mesh_lib.batch_sharding(mesh), replicated),
-    out_shardings=(state_sharding, replicated, replicated),
-    donate_argnums=(0, 1, 2),
-  )
-  eval_fn = jax.jit(functools.partial(steps.eval_step, model=model, label_smoothing=config.label_smoothing))
-  train_collection = steps.metrics_collection(
-    info.num_classes, train=True, grad_norm=not config.sam_group_size, mesa=mesa is not None
-  )
-
-  sharpness_fn = None
-  if config.sharpness_every_steps > 0:
-    probe_batch = mesh_lib.global_batch(mesh, next(_train_iterator(config, mesh, seed=config.seed + 2)))
-    sharpness_fn = jax.jit(
-      functools.partial(
-        steps.sharpness_step,
-        model=model,
-        batch=probe_batch,
-        label_smoothing=config.label_smoothing,
-        rho=config.sharpness_rho,
-        num_iters=config.sharpness_num_iters,
-      )
-    )
-
+  probe_batch = s.global_batch(next(s.train_batches(seed=config.seed + 2))) if config.sharpness_every_steps else None
   train_iter = data.prefetch.to_devices(  # the next batches copy to the devices during the step
-    _train_iterator(config, mesh, seed=config.seed, start_step=start_step),
-    functools.partial(mesh_lib.global_batch, mesh),
+    s.train_batches(seed=config.seed, start_step=start_step), s.global_batch
   )
   hooks = [periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)] if is_primary else []
-  acc = jax.device_put(train_collection.empty(), replicated)
-  first_bad = jax.device_put(jnp.array(-1, jnp.int32), replicated)
-  last_good_checkpoint = manager.latest_step()
-  eval_history = run_record.load_history(workdir, start_step)
-  train_scalars = {}
-  train_start = time.time()
-  clock = _StepClock()
-  sharpness = None
-
+  acc, first_bad = s.empty_metrics()
+  last_good = manager.latest_step()
+  history = run_record.load_history(workdir, start_step)
+  train_scalars, sharpness, clock, train_start = {}, None, _StepClock(), time.time()
   preempt = preemption.Preemption(config.checkpoint_on_preemption).start()
   try:  # an error (a non-finite loss, Ctrl-C) still lets the in-flight checkpoint finish
     for step in range(start_step + 1, num_steps + 1):
-      batch = next(train_iter)
-      state, acc, first_bad = train_fn(state, acc, first_bad, batch, dropout_rng)
+      state, acc, first_bad = s.train_step(state, acc, first_bad, next(train_iter), s.dropout_rng)
       if step == start_step + 1:
         clock.first_step_done(state)
       for hook in hooks:
         hook(step)
       is_last = step == num_steps
       if step % config.log_every_steps == 0 or is_last:
-        _check_finite(first_bad, last_good_checkpoint)
+        _check_finite(first_bad, last_good)
         train_scalars = mesh_lib.to_host(acc.compute())
         writer.write_scalars(step, {f"train/{k}": v for k, v in train_scalars.items()})
-        acc = jax.device_put(train_collection.empty(), replicated)
-      if sharpness_fn is not None and (step % config.sharpness_every_steps == 0 or is_last):
+        acc, _ = s.empty_metrics()
+      if probe_batch is not None and (step % config.sharpness_every_steps == 0 or is_last):
         with clock.paused(state):
-          sharpness = mesh_lib.to_host(sharpness_fn(state))
+          sharpness = mesh_lib.to_host(s.sharpness_step(state, probe_batch))
           writer.write_scalars(step, {f"train/{k}": v for k, v in sharpness.items()})
-      epoch_end = step % steps_per_epoch == 0
-      if (epoch_end and (step // steps_per_epoch) % config.eval_every_epochs == 0) or is_last:
+      epoch_end = step % s.steps_per_epoch == 0
+      if (epoch_end and (step // s.steps_per_epoch) % config.eval_every_epochs == 0) or is_last:
         with clock.paused(state):
-          eval_metrics = _evaluate(eval_fn, config, mesh, state)
-          writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
-          eval_history.append(
-            {"step": step, "epoch": step / steps_per_epoch, "seconds": time.time() - train_start, **eval_metrics}
-          )
-          if is_primary:
-            run_record.save_history(workdir, eval_history)
-            log.info(
-              "step %d (epoch %g): eval accuracy %.4f, loss %.4f",
-              step,
-              step / steps_per_epoch,
-              eval_metrics["accuracy"],
-              eval_metrics["loss"],
-            )
+          _evaluate_and_record(s, state, step, time.time() - train_start, history, workdir, writer)
       if (config.checkpoint_every_steps > 0 and step % config.checkpoint_every_steps == 0) or is_last:
         with clock.paused(state):
-          _check_finite(first_bad, last_good_checkpoint, state)
+          _check_finite(first_bad, last_good, state)
           checkpoint.save(manager, step, state)
-        last_good_checkpoint = step
+        last_good = step
       if not is_last and preempt.reached(step):  # SIGTERM: checkpoint this step and stop
-        if last_good_checkpoint != step:
-          _check_finite(first_bad, last_good_checkpoint, state)
+        if last_good != step:
+          _check_finite(first_bad, last_good, state)
           checkpoint.save(manager, step, state)
         raise preemption.Preempted(step)
     jax.block_until_ready(state)
@@ -334,57 +240,88 @@ def train_and_evaluate(
   finally:
     preempt.stop()
     manager.wait_until_finished()
-  train_seconds = train_end - train_start
+  if sharpness is None and probe_batch is not None:  # resumed after the last step
+    sharpness = mesh_lib.to_host(s.sharpness_step(state, probe_batch))
   timed_steps = num_steps - start_step - 1
-  timed_seconds = clock.seconds(train_end) if timed_steps > 0 else 0.0
+  return _Trained(
+    state=state,
+    start_step=start_step,
+    writer=writer,
+    eval_history=history,
+    train_scalars=train_scalars,
+    sharpness=sharpness,
+    train_seconds=train_end - train_start,
+    timed_steps=timed_steps,
+    timed_seconds=clock.seconds(train_end) if timed_steps > 0 else 0.0,
+    input_wait_seconds=train_iter.wait_seconds,
+  )
 
+
+def _evaluate_and_record(s: Setup, state, step: int, seconds: float, history: list, workdir, writer) -> None:
+  """Evaluates on the test split, logs it and rewrites the evaluation history."""
+  metrics = evaluate(s, state, s.test_batches())
+  writer.write_scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
+  history.append({"step": step, "epoch": step / s.steps_per_epoch, "seconds": seconds, **metrics})
+  if jax.process_index() == 0:
+    run_record.save_history(workdir, history)
+    log.info(
+      "step %d (epoch %g): eval accuracy %.4f, loss %.4f",
+      step,
+      step / s.steps_per_epoch,
+      metrics["accuracy"],
+      metrics["loss"],
+    )
+
+
+def _finalise(s: Setup, workdir, t: _Trained) -> dict[str, Any]:
+  """Batch norm at the unperturbed point (MSAM family), final evaluation, model and results.json."""
+  config, state, num_steps, writer = s.config, t.state, s.num_steps, t.writer
+  timed = t.timed_steps > 0
   results = {
     "optimizer": config.optimizer,
     "dataset": config.dataset,
     "model": config.model,
     "steps": num_steps,
-    "epochs": num_steps / steps_per_epoch,
-    "train_seconds": train_seconds,
-    "steps_per_second": timed_steps / timed_seconds if timed_steps > 0 else float("nan"),
-    "seconds_per_step_excluding_compilation": timed_seconds / timed_steps if timed_steps > 0 else float("nan"),
-    "input_wait_fraction": train_iter.wait_seconds / timed_seconds if timed_steps > 0 else float("nan"),
-    "eval_history": eval_history,
+    "epochs": num_steps / s.steps_per_epoch,
+    "train_seconds": t.train_seconds,
+    "steps_per_second": t.timed_steps / t.timed_seconds if timed else float("nan"),
+    "seconds_per_step_excluding_compilation": t.timed_seconds / t.timed_steps if timed else float("nan"),
+    "input_wait_fraction": t.input_wait_seconds / t.timed_seconds if timed else float("nan"),
+    "eval_history": t.eval_history,
     "sharding": config.sharding,
     "grad_accum_steps": config.grad_accum_steps,
-    "params_bytes_per_device": mesh_lib.bytes_per_device(abstract_state.params, state_sharding.params),
-    "opt_state_bytes_per_device": mesh_lib.bytes_per_device(abstract_state.opt_state, state_sharding.opt_state),
+    "params_bytes_per_device": mesh_lib.bytes_per_device(s.abstract_state.params, s.state_sharding.params),
+    "opt_state_bytes_per_device": mesh_lib.bytes_per_device(s.abstract_state.opt_state, s.state_sharding.opt_state),
   }
-  if mesa is not None:  # MESA's EMA of the model: one parameter-sized buffer (plus batch statistics)
-    results["mesa_ema_bytes_per_device"] = mesh_lib.bytes_per_device(abstract_state.ema, state_sharding.ema)
+  if s.mesa is not None:  # MESA's EMA of the model: one parameter-sized buffer (plus batch statistics)
+    results["mesa_ema_bytes_per_device"] = mesh_lib.bytes_per_device(s.abstract_state.ema, s.state_sharding.ema)
   # Averages over the last logging interval of this process's run.
-  results.update({f"final_train_{k}": float(train_scalars[k]) for k in ("loss", "accuracy") if k in train_scalars})
-  final = eval_history[-1] if eval_history and eval_history[-1]["step"] == num_steps else None
+  results.update({f"final_train_{k}": float(t.train_scalars[k]) for k in ("loss", "accuracy") if k in t.train_scalars})
+  history = t.eval_history
+  final = history[-1] if history and history[-1]["step"] == num_steps else None
   if final is None:  # resumed after the last step: evaluate the restored state
-    final = _evaluate(eval_fn, config, mesh, state)
-  bn_batches = steps_per_epoch if config.bn_recompute_batches < 0 else config.bn_recompute_batches
+    final = evaluate(s, state, s.test_batches())
+  bn_batches = s.steps_per_epoch if config.bn_recompute_batches < 0 else config.bn_recompute_batches
   batch_stats = state.batch_stats
   if msam_jax.optim.perturbs_params(state.opt_state) and state.batch_stats and bn_batches > 0:
-    bn_fn = jax.jit(functools.partial(steps.batch_norm_step, model=model))
-    batch_stats = _recompute_batch_norm(bn_fn, config, mesh, state, bn_batches)
+    batch_stats = _recompute_batch_norm(s, state, bn_batches)
     results["eval_accuracy_before_bn_recompute"] = final["accuracy"]
     results["eval_loss_before_bn_recompute"] = final["loss"]
-    final = _evaluate(eval_fn, config, mesh, state, batch_stats)
+    final = evaluate(s, state, s.test_batches(), batch_stats)
     writer.write_scalars(num_steps, {f"eval/{k}_after_bn_recompute": v for k, v in final.items()})
   results["final_param_norm"] = float(mesh_lib.to_host(jax.jit(_unperturbed_norm)(state)))
   results["final_eval_accuracy"] = final["accuracy"]
   results["final_eval_loss"] = final["loss"]
   if "accuracy_top5" in final:
     results["final_eval_accuracy_top5"] = final["accuracy_top5"]
-  if sharpness_fn is not None:
-    if start_step == num_steps:  # resumed after the last step
-      sharpness = mesh_lib.to_host(sharpness_fn(state))
-    results.update({f"final_{k}": float(v) for k, v in sharpness.items()})
+  if t.sharpness is not None:
+    results.update({f"final_{k}": float(v) for k, v in t.sharpness.items()})
   variables = {"params": jax.jit(_unperturbed_params)(state)}
   if batch_stats:
     variables["batch_stats"] = batch_stats
   results["evaluated_model"] = str(evaluated_model.save(workdir, num_steps, variables))
   writer.flush()
-  if is_primary:
+  if jax.process_index() == 0:
     run_record.write_results(workdir, results)
     before = results.get("eval_accuracy_before_bn_recompute")
     log.info(

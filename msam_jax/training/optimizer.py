@@ -12,7 +12,8 @@ import ml_collections
 import optax
 
 from msam_jax.optim import registry, schedules
-from msam_jax.training.mesh import DATA_AXIS
+from msam_jax.training import loss_scale
+from msam_jax.training.step_plan import StepPlan
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int):
@@ -81,29 +82,31 @@ def _inject(factory, injected: dict, **static):
   return optax.inject_hyperparams(factory, static_args=static_args)(**injected, **static)
 
 
-def build_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
-  """The optimizer named by `config.optimizer`, as the original builds it.
+def build_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int, plan: StepPlan | None = None):
+  """The optimizer named by `config.optimizer`, as the original builds it and the run steps with it.
 
   From its `msam_jax.optim.registry` entry: the learning rate and rho (as the
   family takes them) injected and scheduled, the other hyper-parameters
   constants from the config fields the entry names. Gradient clipping goes
   before the optimizer that steps with the gradient: around the base and MSAM
-  families, inside the SAM family (around the base it wraps).
+  families, inside the SAM family (around the base it wraps). `plan` (by
+  default `StepPlan.of(config)`) adds per-device m-sharpness and the float16
+  loss scale.
   """
+  plan = StepPlan.of(config) if plan is None else plan
   entry = registry.get(config.optimizer)
   scheduled = {
     "learning_rate": learning_rate_schedule(config, steps_per_epoch),
     "rho": rho_schedule(config, steps_per_epoch),
   }
-  return _build(entry, config, scheduled)
+  tx = _build(entry, config, scheduled, plan.optimizer_options)
+  return loss_scale.dynamic_loss_scale(tx) if plan.loss_scale else tx
 
 
-def _build(entry: registry.Entry, config, scheduled: dict):
+def _build(entry: registry.Entry, config, scheduled: dict, group_options: dict):
   injected = {name: scheduled[name] for name in entry.injected}
   static = registry.static_hyperparams(entry, config)
   if entry.family == "sam":
-    base = _build(registry.get(entry.base), config, scheduled)
-    if config.sam_group_size:  # per-device m-sharpness: steps.train_step runs it under shard_map
-      static.update(group_size=config.sam_group_size, axis_name=DATA_AXIS)
-    return _inject(entry.factory, injected, base=base, **static)
+    base = _build(registry.get(entry.base), config, scheduled, {})
+    return _inject(entry.factory, injected, base=base, **static, **group_options)
   return _with_clipping(config, _inject(entry.factory, injected, **static))

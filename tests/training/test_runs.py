@@ -1,6 +1,7 @@
 """A run's life in its workdir: rerun when finished, resume with another config, damaged
 checkpoints, the saved evaluated model, and workdirs on a non-local file system."""
 
+import dataclasses
 import functools
 import os
 import shutil
@@ -13,7 +14,7 @@ import pytest
 from etils import epath
 
 from msam_jax import training
-from msam_jax.training import evaluated_model, loop, run_record, steps
+from msam_jax.training import evaluated_model, loop, run_record, setup, steps
 from msam_jax.training.train_state import TrainState
 
 from helpers import REPO, final_checkpoint, load_config, tree_arrays
@@ -162,7 +163,8 @@ def test_the_saved_model_reproduces_the_reported_accuracy(finished_run, one_devi
   assert config.optimizer == "msam" and set(variables) == {"params", "batch_stats"}
   state = TrainState(step=np.int32(6), params=variables["params"], batch_stats=variables["batch_stats"], opt_state=())
   eval_fn = jax.jit(functools.partial(steps.eval_step, model=model, label_smoothing=config.label_smoothing))
-  metrics = loop._evaluate(eval_fn, config, one_device_mesh, state)
+  s = dataclasses.replace(setup.build(config, one_device_mesh), eval_step=eval_fn)  # the loaded model's step
+  metrics = loop.evaluate(s, state, s.test_batches())
   assert metrics["accuracy"] == results["final_eval_accuracy"]
   assert metrics["loss"] == results["final_eval_loss"]
 

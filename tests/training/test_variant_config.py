@@ -14,7 +14,7 @@ from msam_jax.optim import registry
 from msam_jax.training import ConfigError, base_config, steps
 from msam_jax.training import mesh as mesh_lib
 from msam_jax.training.config import validate, validate_fields
-from msam_jax.training import optimizer as optimizer_lib
+from msam_jax.training import step_plan
 from msam_jax.training.optimizer import build_optimizer
 from msam_jax.training.train_state import create_train_state
 
@@ -78,7 +78,7 @@ def test_per_device_groups_in_training_equal_the_groups_of_the_global_batch(opti
     "label": jnp.asarray(rng.integers(0, 10, 32), jnp.int32),
   }
   per_device = build_optimizer(config, steps_per_epoch=10)
-  monkeypatch.setattr(optimizer_lib, "DATA_AXIS", None)  # group_size=m on the whole batch
+  monkeypatch.setattr(step_plan, "DATA_AXIS", None)  # group_size=m on the whole batch
   whole_batch = build_optimizer(config, steps_per_epoch=10)
   results = []
   for tx, group_mesh in ((per_device, mesh), (whole_batch, None)):
