@@ -1,7 +1,7 @@
 """Step time of every optimizer relative to its base, on a small CNN and a small ViT.
 
     python benchmarks/optimizer_overhead.py [--batch_size 16] [--repetitions 7]
-        [--steps 5] [--models cnn,vit] [--vit_depth 2]
+        [--steps 5] [--models cnn,vit] [--vit_depth 2] [--mesa_weight 0.3]
 
 One jitted training step (forward, backward, optimizer update, apply; for the
 SAM family also its extra passes through `loss_fn`) per optimizer, with
@@ -11,7 +11,10 @@ order), so each ratio compares times measured under the same machine load;
 the ratio column is the median over repetitions of (step time / base step
 time of the same repetition). MSAM's claim is "no overhead": its ratio to SGD
 should be about 1. "sgd, again" is a second, identical SGD run: its ratio to
-SGD shows how much of any ratio is measurement noise.
+SGD shows how much of any ratio is measurement noise. `--mesa_weight` adds
+"sgd+mesa" and "msam+mesa": the same step with MESA's term on (the EMA model's
+forward pass in evaluation mode, the KL term, the EMA update; see
+msam_jax/training/mesa.py), each compared with its optimizer without MESA.
 
 Besides wall time, each ratio is also given in process CPU time (robust to
 other processes on a shared machine) and in XLA's static cost analysis of
@@ -29,8 +32,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import msam_jax
 from msam_jax import models
 from msam_jax.optim import needs_loss_fn, registry
+from msam_jax.training import mesa as mesa_lib
+from msam_jax.training.loss import distillation_kl
 
 NUM_CLASSES = 10
 IMAGE_SIZE = 32
@@ -46,10 +52,14 @@ HYPERPARAMS = {
 RHO = {"base": None, "msam": 0.3, "sam": 0.05}
 
 
-def optimizers() -> dict[str, tuple[optax.GradientTransformation, str]]:
+MESA_RUNS = ("sgd", "msam")  # timed with MESA too when --mesa_weight > 0
+
+
+def optimizers(mesa_weight: float = 0.0) -> dict[str, tuple[optax.GradientTransformation, str]]:
   """label -> (transformation, label of its base), every optimizer of the registry.
 
   SAM-family labels name the base they wrap ("sam(sgd)") unless the name does.
+  With `mesa_weight > 0` also "<name>+mesa" for MESA_RUNS, based on "<name>".
   """
   runs = {}
   for name in registry.names():
@@ -59,6 +69,10 @@ def optimizers() -> dict[str, tuple[optax.GradientTransformation, str]]:
     runs[label] = (tx, entry.base)
     if name == "sgd":  # A/A control: the noise floor of the ratios
       runs["sgd, again"] = (registry.build("sgd", **HYPERPARAMS["sgd"]), "sgd")
+  if mesa_weight > 0:
+    for name in MESA_RUNS:
+      entry = registry.get(name)
+      runs[f"{name}+mesa"] = (registry.build(name, **HYPERPARAMS[entry.base], rho=RHO[entry.family]), name)
   return runs
 
 
@@ -70,10 +84,13 @@ def build_model(name: str, vit_depth: int):
   raise ValueError(f"unknown model {name!r}; valid: cnn, vit")
 
 
-def make_train_step(model, tx):
-  """The jitted step (params, batch_stats, opt_state, images, labels) -> same + loss."""
+def make_train_step(model, tx, mesa: mesa_lib.Mesa | None = None):
+  """The jitted step (params, batch_stats, opt_state, [ema,] images, labels) -> same + loss.
 
-  def per_example_loss(params, batch_stats, images, labels):
+  With `mesa` the EMA model (`ema`, carried) gives the teacher logits of MESA's term.
+  """
+
+  def per_example_loss(params, batch_stats, images, labels, teacher=None):
     if batch_stats is None:
       logits, new_stats = model.apply({"params": params}, images, train=True), None
     else:
@@ -82,23 +99,37 @@ def make_train_step(model, tx):
       )
       new_stats = updated["batch_stats"]
     targets = optax.smooth_labels(jax.nn.one_hot(labels, NUM_CLASSES), LABEL_SMOOTHING)
-    return optax.softmax_cross_entropy(logits, targets), new_stats
+    losses = optax.softmax_cross_entropy(logits, targets)
+    if teacher is not None:
+      losses = losses + mesa.weight * distillation_kl(logits, teacher, mesa.temperature)
+    return losses, new_stats
 
-  def step(params, batch_stats, opt_state, images, labels):
+  def step(params, batch_stats, opt_state, *ema_images_labels):
+    *ema, images, labels = ema_images_labels
+    teacher = None
+    if mesa is not None:
+      variables = ema[0] if batch_stats is not None else {"params": ema[0]["params"]}
+      teacher = jax.lax.stop_gradient(model.apply(variables, images, train=False))
+
     def mean_loss(p):
-      losses, new_stats = per_example_loss(p, batch_stats, images, labels)
+      losses, new_stats = per_example_loss(p, batch_stats, images, labels, teacher)
       return losses.mean(), (losses, new_stats)
 
     (loss, (losses, new_stats)), grads = jax.value_and_grad(mean_loss, has_aux=True)(params)
 
     def loss_fn(p, indices=None):  # SAM family's second passes: batch statistics discarded
       x, y = (images, labels) if indices is None else (images[indices], labels[indices])
-      return per_example_loss(p, batch_stats, x, y)[0]
+      t = teacher if indices is None or teacher is None else teacher[indices]
+      return per_example_loss(p, batch_stats, x, y, t)[0]
 
     updates, opt_state = tx.update(grads, opt_state, params, loss_fn=loss_fn, losses=losses)
-    return optax.apply_updates(params, updates), new_stats, opt_state, loss
+    params = optax.apply_updates(params, updates)
+    if mesa is not None:
+      stats = {} if new_stats is None else new_stats
+      ema = [mesa_lib.update_ema(ema[0], msam_jax.eval_params(params, opt_state), stats, mesa.decay)]
+    return params, new_stats, opt_state, *ema, loss
 
-  return jax.jit(step, donate_argnums=(0, 1, 2))
+  return jax.jit(step, donate_argnums=(0, 1, 2, 3) if mesa is not None else (0, 1, 2))
 
 
 def benchmark_model(model_name: str, args) -> list[dict]:
@@ -110,17 +141,21 @@ def benchmark_model(model_name: str, args) -> list[dict]:
   num_params = sum(x.size for x in jax.tree.leaves(variables["params"]))
 
   runs = {}
-  for name, (tx, base) in optimizers().items():
+  for name, (tx, base) in optimizers(args.mesa_weight).items():
+    mesa = mesa_lib.Mesa(args.mesa_weight) if name.endswith("+mesa") else None
     params = jax.tree.map(jnp.copy, variables["params"])
     stats = jax.tree.map(jnp.copy, variables.get("batch_stats")) if "batch_stats" in variables else None
-    step = make_train_step(model, tx).lower(params, stats, tx.init(params), images, labels).compile()
+    ema = (
+      [] if mesa is None else [mesa_lib.init_ema(jax.tree.map(jnp.copy, params), jax.tree.map(jnp.copy, stats or {}))]
+    )
+    step = make_train_step(model, tx, mesa).lower(params, stats, tx.init(params), *ema, images, labels).compile()
     cost = step.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
-    carry = step(params, stats, tx.init(params), images, labels)  # first step
+    carry = step(params, stats, tx.init(params), *ema, images, labels)  # first step
     jax.block_until_ready(carry)
     runs[name] = {
       "step": step,
-      "carry": carry[:3],
+      "carry": carry[:-1],
       "base": base,
       "times": [],
       "cpu_times": [],
@@ -203,7 +238,12 @@ def main():
   )
   parser.add_argument("--models", default="cnn,vit")
   parser.add_argument("--vit_depth", type=int, default=2, help="transformer blocks of the ViT-Ti/4 (the preset has 12)")
+  parser.add_argument(
+    "--mesa_weight", type=float, default=0.0, help="> 0: also time sgd and msam with MESA's term (this lambda)"
+  )
   args = parser.parse_args()
+  if not args.mesa_weight >= 0:
+    parser.error(f"--mesa_weight must be >= 0, got {args.mesa_weight}.")
 
   print(
     f"jax {jax.__version__}, {jax.devices()[0].platform} x{jax.device_count()}, "

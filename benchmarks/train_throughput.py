@@ -4,6 +4,7 @@
     python benchmarks/train_throughput.py --quick              # tiny shapes, CPU, seconds
     python benchmarks/train_throughput.py --setups imagenet_vit --optimizers sgd,msam \\
         --dtypes bfloat16 --rounds 5 --steps 20 --vit_batch 256 --profile_dir /tmp/prof
+    python benchmarks/train_throughput.py --quick --optimizers sgd,msam --mesa_weight 0.3   # + MESA
 
 What is timed is `msam_jax.training.steps.train_step` (the function the loop
 jits: forward, backward, the optimizer's update including the SAM family's
@@ -18,7 +19,10 @@ in an order rotated each round, so each ratio compares times taken under the
 same machine load. "ratio" is the median over rounds of step time / step time
 of the base (sgd, adamw or lion: the registry entry's base) in the same round and dtype; "<base>, again" is the
 base measured a second time (own state, same executable): its ratio is the A/A
-control, the noise floor of every other ratio. "bf16 x" is the median over
+control, the noise floor of every other ratio. With `--mesa_weight` each
+optimizer also runs with MESA (`<optimizer>+mesa`, the term on from step 0:
+the EMA model's forward pass and the EMA update), its ratio taken to the same
+optimizer without MESA. "bf16 x" is the median over
 rounds of float32 step time / bfloat16 step time of the same optimizer.
 
 GFLOP/step is XLA's cost analysis of the compiled step (static: it counts
@@ -43,6 +47,7 @@ import jax.numpy as jnp
 
 from msam_jax import data, models
 from msam_jax.optim import registry
+from msam_jax.training import mesa as mesa_lib
 from msam_jax.training import steps
 from msam_jax.training.config import OPTIMIZERS
 from msam_jax.training.optimizer import build_optimizer
@@ -120,8 +125,9 @@ def load_config(name: str):
 class Run:
   """One (optimizer, dtype): its compiled step, donated state and per-round step times."""
 
-  def __init__(self, label, optimizer, dtype, compiled, state, batch, rng, flops):
+  def __init__(self, label, optimizer, dtype, compiled, state, batch, rng, flops, base=None):
     self.label, self.optimizer, self.dtype = label, optimizer, dtype
+    self.base = base_of(optimizer) if base is None else base
     self.compiled, self.state, self.batch, self.rng, self.flops = compiled, state, batch, rng, flops
     self.times = []
 
@@ -144,8 +150,13 @@ def build_run(
   device,
   label: str | None = None,
   twin: "Run | None" = None,
+  mesa_weight: float = 0.0,
 ) -> Run:
-  """The step and state exactly as the loop builds them; `twin` shares its executable (A/A)."""
+  """The step and state exactly as the loop builds them; `twin` shares its executable (A/A).
+
+  `mesa_weight > 0`: with MESA, the term on from the first step, compared with `optimizer` alone.
+  """
+  mesa = mesa_lib.Mesa(mesa_weight) if mesa_weight > 0 else None
   config = load_config(setup.config)
   image_shape = setup.quick_shape if quick else setup.image_shape
   if quick:
@@ -158,7 +169,7 @@ def build_run(
   steps_per_epoch = data.steps_per_epoch(data.dataset_info("synthetic", synthetic=spec), batch_size)
   model = models.build(config.model, num_classes, dtype=jnp.dtype(dtype), **config.model_kwargs)
   tx = build_optimizer(config, steps_per_epoch)
-  init = functools.partial(create_train_state, model, tx, image_shape=image_shape)
+  init = functools.partial(create_train_state, model, tx, image_shape=image_shape, mesa=mesa is not None)
   state = jax.jit(init)(jax.random.key(config.seed))
   batch = next(
     data.train_iterator(
@@ -171,13 +182,14 @@ def build_run(
     compiled, flops = twin.compiled, twin.flops
   else:
     step = jax.jit(
-      functools.partial(steps.train_step, model=model, tx=tx, label_smoothing=config.label_smoothing), donate_argnums=0
+      functools.partial(steps.train_step, model=model, tx=tx, label_smoothing=config.label_smoothing, mesa=mesa),
+      donate_argnums=0,
     )
     compiled = step.lower(state, batch, rng).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     flops = (cost or {}).get("flops", float("nan"))
-  run = Run(label or optimizer, optimizer, dtype, compiled, state, batch, rng, flops)
+  run = Run(label or optimizer, optimizer, dtype, compiled, state, batch, rng, flops, optimizer if mesa else None)
   run.time_steps(1)  # first execution: allocation, autotuning
   run.times.clear()
   return run
@@ -189,7 +201,7 @@ def summarize(runs: list[Run], batch_size: int, device_kind: str) -> list[dict]:
   rows = []
   for r in runs:
     step_s = statistics.median(r.times)
-    base = by_key.get((base_of(r.optimizer), r.dtype))
+    base = by_key.get((r.base, r.dtype))
     ratio = statistics.median(t / b for t, b in zip(r.times, base.times)) if base is not None else float("nan")
     f32 = by_key.get((r.label, "float32"))
     speedup = (
@@ -205,7 +217,7 @@ def summarize(runs: list[Run], batch_size: int, device_kind: str) -> list[dict]:
         "step_ms": step_s * 1e3,
         "images_per_s": batch_size / step_s,
         "ratio_to_base": ratio,
-        "base": base_of(r.optimizer),
+        "base": r.base,
         "bf16_speedup": speedup,
         "gflop_per_step": r.flops / 1e9,
         "mfu": r.flops / step_s / peak if peak else float("nan"),
@@ -244,6 +256,19 @@ def benchmark_setup(name: str, args, device) -> list[dict]:
   for dtype in args.dtypes:
     for optimizer in args.optimizers:
       runs.append(build_run(setup, optimizer, dtype, quick=args.quick, batch_size=batch_size, device=device))
+      if args.mesa_weight > 0:
+        runs.append(
+          build_run(
+            setup,
+            optimizer,
+            dtype,
+            quick=args.quick,
+            batch_size=batch_size,
+            device=device,
+            label=f"{optimizer}+mesa",
+            mesa_weight=args.mesa_weight,
+          )
+        )
     for base in dict.fromkeys(base_of(o) for o in args.optimizers):  # the A/A controls
       twin = next((r for r in runs if r.label == base and r.dtype == dtype), None)
       if twin is not None:
@@ -296,6 +321,9 @@ def parse_args(argv=None):
     default=None,
     help="also write a jax.profiler trace of one extra round per setup (TensorBoard/XProf)",
   )
+  parser.add_argument(
+    "--mesa_weight", type=float, default=0.0, help="> 0: also time each optimizer with MESA (this lambda)"
+  )
   args = parser.parse_args(argv)
   try:
     args.setups = parse_list(args.setups, "--setups", tuple(SETUPS))
@@ -303,6 +331,8 @@ def parse_args(argv=None):
     args.dtypes = parse_list(args.dtypes, "--dtypes", DTYPES)
     args.rounds = (3 if args.quick else 5) if args.rounds is None else args.rounds
     args.steps = (2 if args.quick else 10) if args.steps is None else args.steps
+    if not args.mesa_weight >= 0:
+      raise ValueError(f"--mesa_weight must be >= 0, got {args.mesa_weight}.")
     for flag in ("rounds", "steps", "imagenet_batch", "vit_batch"):
       if getattr(args, flag) < 1:
         raise ValueError(f"--{flag} must be >= 1, got {getattr(args, flag)}.")

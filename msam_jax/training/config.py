@@ -85,6 +85,12 @@ def base_config() -> ml_collections.ConfigDict:
   # from the whole global batch.
   c.sam_group_size = 0
   c.label_smoothing = 0.1
+  # MESA (msam_jax/training/mesa.py, docs/algorithms.md): loss + mesa_weight * T^2 * KL(EMA model || model)
+  # with any optimizer; the defaults are those of the SAF paper's code, whose runs use weight 0.3 or 0.8.
+  c.mesa_weight = 0.0  # lambda; 0 = off
+  c.mesa_decay = 0.9998  # the EMA's decay per step
+  c.mesa_start_epoch = 6.0  # epochs without the term (the SAF code's kl_start_epoch 5: on while epoch > 5)
+  c.mesa_temperature = 5.0
 
   # Schedule of the run.
   c.num_epochs = 200
@@ -329,6 +335,10 @@ def validate_fields(config: ml_collections.ConfigDict) -> None:
   _in_unit(config, "gsam_alpha", high_open=False)
   _at_least(config, "gsam_rho_min", 0.0)
   _at_least(config, "sam_group_size", 0)
+  _at_least(config, "mesa_weight", 0.0)
+  _in_unit(config, "mesa_decay")
+  _at_least(config, "mesa_start_epoch", 0.0)
+  _at_least(config, "mesa_temperature", 0.0, strict=True)
   _validate_variants(config)
   _at_least(config, "sharpness_rho", 0.0, strict=True)
   for field in (

@@ -137,6 +137,15 @@ def _recompute_batch_norm(s: Setup, state: TrainState, num_batches: int, between
   return batch_stats
 
 
+def _mesa_summary(config) -> str:
+  if not config.mesa_weight:
+    return ""
+  return (
+    f" with MESA (weight {config.mesa_weight:g}, EMA decay {config.mesa_decay:g}, temperature "
+    f"{config.mesa_temperature:g}, from epoch {config.mesa_start_epoch:g})"
+  )
+
+
 def _summary(s: Setup, start_step: int) -> str:
   config, info = s.config, s.info
   num_params = sum(x.size for x in jax.tree.leaves(s.abstract_state.params))
@@ -145,7 +154,7 @@ def _summary(s: Setup, start_step: int) -> str:
     f"{config.model} ({num_params:,} parameters) on {config.dataset} "
     f"({info.num_train:,} train / {info.num_test:,} test examples, batch {config.batch_size}); "
     f"{config.optimizer} lr {config.learning_rate:g} ({config.lr_schedule}) rho {config.rho:g} "
-    f"({config.rho_schedule}); {s.mesh.size} devices, {jax.process_count()} processes; "
+    f"({config.rho_schedule}){_mesa_summary(config)}; {s.mesh.size} devices, {jax.process_count()} processes; "
     f"{s.num_steps} steps ({s.num_steps / s.steps_per_epoch:g} epochs of {s.steps_per_epoch}). {start}."
   )
 
@@ -332,6 +341,8 @@ def _finalise(s: Setup, workdir, t: _Trained, preempt: preemption.Preemption) ->
     "params_bytes_per_device": mesh_lib.bytes_per_device(s.abstract_state.params, s.state_sharding.params),
     "opt_state_bytes_per_device": mesh_lib.bytes_per_device(s.abstract_state.opt_state, s.state_sharding.opt_state),
   }
+  if s.mesa is not None:  # MESA's EMA of the model: one parameter-sized buffer (plus batch statistics)
+    results["mesa_ema_bytes_per_device"] = mesh_lib.bytes_per_device(s.abstract_state.ema, s.state_sharding.ema)
   results.update({k: v for k, v in training.items() if k.startswith("final_train_")})
   history = t.eval_history
   final = history[-1] if history and history[-1]["step"] == num_steps else None

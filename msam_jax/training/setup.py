@@ -18,6 +18,7 @@ from clu import metrics
 
 from msam_jax import data, models
 from msam_jax.training import config as config_lib
+from msam_jax.training import mesa as mesa_lib
 from msam_jax.training import mesh as mesh_lib
 from msam_jax.training import run_record, steps
 from msam_jax.training.optimizer import build_optimizer
@@ -34,6 +35,7 @@ class Setup:
     info: the dataset's facts (`data.DatasetInfo`).
     steps_per_epoch, num_steps: the run's length.
     plan: how the step runs (`step_plan.StepPlan`).
+    mesa: MESA's hyper-parameters (`mesa.Mesa`; the state then carries the EMA), or None.
     train_step: jitted ``(state, metrics, first_bad, batch, rng) -> (state, metrics, first_bad)``;
       merges the step's metrics into `metrics` and records the first non-finite step
       (-1 while all are finite); donates its first three arguments.
@@ -49,6 +51,7 @@ class Setup:
   steps_per_epoch: int
   num_steps: int
   plan: StepPlan
+  mesa: mesa_lib.Mesa | None
   model: Any
   tx: Any
   abstract_state: TrainState
@@ -69,7 +72,9 @@ class Setup:
 
   @property
   def _init(self):
-    return functools.partial(create_train_state, self.model, self.tx, image_shape=self.info.image_shape)
+    return functools.partial(
+      create_train_state, self.model, self.tx, image_shape=self.info.image_shape, mesa=self.mesa is not None
+    )
 
   @property
   def init_rng(self) -> jax.Array:
@@ -160,7 +165,8 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
   model = models.build(config.model, info.num_classes, dtype=jnp.dtype(config.dtype), **config.model_kwargs)
   tx = build_optimizer(config, steps_per_epoch, plan)
 
-  init = functools.partial(create_train_state, model, tx, image_shape=info.image_shape)
+  mesa = mesa_lib.from_config(config, steps_per_epoch)
+  init = functools.partial(create_train_state, model, tx, image_shape=info.image_shape, mesa=mesa is not None)
   abstract_state = jax.eval_shape(init, jax.random.key(0))
   state_sharding = mesh_lib.state_sharding(mesh, abstract_state, config.sharding, config.fsdp_min_bytes)
   replicated = mesh_lib.replicated(mesh)
@@ -172,6 +178,7 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
       label_smoothing=config.label_smoothing,
       grad_accum_steps=plan.grad_accum_steps,
       group_mesh=mesh if plan.per_device_groups else None,
+      mesa=mesa,
     ),
     in_shardings=(state_sharding, replicated, replicated, mesh_lib.batch_sharding(mesh), replicated),
     out_shardings=(state_sharding, replicated, replicated),
@@ -191,6 +198,7 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
     steps_per_epoch=steps_per_epoch,
     num_steps=num_steps,
     plan=plan,
+    mesa=mesa,
     model=model,
     tx=tx,
     abstract_state=abstract_state,
@@ -199,5 +207,7 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
     eval_step=jax.jit(functools.partial(steps.eval_step, model=model, label_smoothing=config.label_smoothing)),
     batch_norm_step=jax.jit(functools.partial(steps.batch_norm_step, model=model)),
     sharpness_step=jax.jit(lambda state, batch: sharpness_step(state, batch=batch)),
-    train_metrics=steps.metrics_collection(info.num_classes, train=True, grad_norm=plan.grad_norm),
+    train_metrics=steps.metrics_collection(
+      info.num_classes, train=True, grad_norm=plan.grad_norm, mesa=mesa is not None
+    ),
   )

@@ -24,6 +24,15 @@ folds its index into the dropout key, so dropout masks differ across devices
 (within a device they repeat across groups, which are vmapped with one key).
 The update holds the whole parameters and optimizer state on every device, so
 the config refuses it with FSDP.
+
+With MESA (`mesa.py`; `mesa` given, the state a `MesaTrainState`) the EMA
+model's logits on the batch are computed first, in evaluation mode and without
+gradient (per micro-batch when accumulating, skipped by `lax.cond` before the
+start step), and every pass, the SAM family's included, differentiates the
+per-example objective `CE + weight T^2 KL(EMA || model)` against those fixed
+logits. The metric `loss` stays the cross-entropy alone; `mesa_loss` is the
+weighted term. After the update the EMA takes the new unperturbed parameters
+and batch statistics. Without `mesa` the step is exactly the plain one.
 """
 
 import functools
@@ -39,17 +48,21 @@ import msam_jax
 from msam_jax import analysis
 from msam_jax.optim import current_hyperparams
 from msam_jax.training import accumulation, loss_scale
+from msam_jax.training import mesa as mesa_lib
+from msam_jax.training.loss import distillation_kl, smoothed_kl_loss, top_k_correct
 from msam_jax.training.mesh import DATA_AXIS
-from msam_jax.training.loss import smoothed_kl_loss, top_k_correct
 from msam_jax.training.train_state import TrainState
 
 
 @functools.cache
-def metrics_collection(num_classes: int, train: bool, grad_norm: bool = True) -> type[metrics.Collection]:
+def metrics_collection(
+  num_classes: int, train: bool, grad_norm: bool = True, mesa: bool = False
+) -> type[metrics.Collection]:
   """The clu metrics a step returns; top-5 accuracy wherever there are > 5 classes.
 
   `grad_norm`: whether a training step reports its first-pass gradient norm
   (not with per-device m-sharpness, whose step computes no whole-batch gradient).
+  `mesa`: whether it reports MESA's weighted KL term (`mesa_loss`).
 
   Cached: each call of `Collection.create` makes a new class, and a new pytree
   type in a jitted function's output would retrace it every step.
@@ -63,6 +76,8 @@ def metrics_collection(num_classes: int, train: bool, grad_norm: bool = True) ->
     )
   if train and grad_norm:
     fields["grad_norm"] = metrics.Average.from_output("grad_norm")
+  if train and mesa:
+    fields["mesa_loss"] = metrics.Average.from_output("mesa_loss")
   return metrics.Collection.create(**fields)
 
 
@@ -87,23 +102,33 @@ def train_step(
   label_smoothing: float,
   grad_accum_steps: int = 1,
   group_mesh: jax.sharding.Mesh | None = None,
+  mesa: mesa_lib.Mesa | None = None,
 ) -> tuple[TrainState, metrics.Collection]:
   """One optimizer step on one global batch; returns the new state and its metrics.
 
   `group_mesh`: the mesh, for per-device m-sharpness (module docstring); None otherwise.
+  `mesa`: MESA's hyper-parameters (module docstring); None: off.
   """
   dropout_rng = jax.random.fold_in(rng, state.step)
+  if mesa is not None:  # a traced 0 before the start step: the term vanishes, exactly
+    mesa_weight = jnp.where(state.step >= mesa.start_step, mesa.weight, 0.0)
+    teacher = _ema_logits(state, batch["image"], model, mesa, grad_accum_steps)
 
-  def forward(params, images, labels, dropout_rng=dropout_rng):
+  def forward(params, images, labels, dropout_rng=dropout_rng, teacher_logits=None):
     logits, new_vars = model.apply(
       _variables(params, state.batch_stats), images, train=True, mutable=["batch_stats"], rngs={"dropout": dropout_rng}
     )
-    return smoothed_kl_loss(logits, labels, label_smoothing), (logits, new_vars)
+    losses = smoothed_kl_loss(logits, labels, label_smoothing)
+    if teacher_logits is not None:
+      losses = losses + mesa_weight * distillation_kl(logits, teacher_logits, mesa.temperature)
+    return losses, (logits, new_vars)
 
   scale = loss_scale.current_scale(state.opt_state)  # float16: see loss_scale.py; else None
 
+  first = {} if mesa is None else {"teacher_logits": teacher}
+
   def mean_loss(params):
-    losses, aux = forward(params, batch["image"], batch["label"])
+    losses, aux = forward(params, batch["image"], batch["label"], **first)
     total = losses.mean()
     return (total if scale is None else total * scale), (losses, aux)
 
@@ -111,7 +136,7 @@ def train_step(
   if group_mesh is not None:
     if scale is not None or grad_accum_steps > 1:
       raise ValueError("per-device m-sharpness is not combined with float16 or accumulation")
-    losses, (logits, new_vars) = forward(state.params, batch["image"], batch["label"])
+    losses, (logits, new_vars) = forward(state.params, batch["image"], batch["label"], **first)
     grads = None
   elif grad_accum_steps == 1:
     (_, (losses, (logits, new_vars))), grads = jax.value_and_grad(mean_loss, has_aux=True)(state.params)
@@ -119,16 +144,17 @@ def train_step(
     if scale is not None:
       raise ValueError("float16 loss scaling is not combined with gradient accumulation")
     losses, logits, new_vars, grads, accumulated["grad_fn"] = _accumulated_first_pass(
-      forward, state.params, batch, grad_accum_steps, dropout_rng
+      forward, state.params, batch if mesa is None else {**batch, "teacher": teacher}, grad_accum_steps, dropout_rng
     )
   if scale is not None:
     grads = loss_scale.unscale(grads, scale)
 
-  def loss_fn_of(images, labels, rng=dropout_rng):
+  def loss_fn_of(images, labels, rng=dropout_rng, teacher_logits=None):
     def loss_fn(params, indices=None):  # the SAM family's further passes; others ignore it
       if indices is None:
-        return forward(params, images, labels, rng)[0]  # batch statistics discarded
-      return forward(params, images[indices], labels[indices], rng)[0]
+        return forward(params, images, labels, rng, teacher_logits=teacher_logits)[0]  # batch statistics discarded
+      chosen = None if teacher_logits is None else teacher_logits[indices]
+      return forward(params, images[indices], labels[indices], rng, teacher_logits=chosen)[0]
 
     return loss_fn
 
@@ -137,19 +163,23 @@ def train_step(
       grads,
       state.opt_state,
       state.params,
-      loss_fn=loss_fn_of(batch["image"], batch["label"]),
+      loss_fn=loss_fn_of(batch["image"], batch["label"], **first),
       losses=losses,
       **accumulated,
     )
   else:
 
-    def device_update(opt_state, params, images, labels):
+    def device_update(opt_state, params, images, labels, *teacher_logits):
       device_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(DATA_AXIS))  # masks differ per device
-      return tx.update(None, opt_state, params, loss_fn=loss_fn_of(images, labels, device_rng))
+      return tx.update(None, opt_state, params, loss_fn=loss_fn_of(images, labels, device_rng, *teacher_logits))
 
+    device_data = (batch["image"], batch["label"]) + (() if mesa is None else (teacher,))
     updates, opt_state = jax.shard_map(
-      device_update, mesh=group_mesh, in_specs=(P(), P(), P(DATA_AXIS), P(DATA_AXIS)), out_specs=(P(), P())
-    )(state.opt_state, state.params, batch["image"], batch["label"])
+      device_update,
+      mesh=group_mesh,
+      in_specs=(P(), P()) + (P(DATA_AXIS),) * len(device_data),
+      out_specs=(P(), P()),
+    )(state.opt_state, state.params, *device_data)
 
   hyper = current_hyperparams(opt_state)
   norm = {}
@@ -157,7 +187,12 @@ def train_step(
     norm["grad_norm"] = optax.tree.norm(grads)
     if scale is not None:  # an overflow is a skipped step, not a failed run: counted as norm 0
       norm["grad_norm"] = jnp.where(jnp.isfinite(norm["grad_norm"]), norm["grad_norm"], 0.0)
-  step_metrics = metrics_collection(logits.shape[-1], train=True, grad_norm=grads is not None).single_from_model_output(
+  if mesa is not None:  # the metric `loss` is the cross-entropy alone, comparable with runs without MESA
+    norm["mesa_loss"] = mesa_weight * distillation_kl(logits, teacher, mesa.temperature)
+    losses = smoothed_kl_loss(logits, batch["label"], label_smoothing)
+  step_metrics = metrics_collection(
+    logits.shape[-1], train=True, grad_norm=grads is not None, mesa=mesa is not None
+  ).single_from_model_output(
     loss=losses,
     **norm,
     learning_rate=hyper.get("learning_rate", jnp.nan),
@@ -170,7 +205,32 @@ def train_step(
     batch_stats=new_vars.get("batch_stats", state.batch_stats),
     opt_state=opt_state,
   )
+  if mesa is not None:
+    new_state = new_state.replace(
+      ema=mesa_lib.update_ema(
+        state.ema, msam_jax.eval_params(new_state.params, opt_state), new_state.batch_stats, mesa.decay
+      )
+    )
   return new_state, step_metrics
+
+
+def _ema_logits(state, images, model, mesa: mesa_lib.Mesa, k: int) -> jax.Array:
+  """The EMA model's logits in evaluation mode, without gradient; zeros before the start step.
+
+  With k > 1 micro-batches one micro-batch's activations are alive at a time.
+  """
+  variables = _variables(state.ema["params"], state.ema["batch_stats"])
+
+  def logits_of(x):
+    return jax.lax.stop_gradient(model.apply(variables, x, train=False))
+
+  def teacher(x):
+    if k == 1:
+      return logits_of(x)
+    return accumulation.merge(jax.lax.map(logits_of, accumulation.split(x, k)))
+
+  shape = jax.eval_shape(logits_of, images)
+  return jax.lax.cond(state.step >= mesa.start_step, teacher, lambda x: jnp.zeros(shape.shape, shape.dtype), images)
 
 
 def _accumulated_first_pass(forward, params, batch, k: int, dropout_rng):
@@ -184,7 +244,13 @@ def _accumulated_first_pass(forward, params, batch, k: int, dropout_rng):
   micro_batches = accumulation.split(batch, k)
 
   def micro_loss(p, micro_batch, index):
-    losses, aux = forward(p, micro_batch["image"], micro_batch["label"], jax.random.fold_in(dropout_rng, index))
+    losses, aux = forward(
+      p,
+      micro_batch["image"],
+      micro_batch["label"],
+      jax.random.fold_in(dropout_rng, index),
+      teacher_logits=micro_batch.get("teacher"),  # MESA's EMA logits, when on
+    )
     return losses.mean(), (losses, aux)
 
   (losses, (logits, new_vars)), grads = accumulation.value_and_grad(micro_loss, params, micro_batches)

@@ -33,20 +33,22 @@ def test_every_registered_optimizer_has_a_base(bench):
 
 
 def test_summary_ratios_are_per_round_medians(bench):
-  def run(label, optimizer, dtype, times, flops=2e9):
-    r = bench.Run(label, optimizer, dtype, None, None, None, None, flops)
+  def run(label, optimizer, dtype, times, flops=2e9, base=None):
+    r = bench.Run(label, optimizer, dtype, None, None, None, None, flops, base)
     r.times = times
     return r
 
   runs = [
     run("sgd", "sgd", "float32", [1.0, 2.0, 1.0]),
     run("msam", "msam", "float32", [1.1, 2.2, 1.1]),
+    run("msam+mesa", "msam", "float32", [1.32, 2.64, 1.32], base="msam"),  # --mesa_weight: vs msam alone
     run("sgd", "sgd", "bfloat16", [0.5, 1.0, 0.5]),
     run("sgd, again", "sgd", "bfloat16", [0.5, 1.0, 0.6]),
   ]
   rows = {(r["optimizer"], r["dtype"]): r for r in bench.summarize(runs, 10, "NVIDIA H100 80GB HBM3")}
   assert rows["msam", "float32"]["ratio_to_base"] == pytest.approx(1.1)
   assert rows["msam", "float32"]["images_per_s"] == pytest.approx(10 / 1.1)
+  assert rows["msam+mesa", "float32"]["ratio_to_base"] == pytest.approx(1.2)
   assert rows["sgd", "bfloat16"]["bf16_speedup"] == pytest.approx(2.0)
   assert rows["sgd, again", "bfloat16"]["ratio_to_base"] == pytest.approx(1.0)
   assert rows["sgd", "bfloat16"]["mfu"] == pytest.approx(2e9 / 0.5 / 989e12)
@@ -54,7 +56,7 @@ def test_summary_ratios_are_per_round_medians(bench):
 
 
 def test_bad_flags_exit_with_the_reason(bench, capsys):
-  for argv in (["--optimizers", "sgd,nosuch"], ["--dtypes", "float16"], ["--rounds", "0"]):
+  for argv in (["--optimizers", "sgd,nosuch"], ["--dtypes", "float16"], ["--rounds", "0"], ["--mesa_weight", "-1"]):
     with pytest.raises(SystemExit):
       bench.parse_args(argv)
     assert argv[0] in capsys.readouterr().err
