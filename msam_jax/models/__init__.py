@@ -1,4 +1,4 @@
-"""Flax models of the MSAM experiments, built by name.
+"""Flax models of the MSAM experiments, built by name::
 
     model = build("wrn", num_classes=100, depth=16, width=4)
     variables = model.init(rng, images, train=False)        # images: NHWC float
