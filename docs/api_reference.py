@@ -6,10 +6,12 @@ in the reference. Nothing here is written by hand per symbol: a name added to a
 module's `__all__` appears in the reference on the next build.
 """
 
+import functools
 import importlib
 import inspect
 import io
 import pathlib
+import sys
 import textwrap
 import tokenize
 import types
@@ -28,6 +30,7 @@ PUBLIC_MODULES = (
 )
 
 
+@functools.cache
 def public_names(module_name: str) -> tuple[str, ...]:
   """`__all__` of the module, or its own public top-level definitions when it has none."""
   module = importlib.import_module(module_name)
@@ -124,21 +127,27 @@ def _short_repr(obj) -> str:
 
 
 def _constant_comment(module, name: str) -> str:
-  """The comment on the line that assigns a module constant, or the comment lines just above it."""
-  try:
-    source = inspect.getsource(module).splitlines()
-  except (OSError, TypeError):
-    return ""
-  for i, line in enumerate(source):
-    if line.startswith(f"{name} ="):
-      if "#" in line:
-        return line.split("#", 1)[1].strip()
-      above = []
-      j = i - 1
-      while j >= 0 and source[j].startswith("#"):
-        above.insert(0, source[j].lstrip("# "))
-        j -= 1
-      return " ".join(above)
+  """The comment on the line that assigns a constant, or the comment lines just above it.
+
+  Looked up in `module` and then in every loaded msam_jax module (a constant re-exported by a
+  package, like `msam_jax.data.DATASETS`, is assigned in one of its modules).
+  """
+  candidates = [module] + [m for n, m in sorted(sys.modules.items()) if n.startswith("msam_jax") and m is not module]
+  for candidate in candidates:
+    try:
+      source = inspect.getsource(candidate).splitlines()
+    except (OSError, TypeError):
+      continue
+    for i, line in enumerate(source):
+      if line.startswith((f"{name} =", f"{name}:")):
+        if "#" in line:
+          return line.split("#", 1)[1].strip()
+        above = []
+        j = i - 1
+        while j >= 0 and source[j].startswith("#"):
+          above.insert(0, source[j].lstrip("# "))
+          j -= 1
+        return " ".join(above)
   return ""
 
 

@@ -34,7 +34,7 @@ root_doc = "index"
 # they name a documented object.
 default_role = "py:obj"
 autodoc_member_order = "bysource"
-autodoc_typehints = "signature"
+autodoc_typehints = "none"  # the docstrings say what each argument is; optax's aliases expand unreadably
 autodoc_default_options = {"show-inheritance": False}
 autosummary_generate = False  # the pages are written by api_reference.py, not by autosummary
 napoleon_google_docstring = True

@@ -25,7 +25,7 @@ class DatasetInfo:
   num_test: int
 
 
-DATASETS = ("digits", "cifar10", "cifar100", "imagenet2012", "synthetic")
+DATASETS = ("digits", "cifar10", "cifar100", "imagenet2012", "synthetic")  # the names config.dataset accepts
 
 DEFAULT_IMAGENET_SIZE = 224
 

@@ -31,7 +31,7 @@ _BUILDERS = {
   "vgg": vgg.vgg,
   "cnn": cnn.cnn,
 }
-MODELS = tuple(_BUILDERS)
+MODELS = tuple(_BUILDERS)  # the names build() accepts
 
 
 def options(name: str) -> dict:

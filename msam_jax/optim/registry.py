@@ -51,7 +51,7 @@ from msam_jax.optim.looksam import looksam
 from msam_jax.optim.msam import adamw_msam, msam
 from msam_jax.optim.sam import sam
 
-FAMILIES = ("base", "msam", "sam")
+FAMILIES = ("base", "msam", "sam")  # what a training loop must know of an optimizer (module docstring)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +116,7 @@ _ENTRIES = (
   Entry("adamw_gsam", "sam", gsam, base="adamw", config_fields={"alpha": "gsam_alpha"}, rho_follows_lr=True),
 )
 
+# Every optimizer: name -> `Entry`, read-only, in table order.
 REGISTRY: Mapping[str, Entry] = types.MappingProxyType({e.name: e for e in _ENTRIES})
 
 
