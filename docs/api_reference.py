@@ -222,11 +222,12 @@ def _generated_meaning(field: str) -> str:
   users = {}
   for name in registry.names():
     entry = registry.get(name)
-    for keyword, source_field in entry.config_fields.items():
-      if source_field == field:
-        users.setdefault(keyword, []).append(name)
-    if field in entry.injected:
-      users.setdefault(field, []).append(name)
+    readers = [entry] if entry.family != "sam" else [entry, registry.get(entry.base)]  # a sam entry builds its base
+    for reader in readers:
+      keywords = [k for k, f in reader.config_fields.items() if f == field] + [k for k in reader.injected if k == field]
+      for keyword in keywords:
+        if name not in users.setdefault(keyword, []):
+          users[keyword].append(name)
   for keyword, names in users.items():
     parts.append(f"``{keyword}`` of " + ", ".join(f"``{n}``" for n in names))
   return "; ".join(parts)
@@ -258,7 +259,10 @@ def _rst_cell(text: str) -> str:
 
 
 def config_schema_rst() -> list[str]:
-  lines = _section("Config fields") + [
+  lines = [
+    "Config fields",
+    "-------------",
+    "",
     "Every field of :func:`msam_jax.training.base_config`, generated from its source: the",
     "default, and the comment that defines it (for an optimizer's hyper-parameter also which",
     "optimizers read it, from :mod:`msam_jax.optim.registry`). Override any with",
