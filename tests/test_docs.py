@@ -119,7 +119,10 @@ def test_readme_optimizer_table_is_the_registry():
   for name, family, base, cost, reference in rows:
     entry = registry.get(name)
     assert (family, base) == (entry.family, entry.base), name
-    assert cost.startswith("1 gradient" if entry.family in ("base", "msam") else "2 gradients"), name
+    if entry.family in ("base", "msam"):
+      assert cost == "1 gradient", name
+    else:
+      assert "2 gradients" in cost, name  # the SAM family's second gradient (on some steps, or a sub-batch)
     assert reference, name
 
 
