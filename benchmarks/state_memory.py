@@ -25,13 +25,13 @@ def main():
   import jax  # after XLA_FLAGS
 
   from msam_jax import models
-  from msam_jax.training import base_config
+  from msam_jax.training import base_config, set_optimizer
   from msam_jax.training import mesh as mesh_lib
   from msam_jax.training.optimizer import build_optimizer
   from msam_jax.training.train_state import create_train_state
 
   config = base_config()
-  config.optimizer = args.optimizer
+  set_optimizer(config, args.optimizer)
   mesh = mesh_lib.create_mesh()
   mib = 2**20
   print(f"| model | optimizer | parameters | replicated MiB/device | fsdp MiB/device ({args.devices} devices) |")
