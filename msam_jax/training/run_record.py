@@ -122,8 +122,8 @@ def check_run(workdir: epath.Path, config: ml_collections.ConfigDict, num_steps:
     if differing:
       named = ", ".join(differing[:4]) + (f" and {len(differing) - 4} more" if len(differing) > 4 else "")
       raise RunMismatchError(
-        f"{workdir / CONFIG_FILE} records a run with other values of {named}; rerun with those values or "
-        "pass a new --workdir (what may change on resume: docs/resuming.md)."
+        f"{workdir / CONFIG_FILE} records other values of {named}; rerun with them or pass a new --workdir"
+        " (see docs/resuming.md)."
       )
   results = read_json(workdir / RESULTS_FILE)
   if results is not None and results.get("steps") == num_steps:
