@@ -1,8 +1,9 @@
 """Train a model: `python train.py --config configs/digits.py --workdir runs/digits`.
 
 Every config field can be overridden, e.g. `--config.optimizer=msam --config.rho=3`,
-and every option of the model, also after switching it
-(`--config.model=wrn --config.model_kwargs.depth=28`).
+and every option of the model and of the optimizer, also after switching them
+(`--config.model=wrn --config.model_kwargs.depth=28`,
+`--config.optimizer=esam --config.optimizer_kwargs.beta=0.6`).
 
 Restarting with the same workdir resumes from its newest readable checkpoint;
 only the fields in `msam_jax.training.config.RESUMABLE_FIELDS` (logging,
@@ -93,7 +94,8 @@ def _parse_flags(argv):
 
 
 def _config():
-  """The parsed config; after `--config.model=...` its model_kwargs are that model's options."""
+  """The parsed config; after `--config.model=...` (`--config.optimizer=...`) its
+  model_kwargs (optimizer_kwargs) are that model's (optimizer's) options."""
   from msam_jax import training  # noqa: PLC0415 (no TensorFlow)
 
   config = FLAGS.config
@@ -103,6 +105,10 @@ def _config():
     if "model_kwargs.image_size" in overrides:
       config.image_size = overrides["model_kwargs.image_size"]
     training.set_model(config, config.model, **kwargs)
+  # Options the file's optimizer shares with a new one keep their values; each option the
+  # command line sets must be one of the (new) optimizer's.
+  kwargs = {k: v for k, v in config.optimizer_kwargs.items() if f"optimizer_kwargs.{k}" in overrides}
+  training.set_optimizer(config, config.optimizer, **kwargs)
   return config
 
 

@@ -58,6 +58,7 @@ everything from it.
 
 import argparse
 import datetime
+import functools
 import importlib.util
 import json
 import os
@@ -113,10 +114,11 @@ DEFAULT_RHO = ",".join(
 # Other config fields per optimizer, not swept (benchmarks/results/compare_digits/README.md):
 # ASAM's eta as SamsungLabs/ASAM; GSAM's rho_min / rho_max = 1/5 (the reference ViT config:
 # 0.1 / 0.6) and alpha 0.3.
-_GSAM_FIELDS = {"gsam_alpha": 0.3, "gsam_rho_min": 0.02}
+# Flattened config paths (optimizer options are `optimizer_kwargs.<option>`).
+_GSAM_FIELDS = {"optimizer_kwargs.alpha": 0.3, "gsam_rho_min": 0.02}
 DEFAULT_FIELDS = {
-  "asam": {"asam_eta": 0.01},
-  "adamw_asam": {"asam_eta": 0.01},
+  "asam": {"optimizer_kwargs.eta": 0.01},
+  "adamw_asam": {"optimizer_kwargs.eta": 0.01},
   "gsam": _GSAM_FIELDS,
   "adamw_gsam": _GSAM_FIELDS,
 }
@@ -272,6 +274,11 @@ def _steps_per_epoch(config) -> int:
   return data.steps_per_epoch(info, config.batch_size)
 
 
+def _field(config, path: str):
+  """`config`'s value at a flattened path such as ``optimizer_kwargs.eta``."""
+  return functools.reduce(lambda c, key: c[key], path.split("."), config)
+
+
 def run_config(
   config_module,
   optimizer: str,
@@ -288,15 +295,16 @@ def run_config(
   validation_fraction=0.0,
 ):
   """One run's config: the file's, with the comparison's fields and overrides set."""
+  from msam_jax.training import set_optimizer  # noqa: PLC0415 (config helpers only: no jax backend)
+
   config = config_module.get_config()
-  config.optimizer = optimizer
+  set_optimizer(config, optimizer)  # the options it shares with the file's optimizer keep their values
   config.seed = seed
   config.label_noise = label_noise
   config.label_noise_seed = label_noise_seed
   config.validation_fraction = validation_fraction
   config.eval_train_split = True  # memorisation at every noise level, 0 included
-  for field, value in DEFAULT_FIELDS.get(optimizer, {}).items():
-    config[field] = value
+  config.update_from_flattened_dict(DEFAULT_FIELDS.get(optimizer, {}))
   if epochs is not None:
     config.num_epochs = epochs
   if steps is not None:
@@ -309,7 +317,7 @@ def run_config(
   if learning_rate is not None:
     config.learning_rate = learning_rate
   if weight_decay is not None:
-    config.weight_decay = weight_decay
+    config.optimizer_kwargs.weight_decay = weight_decay
   config.eval_every_epochs = 1
   # Train metrics averaged over each epoch, so `final_train_loss` is the last epoch's mean.
   config.log_every_steps = _steps_per_epoch(config)
@@ -362,8 +370,8 @@ def train_one(config, mesh) -> dict:
     "label_noise": config.label_noise,
     "rho": config.rho if config.optimizer in USES_RHO else None,
     "learning_rate": config.learning_rate,
-    "weight_decay": config.weight_decay,
-    "fields": {k: config[k] for k in DEFAULT_FIELDS.get(config.optimizer, {})},
+    "weight_decay": config.optimizer_kwargs.weight_decay,
+    "fields": {k: _field(config, k) for k in DEFAULT_FIELDS.get(config.optimizer, {})},
   }
   record.update({k: results[k] for k in RUN_FIELDS if k in results})
   record["seconds_per_step"] = steady_seconds_per_step(results["eval_history"])
@@ -997,7 +1005,7 @@ def _run_all(configs: list, mesh, records: list, payload: dict, out: str, what: 
   """Trains each config, appending its record to `records` and saving results.json after each."""
   start = time.time()
   for index, config in enumerate(configs, 1):
-    hparams = f"lr={config.learning_rate:g}, wd={config.weight_decay:g}" + (
+    hparams = f"lr={config.learning_rate:g}, wd={config.optimizer_kwargs.weight_decay:g}" + (
       f", rho={config.rho:g}" if config.optimizer in USES_RHO else ""
     )
     print(

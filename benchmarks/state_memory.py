@@ -28,7 +28,7 @@ def main():
   import jax  # after XLA_FLAGS
 
   from msam_jax import models
-  from msam_jax.training import base_config
+  from msam_jax.training import base_config, set_optimizer
   from msam_jax.training import mesh as mesh_lib
   from msam_jax.training.optimizer import build_optimizer
   from msam_jax.training.train_state import create_train_state
@@ -45,7 +45,7 @@ def main():
 
   def abstract_state(model, optimizer):
     config = base_config()
-    config.optimizer = optimizer
+    set_optimizer(config, optimizer)
     tx = build_optimizer(config, steps_per_epoch=1000)
     init = functools.partial(create_train_state, model, tx, image_shape=(224, 224, 3))
     state = jax.eval_shape(init, jax.random.key(0))

@@ -1,18 +1,22 @@
 """Throughput of the training loop's own step, per optimizer and dtype, on one device.
 
     python benchmarks/train_throughput.py                      # the four original setups
-    python benchmarks/train_throughput.py --quick              # tiny shapes, CPU, seconds
+    python benchmarks/train_throughput.py --quick              # tiny shapes, CPU, about a minute
     python benchmarks/train_throughput.py --setups imagenet_vit --optimizers sgd,msam \\
         --dtypes bfloat16 --rounds 5 --steps 20 --vit_batch 256 --profile_dir /tmp/prof
     python benchmarks/train_throughput.py --quick --optimizers sgd,msam --mesa_weight 0.3   # + MESA
 
-What is timed is `msam_jax.training.steps.train_step` (the function the loop
-jits: forward, backward, the optimizer's update including the SAM family's
-extra passes through `loss_fn`, apply), state donated, with the model, state
-and optimizer built from the setup's `configs/*.py` by the loop's own helpers
-(`models.build`, `create_train_state`, `build_optimizer`). Batches are one
-synthetic batch (`msam_jax.data.synthetic`) already on the device, so input is
-not measured; `train.py` with `config.dataset="synthetic"` times the whole loop.
+What is timed is the loop's own jitted step, `msam_jax.training.setup.build(config,
+mesh).train_step` (forward, backward, the optimizer's update including the SAM
+family's extra passes through `loss_fn`, loss scaling and accumulation where the
+config asks, apply, metrics), state donated, for the setup's `configs/*.py` with
+`config.dataset="synthetic"` on a one-device mesh. Batches are one synthetic batch
+(`msam_jax.data.synthetic`) already on the device, so input is not measured;
+`train.py` with `config.dataset="synthetic"` times the whole loop.
+
+`--quick` alone covers one setup (a tiny WRN, 16x16 images), the first optimizer
+of each family in the registry (sgd, msam, sam) and float32; any of `--setups`,
+`--optimizers`, `--dtypes` widens it.
 
 Rounds are interleaved: every (optimizer, dtype) runs `--steps` steps in turn,
 in an order rotated each round, so each ratio compares times taken under the
@@ -34,8 +38,6 @@ multiplies images/s by the device count at best.
 
 import argparse
 import dataclasses
-import functools
-import importlib.util
 import math
 import os
 import statistics
@@ -43,15 +45,13 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 
-from msam_jax import data, models
+from msam_jax import data
 from msam_jax.optim import registry
-from msam_jax.training import mesa as mesa_lib
-from msam_jax.training import steps
+from msam_jax.training import config as config_lib
+from msam_jax.training import mesh as mesh_lib
+from msam_jax.training import setup as setup_lib
 from msam_jax.training.config import OPTIMIZERS
-from msam_jax.training.optimizer import build_optimizer
-from msam_jax.training.train_state import create_train_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DTYPES = ("float32", "bfloat16")
@@ -110,32 +110,67 @@ SETUPS = {
 QUICK_BATCH = 8
 
 
+QUICK_SETUPS = ("cifar100_wrn16_4",)
+QUICK_OPTIMIZERS = tuple({registry.get(n).family: n for n in reversed(OPTIMIZERS)}[f] for f in registry.FAMILIES)
+QUICK_DTYPES = ("float32",)
+
+
 def base_of(optimizer: str) -> str:
   """The plain optimizer another one is compared with: its registry entry's base."""
   return registry.get(optimizer).base
 
 
-def load_config(name: str):
-  spec = importlib.util.spec_from_file_location(f"configs.{name}", os.path.join(REPO, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+def run_config(setup: Setup, optimizer: str, dtype: str, *, quick: bool, batch_size: int):
+  """The setup's config file, on synthetic batches of the benchmark's shape (tiny model with --quick)."""
+  config = config_lib.load_file(os.path.join(REPO, "configs", f"{setup.config}.py"))
+  image_shape = setup.quick_shape if quick else setup.image_shape
+  num_classes = data.dataset_info(config.dataset, image_size=config.image_size).num_classes
+  config.dataset = "synthetic"
+  config.synthetic = {
+    "image_shape": image_shape,
+    "num_classes": num_classes,
+    "num_train": max(batch_size, 50_000),
+    "num_test": 1,
+  }
+  if config.image_size is not None:
+    config.image_size = image_shape[0]
+  if quick:
+    config_lib.set_model(config, config.model, **{k: v for k, v in setup.quick_model.items() if k != "image_size"})
+  config_lib.set_optimizer(config, optimizer)
+  config.dtype, config.batch_size, config.eval_batch_size = dtype, batch_size, batch_size
+  return config
 
 
 class Run:
-  """One (optimizer, dtype): its compiled step, donated state and per-round step times."""
+  """One (optimizer, dtype): the loop's compiled step, its donated state and per-round step times."""
 
-  def __init__(self, label, optimizer, dtype, compiled, state, batch, rng, flops, base=None):
-    self.label, self.optimizer, self.dtype = label, optimizer, dtype
+  def __init__(self, label, optimizer, dtype, setup, compiled, flops, base=None):
+    self.label, self.optimizer, self.dtype, self.setup, self.compiled, self.flops = (
+      label,
+      optimizer,
+      dtype,
+      setup,
+      compiled,
+      flops,
+    )
     self.base = base_of(optimizer) if base is None else base
-    self.compiled, self.state, self.batch, self.rng, self.flops = compiled, state, batch, rng, flops
     self.times = []
+    if setup is not None:
+      self.state = setup.init_state()
+      self.metrics, self.first_bad = setup.empty_metrics()
+      self.batch = setup.global_batch(next(setup.train_batches(seed=setup.config.seed)))  # the loop's first batch
+      self.rng = setup.dropout_rng
+
+  def step(self) -> None:
+    self.state, self.metrics, self.first_bad = self.compiled(
+      self.state, self.metrics, self.first_bad, self.batch, self.rng
+    )
 
   def time_steps(self, num_steps: int) -> None:
     jax.block_until_ready(self.state)
     start = time.perf_counter()
     for _ in range(num_steps):
-      self.state, _ = self.compiled(self.state, self.batch, self.rng)
+      self.step()
     jax.block_until_ready(self.state)
     self.times.append((time.perf_counter() - start) / num_steps)
 
@@ -152,44 +187,22 @@ def build_run(
   twin: "Run | None" = None,
   mesa_weight: float = 0.0,
 ) -> Run:
-  """The step and state exactly as the loop builds them; `twin` shares its executable (A/A).
+  """The loop's step and state for one device (`setup.build`); `twin` shares its executable (A/A).
 
   `mesa_weight > 0`: with MESA, the term on from the first step, compared with `optimizer` alone.
   """
-  mesa = mesa_lib.Mesa(mesa_weight) if mesa_weight > 0 else None
-  config = load_config(setup.config)
-  image_shape = setup.quick_shape if quick else setup.image_shape
-  if quick:
-    config.model_kwargs = setup.quick_model
-  config.optimizer, config.dtype, config.batch_size = optimizer, dtype, batch_size
-  num_classes = data.dataset_info(config.dataset, image_size=config.image_size).num_classes
-  spec = data.synthetic.Spec(
-    image_shape=image_shape, num_classes=num_classes, num_train=max(batch_size, 50_000), num_test=1
-  )
-  steps_per_epoch = data.steps_per_epoch(data.dataset_info("synthetic", synthetic=spec), batch_size)
-  model = models.build(config.model, num_classes, dtype=jnp.dtype(dtype), **config.model_kwargs)
-  tx = build_optimizer(config, steps_per_epoch)
-  init = functools.partial(create_train_state, model, tx, image_shape=image_shape, mesa=mesa is not None)
-  state = jax.jit(init)(jax.random.key(config.seed))
-  batch = next(
-    data.train_iterator(
-      "synthetic", global_batch_size=batch_size, num_devices=1, process_count=1, process_index=0, synthetic=spec
-    )
-  )
-  batch = jax.device_put(batch, device)
-  state, rng = jax.device_put(state, device), jax.device_put(jax.random.key(1), device)
   if twin is not None:
-    compiled, flops = twin.compiled, twin.flops
+    run = Run(label or optimizer, optimizer, dtype, twin.setup, twin.compiled, twin.flops)
   else:
-    step = jax.jit(
-      functools.partial(steps.train_step, model=model, tx=tx, label_smoothing=config.label_smoothing, mesa=mesa),
-      donate_argnums=0,
-    )
-    compiled = step.lower(state, batch, rng).compile()
-    cost = compiled.cost_analysis()
+    config = run_config(setup, optimizer, dtype, quick=quick, batch_size=batch_size)
+    if mesa_weight > 0:
+      config.mesa_weight, config.mesa_start_epoch = mesa_weight, 0.0
+    s = setup_lib.build(config, mesh_lib.create_mesh([device]))
+    run = Run(label or optimizer, optimizer, dtype, s, None, float("nan"), optimizer if mesa_weight > 0 else None)
+    run.compiled = s.train_step.lower(run.state, run.metrics, run.first_bad, run.batch, run.rng).compile()
+    cost = run.compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
-    flops = (cost or {}).get("flops", float("nan"))
-  run = Run(label or optimizer, optimizer, dtype, compiled, state, batch, rng, flops, optimizer if mesa else None)
+    run.flops = (cost or {}).get("flops", float("nan"))
   run.time_steps(1)  # first execution: allocation, autotuning
   run.times.clear()
   return run
@@ -308,10 +321,12 @@ def parse_list(text: str, flag: str, choices) -> list[str]:
 
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true", help="tiny models and shapes (CPU, seconds per setup)")
-  parser.add_argument("--setups", default=",".join(SETUPS))
-  parser.add_argument("--optimizers", default=",".join(OPTIMIZERS))
-  parser.add_argument("--dtypes", default=",".join(DTYPES))
+  parser.add_argument(
+    "--quick", action="store_true", help="tiny models and shapes; alone: one setup, sgd/msam/sam, float32 (CPU, ~1 min)"
+  )
+  parser.add_argument("--setups", default=None, help=f"default: all ({', '.join(SETUPS)})")
+  parser.add_argument("--optimizers", default=None, help="default: every registered optimizer")
+  parser.add_argument("--dtypes", default=None, help=f"default: {','.join(DTYPES)}")
   parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5; --quick 3)")
   parser.add_argument("--steps", type=int, default=None, help="steps per run per round (default 10; --quick 2)")
   parser.add_argument("--imagenet_batch", type=int, default=128, help="ResNet-50 ImageNet batch on the device")
@@ -325,6 +340,13 @@ def parse_args(argv=None):
     "--mesa_weight", type=float, default=0.0, help="> 0: also time each optimizer with MESA (this lambda)"
   )
   args = parser.parse_args(argv)
+  for flag, full, quick in (
+    ("setups", SETUPS, QUICK_SETUPS),
+    ("optimizers", OPTIMIZERS, QUICK_OPTIMIZERS),
+    ("dtypes", DTYPES, QUICK_DTYPES),
+  ):
+    if getattr(args, flag) is None:
+      setattr(args, flag, ",".join(quick if args.quick else full))
   try:
     args.setups = parse_list(args.setups, "--setups", tuple(SETUPS))
     args.optimizers = parse_list(args.optimizers, "--optimizers", OPTIMIZERS)

@@ -3,7 +3,7 @@
 MSAM: `--config.optimizer=msam --config.rho=3`; SAM: `--config.optimizer=sam --config.rho=0.2`.
 """
 
-from msam_jax.training import base_config, set_model
+from msam_jax.training import base_config, set_model, set_optimizer
 
 
 def get_config():
@@ -12,12 +12,10 @@ def get_config():
   set_model(config, "wrn", depth=16, width=4)
   config.num_epochs = 200
   config.batch_size = 256
-  config.optimizer = "sgd"
+  set_optimizer(config, "sgd", momentum=0.9, weight_decay=5e-4)
   config.learning_rate = 0.5
   config.lr_schedule = "start_ramp_cos"
   config.lr_ramp_epochs = 1.0
-  config.momentum = 0.9
-  config.weight_decay = 5e-4
   config.label_smoothing = 0.1
   config.rho = 3.0
   config.rho_schedule = "const"

@@ -4,7 +4,7 @@ Runs offline on a laptop CPU in about a minute:
 `python train.py --config configs/digits.py --workdir runs/digits`.
 """
 
-from msam_jax.training import base_config, set_model
+from msam_jax.training import base_config, set_model, set_optimizer
 
 
 def get_config():
@@ -14,12 +14,10 @@ def get_config():
   config.num_epochs = 30
   config.batch_size = 64
   config.eval_batch_size = 128
-  config.optimizer = "msam"
+  set_optimizer(config, "msam", momentum=0.9, weight_decay=5e-4)
   config.learning_rate = 0.1
   config.lr_schedule = "start_ramp_cos"
   config.lr_ramp_epochs = 1.0
-  config.momentum = 0.9
-  config.weight_decay = 5e-4
   config.label_smoothing = 0.1
   config.rho = 0.3
   config.rho_schedule = "const"

@@ -1,6 +1,6 @@
 """ResNet-50 on ImageNet-2012, the original's `ImageNet_ResNet50.ini` (SAM paper's setup, batch 1024)."""
 
-from msam_jax.training import base_config, set_model
+from msam_jax.training import base_config, set_model, set_optimizer
 
 
 def get_config():
@@ -11,12 +11,10 @@ def get_config():
   config.num_epochs = 100
   config.batch_size = 1024
   config.eval_batch_size = 1024
-  config.optimizer = "sgd"
+  set_optimizer(config, "sgd", momentum=0.9, weight_decay=1e-4)
   config.learning_rate = 1.0
   config.lr_schedule = "start_ramp_cos"
   config.lr_ramp_epochs = 1.0
-  config.momentum = 0.9
-  config.weight_decay = 1e-4
   config.label_smoothing = 0.1
   config.rho = 0.3
   config.rho_schedule = "const"

@@ -3,7 +3,7 @@
 MSAM: `--config.optimizer=adamw_msam --config.rho=3`; SAM: `--config.optimizer=adamw_sam --config.rho=0.2`.
 """
 
-from msam_jax.training import base_config, set_model
+from msam_jax.training import base_config, set_model, set_optimizer
 
 
 def get_config():
@@ -14,12 +14,10 @@ def get_config():
   config.num_epochs = 90
   config.batch_size = 1024
   config.eval_batch_size = 1024
-  config.optimizer = "adamw"
+  set_optimizer(config, "adamw", b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.1)
   config.learning_rate = 1e-3
   config.lr_schedule = "cos_warmup"
   config.lr_warmup_epochs = 8.0
-  config.weight_decay = 0.1
-  config.b1, config.b2, config.eps = 0.9, 0.999, 1e-8
   config.grad_clip_norm = 1.0
   config.label_smoothing = 0.0
   config.rho = 10.0

@@ -6,7 +6,6 @@ optimizer tests keep running on the core install; orbax and ml_collections are
 imported by the helpers that need them.
 """
 
-import importlib.util
 import os
 
 import jax
@@ -66,13 +65,19 @@ def iter_eqns(jaxpr):
 
 
 def load_config(name: str, **overrides):
-  """`configs/<name>.py`'s get_config(), with fields overridden."""
-  spec = importlib.util.spec_from_file_location(f"configs.{name}", os.path.join(REPO, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  """`configs/<name>.py`'s get_config(), with fields overridden.
+
+  ``optimizer=`` switches the optimizer as the command line does (`training.set_optimizer`:
+  shared options keep the file's values); ``optimizer_kwargs`` entries update its options.
+  """
+  from msam_jax import training  # the train extra
+  from msam_jax.training import config as config_lib
+
+  config = config_lib.load_file(os.path.join(REPO, "configs", f"{name}.py"))
   if "model_kwargs" in overrides:  # replaced whole: tiny test models set keys the config lacks
     config.model_kwargs = overrides.pop("model_kwargs")
+  optimizer_kwargs = overrides.pop("optimizer_kwargs", {})
+  training.set_optimizer(config, overrides.pop("optimizer", config.optimizer), **optimizer_kwargs)
   config.update_from_flattened_dict(overrides)
   return config
 

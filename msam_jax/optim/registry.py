@@ -18,21 +18,29 @@ Families (what a training loop must know; `state_utils.needs_loss_fn` and
   ``loss_fn=`` (and ``losses=``).
 
 The learning rate and rho are the hyper-parameters a run schedules (config
-fields `learning_rate`, `rho` and their schedules); every other keyword is a
-constant, read from the config field that `config_fields` names.
+fields `learning_rate`, `rho` and their schedules); every other keyword of the
+factory (and, for a ``"sam"`` entry, of its base's factory) is an *option*: a
+constant that a training run reads from `config.optimizer_kwargs`
+(`options(name)` lists them with their defaults, read from the signatures).
+The few keywords a run fills from its own fields (ESAM's ``seed`` is
+`config.seed`) are named in `config_fields`; ``group_size`` and ``axis_name``
+(per-device m-sharpness) come from the step plan.
 
 Adding an optimizer (say ``asam`` around SGD and ``adamw_asam`` around AdamW):
 
-1. write ``msam_jax/optim/asam.py`` with ``asam(base, rho, eta, mask)``;
-2. add ``Entry("asam", "sam", asam, base="sgd", config_fields={"eta": "asam_eta"})``
-   (and the ``adamw_asam`` twin) to `_ENTRIES` below, and the config fields to
-   ``msam_jax/training/config.py:base_config`` (with their checks in `validate`);
-3. add its tests. `config.optimizer` accepts the name, `build_optimizer`,
-   `benchmarks/*.py` and the tests that run every optimizer pick it up. A
-   training-only constant that is no config field (e.g. ASAM's mask) goes into
-   the factory: ``factory=functools.partial(asam, mask=...)``. If its state is
-   a new type, make `needs_loss_fn` / `perturbs_params` recognise it (the
-   registry test checks that they agree with the family).
+1. write ``msam_jax/optim/asam.py`` with ``asam(base, rho, eta=0.01, mask=None)``,
+   checking its arguments (the config's validation builds the optimizer, so
+   the factory's own ValueError is what a bad ``--config.optimizer_kwargs.eta`` reports);
+2. add ``Entry("asam", "sam", asam, base="sgd")`` (and the ``adamw_asam``
+   twin) to `_ENTRIES` below;
+3. add its tests. `config.optimizer` accepts the name and
+   `config.optimizer_kwargs` its options (``--config.optimizer_kwargs.eta=0.1``)
+   with no edit of the config; `build_optimizer`, `benchmarks/*.py` and the
+   tests that run every optimizer pick it up. A training-only constant that is
+   no option (e.g. ASAM's mask) is bound in the factory:
+   ``factory=functools.partial(asam, mask=...)``. If its state is a new type,
+   make `needs_loss_fn` / `perturbs_params` recognise it (the registry test
+   checks that they agree with the family).
 
 Names, not a base x method product: ``config.optimizer`` stays one name per
 optimizer (the original's ``msam``, ``sam``, ``adamw_msam``, ... unchanged;
@@ -40,10 +48,9 @@ the SGD base unprefixed, the others prefixed ``<base>_``), and the table lists
 the pairs that are meant to be run. A product of every base (sgd, adamw, lion)
 with every method would make 3 x 7 names, most never run by anyone and each
 one more end-to-end test and benchmark row; any other pair is one line here
-(``msam_of(base)`` and ``rst(base)`` take any optax base). Entries added after
-the original's (``lion``, ``lion_msam``, ``rst``) take their own constants
-(Lion's b1, b2, weight decay; RST's p) from their factory defaults rather than
-from config fields named for another optimizer (Adam's ``b1``).
+(``msam_of(base)`` and ``rst(base)`` take any optax base). Every entry's
+constants are its own options with its factory's defaults (Lion's b1, b2 and
+weight decay are Lion's, never Adam's).
 """
 
 import dataclasses
@@ -76,8 +83,9 @@ class Entry:
     factory: builds the transformation from keyword hyper-parameters.
     base: the plain optimizer it builds on (`sgd`, `adamw`, `lion`): what a ``"sam"``
       entry wraps, and what any entry is compared against; itself for ``"base"``.
-    config_fields: factory keyword -> config field, for the constant
-      hyper-parameters (learning rate and rho are not listed: see `injected`).
+    config_fields: factory keyword -> the top-level config field a training run
+      fills it from (ESAM's ``seed``: ``config.seed``); every other keyword
+      except the scheduled ones (`injected`) is an option (`options`).
     rho_follows_lr: a training run schedules rho with the learning rate
       (GSAM: `schedules.gsam_rho`, config.rho its maximum) instead of
       `config.rho_schedule`.
@@ -100,13 +108,27 @@ class Entry:
     return "rho" in self.injected
 
   @property
+  def own_options(self) -> dict[str, Any]:
+    """The factory's own options and their defaults (module docstring), in signature order.
+
+    Not options: the scheduled keywords, ``base``, the m-sharpness keywords, those in
+    `config_fields`, and those a `functools.partial` factory binds.
+    """
+    bound = self.factory.keywords if isinstance(self.factory, functools.partial) else {}
+    skip = {*self.injected, "base", *_GROUP_KEYWORDS, *self.config_fields, *bound}
+    return {
+      name: None if p.default is inspect.Parameter.empty else p.default
+      for name, p in inspect.signature(self.factory).parameters.items()
+      if name not in skip and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
+
+  @property
   def has_groups(self) -> bool:
     """Whether the factory takes ``group_size`` (m-sharpness: config.sam_group_size)."""
     return "group_size" in inspect.signature(self.factory).parameters
 
 
-_SGD_FIELDS = {"momentum": "momentum", "weight_decay": "weight_decay"}
-_ADAM_FIELDS = {"b1": "b1", "b2": "b2", "eps": "eps", "weight_decay": "weight_decay"}
+_GROUP_KEYWORDS = ("group_size", "axis_name")  # per-device m-sharpness: training/step_plan.py
 
 _ASAM_TRAINING = functools.partial(asam, mask=all_but_biases)
 
@@ -124,20 +146,20 @@ def lion_msam(
 
 # The order is the one `config.optimizer`'s error message and the benchmarks list.
 _ENTRIES = (
-  Entry("sgd", "base", sgd, base="sgd", config_fields={**_SGD_FIELDS, "nesterov": "nesterov"}),
-  Entry("msam", "msam", msam, base="sgd", config_fields=_SGD_FIELDS),
+  Entry("sgd", "base", sgd, base="sgd"),
+  Entry("msam", "msam", msam, base="sgd"),
   Entry("sam", "sam", sam, base="sgd"),
-  Entry("esam", "sam", esam, base="sgd", config_fields={"beta": "esam_beta", "gamma": "esam_gamma", "seed": "seed"}),
-  Entry("looksam", "sam", looksam, base="sgd", config_fields={"k": "looksam_k", "alpha": "looksam_alpha"}),
-  Entry("adamw", "base", adamw, base="adamw", config_fields=_ADAM_FIELDS),
-  Entry("adamw_msam", "msam", adamw_msam, base="adamw", config_fields=_ADAM_FIELDS),
+  Entry("esam", "sam", esam, base="sgd", config_fields={"seed": "seed"}),
+  Entry("looksam", "sam", looksam, base="sgd"),
+  Entry("adamw", "base", adamw, base="adamw"),
+  Entry("adamw_msam", "msam", adamw_msam, base="adamw"),
   Entry("adamw_sam", "sam", sam, base="adamw"),
   # ASAM as SamsungLabs/ASAM trains: kernels and norm scales adapted, biases not.
-  Entry("asam", "sam", _ASAM_TRAINING, base="sgd", config_fields={"eta": "asam_eta"}),
-  Entry("adamw_asam", "sam", _ASAM_TRAINING, base="adamw", config_fields={"eta": "asam_eta"}),
+  Entry("asam", "sam", _ASAM_TRAINING, base="sgd"),
+  Entry("adamw_asam", "sam", _ASAM_TRAINING, base="adamw"),
   # rho is GSAM's rho_max; training ties it to the learning rate (training/optimizer.py).
-  Entry("gsam", "sam", gsam, base="sgd", config_fields={"alpha": "gsam_alpha"}, rho_follows_lr=True),
-  Entry("adamw_gsam", "sam", gsam, base="adamw", config_fields={"alpha": "gsam_alpha"}, rho_follows_lr=True),
+  Entry("gsam", "sam", gsam, base="sgd", rho_follows_lr=True),
+  Entry("adamw_gsam", "sam", gsam, base="adamw", rho_follows_lr=True),
   # Beyond the original (issue 22): constants other than seed from the factory defaults.
   Entry("lion", "base", optax.lion, base="lion"),
   Entry("lion_msam", "msam", lion_msam, base="lion"),
@@ -161,12 +183,26 @@ def get(name: str) -> Entry:
     raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(REGISTRY)}.") from None
 
 
-def static_hyperparams(entry: Entry, config: Mapping[str, Any] | Any) -> dict[str, Any]:
-  """Factory keyword -> value of its config field, for `entry`'s constant hyper-parameters.
+def options(name: str) -> dict[str, Any]:
+  """Every option of optimizer `name` with its default: its base's (``"sam"`` entries), then its own.
 
-  `config` is anything indexable by field name (a dict, an `ml_collections.ConfigDict`).
+  What `config.optimizer_kwargs` holds for it (module docstring).
   """
-  return {keyword: config[field] for keyword, field in entry.config_fields.items()}
+  entry = get(name)
+  base = options(entry.base) if entry.family == "sam" else {}
+  return {**base, **entry.own_options}
+
+
+def static_hyperparams(entry: Entry, config: Mapping[str, Any] | Any) -> dict[str, Any]:
+  """Factory keyword -> value, for `entry`'s own constant hyper-parameters in a training `config`.
+
+  Options from `config["optimizer_kwargs"]` (absent ones keep the factory default),
+  `config_fields` from the config's own fields. `config` is anything indexable by
+  field name (a dict, an `ml_collections.ConfigDict`).
+  """
+  kwargs = config["optimizer_kwargs"] or {}
+  static = {option: kwargs[option] for option in entry.own_options if option in kwargs}
+  return {**static, **{keyword: config[field] for keyword, field in entry.config_fields.items()}}
 
 
 def build(name: str, **hyperparams) -> optax.GradientTransformation:
@@ -178,7 +214,8 @@ def build(name: str, **hyperparams) -> optax.GradientTransformation:
   A ``"sam"`` entry wraps ``build(entry.base, **hyperparams)``.
   """
   entry = get(name)
-  taken = {k: v for k, v in hyperparams.items() if k in entry.injected or k in entry.config_fields}
+  own = {*entry.injected, *entry.config_fields, *entry.own_options}
+  taken = {k: v for k, v in hyperparams.items() if k in own}
   if entry.family == "sam":
     return entry.factory(build(entry.base, **hyperparams), **taken)
   return entry.factory(**taken)

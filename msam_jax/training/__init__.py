@@ -9,7 +9,15 @@ from msam_jax._extras import require
 
 require("training")
 
-from msam_jax.training.config import ConfigError, base_config, resolve, set_model, validate, validate_fields
+from msam_jax.training.config import (
+  ConfigError,
+  base_config,
+  resolve,
+  set_model,
+  set_optimizer,
+  validate,
+  validate_fields,
+)
 
 _LAZY = {
   "NonFiniteLossError": "msam_jax.training.loop",
@@ -32,6 +40,7 @@ __all__ = [
   "load_for_eval",
   "resolve",
   "set_model",
+  "set_optimizer",
   "train_and_evaluate",
   "validate",
   "validate_fields",

@@ -4,12 +4,17 @@ Config files in `configs/` start from `base_config()` and only choose values, so
 a field exists in every config and can be overridden from the command line
 (`--config.rho=3`). `set_model` fills `model_kwargs` with every option of the
 model and its default, so any option can be set from the command line
-(`--config.model_kwargs.depth=28`). `validate_fields` checks a config without
+(`--config.model_kwargs.depth=28`). `set_optimizer` does the same for the
+optimizer: `optimizer_kwargs` holds every option of its factory
+(`msam_jax.optim.registry.options`), e.g. `--config.optimizer_kwargs.momentum=0.8`;
+the scheduled hyper-parameters (`learning_rate`, `rho`) and their schedules
+stay top-level fields. `validate_fields` checks a config without
 TensorFlow or devices; `validate` adds the device and dataset checks. Neither
 compiles anything.
 """
 
 import math
+import os
 import types
 import typing
 
@@ -56,30 +61,20 @@ def base_config() -> ml_collections.ConfigDict:
   c.model_kwargs = ml_collections.ConfigDict()  # every option of the model (set_model), e.g. depth, width
   c.dtype = "float32"  # computation dtype; parameters stay float32
 
-  # Optimizer.
+  # Optimizer: `msam_jax.optim.registry` entry `optimizer`, with its options
+  # (momentum, weight decay, ESAM's beta, ...) in `optimizer_kwargs` (set_optimizer).
   c.optimizer = "sgd"
+  c.optimizer_kwargs = ml_collections.ConfigDict()  # every option of the optimizer (set_optimizer), e.g. momentum
   c.learning_rate = 0.5
   c.lr_schedule = "start_ramp_cos"
   c.lr_ramp_epochs = 1.0  # start_ramp_cos
   c.lr_warmup_epochs = 8.0  # cos_warmup
-  c.momentum = 0.9
-  c.nesterov = False
-  c.weight_decay = 5e-4
-  c.b1 = 0.9
-  c.b2 = 0.999
-  c.eps = 1e-8
   c.grad_clip_norm = 0.0  # 0: no clipping
   c.rho = 3.0
   c.rho_schedule = "const"
   c.rho_ramp_epochs = 8.0  # start_ramp
   c.rho_jump_epochs = 8.0  # start_jump
-  c.esam_beta = 0.5
-  c.esam_gamma = 0.5
-  c.looksam_k = 5  # the original's constructor defaults, which its runs used
-  c.looksam_alpha = 0.2
-  c.asam_eta = 0.01  # SamsungLabs/ASAM's default
-  c.gsam_alpha = 0.0  # 0 with gsam_rho_min = rho: SAM
-  c.gsam_rho_min = 0.0  # GSAM's rho falls from rho (= rho_max) with the learning rate
+  c.gsam_rho_min = 0.0  # GSAM's rho schedule: falls from rho (= rho_max) with the learning rate
   # m-sharpness for sam, asam and gsam (and their adamw_ twins): one perturbation per group
   # of this many examples of each device's batch (a divisor of it); 0 = one perturbation
   # from the whole global batch.
@@ -115,10 +110,23 @@ def base_config() -> ml_collections.ConfigDict:
   c.grad_accum_steps = 1  # the global batch in this many micro-batches per step
   c.checkpoint_on_preemption = True  # SIGTERM: finish the step, checkpoint, exit with status 75
   set_model(c, "wrn", depth=16, width=4)
+  set_optimizer(c, "sgd", weight_decay=5e-4)  # the factories' defaults otherwise (momentum 0.9, ...)
   return c
 
 
-# Fields that may differ when a run resumes: how often it logs, evaluates,
+# Per-optimizer fields that moved into `optimizer_kwargs`: old spelling -> new.
+RENAMED_FIELDS = {
+  **{f: f"optimizer_kwargs.{f}" for f in ("momentum", "nesterov", "weight_decay", "b1", "b2", "eps")},
+  "esam_beta": "optimizer_kwargs.beta",
+  "esam_gamma": "optimizer_kwargs.gamma",
+  "looksam_k": "optimizer_kwargs.k",
+  "looksam_alpha": "optimizer_kwargs.alpha",
+  "asam_eta": "optimizer_kwargs.eta",
+  "gsam_alpha": "optimizer_kwargs.alpha",
+}
+
+
+# Fields that may differ when a run resumes (docs/resuming.md): how often it logs, evaluates,
 # probes and checkpoints, where the data lives, and where it stops
 # (`num_train_steps` only cuts the run short or lets it go on; the schedules
 # depend on `num_epochs`, so that one may not change), and how the work is laid
@@ -203,16 +211,75 @@ def set_model(config: ml_collections.ConfigDict, name: str, **kwargs) -> None:
     config.lock()
 
 
-def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """A copy of `config` whose `model_kwargs` hold every option of `config.model`.
+def load_file(path: str) -> ml_collections.ConfigDict:
+  """`get_config()` of a config file such as `configs/digits.py` (what `--config` loads)."""
+  import importlib.util  # noqa: PLC0415
 
-  Keeps the options `config.model_kwargs` sets; raises ConfigError naming an
-  option the model does not have.
+  name = os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(f"configs.{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def optimizer_options(name: str) -> dict:
+  """The options of optimizer `name` that `optimizer_kwargs` holds, with their defaults."""
+  if name not in registry.names():
+    raise ConfigError(f"config.optimizer={name!r} is not valid; choose one of {', '.join(registry.names())}.")
+  return registry.options(name)
+
+
+def set_optimizer(config: ml_collections.ConfigDict, name: str, **kwargs) -> None:
+  """Chooses optimizer `name`: `optimizer_kwargs` = all its options.
+
+  Values come from `kwargs`, else from the current `optimizer_kwargs` where the
+  new optimizer has the same option (switching sgd -> msam keeps the momentum
+  and weight decay a config file chose), else the factory's default.
+  """
+  options = optimizer_options(name)
+  unknown = [k for k in kwargs if k not in options]
+  if unknown:
+    raise ConfigError(
+      f"config.optimizer_kwargs.{unknown[0]} is not an option of optimizer {name!r}; "
+      f"its options are {', '.join(options)}."
+    )
+  current = config.get("optimizer_kwargs") or {}
+  was_locked = config.is_locked
+  config.unlock()
+  config.optimizer = name
+  config.optimizer_kwargs = ml_collections.ConfigDict(
+    {option: kwargs.get(option, current.get(option, default)) for option, default in options.items()}
+  )
+  if was_locked:
+    config.lock()
+
+
+def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of `config` whose `model_kwargs` and `optimizer_kwargs` hold every option.
+
+  Keeps the options they set. Options of another optimizer (left from before
+  `config.optimizer` was changed, as flat fields were) are dropped; a name that
+  is no option of the model or of any optimizer raises ConfigError.
   """
   resolved = ml_collections.ConfigDict(config.to_dict())
   given = dict(resolved.model_kwargs) if resolved.model_kwargs is not None else {}
   set_model(resolved, resolved.model, **given)
+  set_optimizer(resolved, resolved.optimizer, **_optimizer_kwargs(resolved))
   return resolved
+
+
+def _optimizer_kwargs(config) -> dict:
+  """`config.optimizer_kwargs` without other optimizers' options; ConfigError for a name no optimizer has."""
+  options = optimizer_options(config.optimizer)
+  given = dict(config.optimizer_kwargs) if config.get("optimizer_kwargs") is not None else {}
+  known = {option for name in registry.names() for option in registry.options(name)}
+  unknown = sorted(set(given) - known)
+  if unknown:
+    raise ConfigError(
+      f"config.optimizer_kwargs.{unknown[0]} is not an option of optimizer {config.optimizer!r}; "
+      f"its options are {', '.join(options)}."
+    )
+  return {k: v for k, v in given.items() if k in options}
 
 
 def _fail(field: str, value, requirement: str):
@@ -223,13 +290,17 @@ def _check_types(config) -> None:
   """Every field exists in `base_config()` and holds the type of its default (floats finite)."""
   defaults = base_config()
   unknown = sorted(set(config) - set(defaults))
+  renamed = [f for f in unknown if f in RENAMED_FIELDS]
+  if renamed:
+    new = RENAMED_FIELDS[renamed[0]]
+    raise ConfigError(f"config.{renamed[0]} is now config.{new}; set --config.{new} instead.")
   if unknown:
     raise ConfigError(
       f"config.{unknown[0]} is not a config field; the fields are those of "
       "msam_jax.training.base_config() (see msam_jax/training/config.py)."
     )
   for field in defaults:
-    if field == "model_kwargs":
+    if field in ("model_kwargs", "optimizer_kwargs"):
       continue
     value, default = config[field], defaults[field]
     if field in ("data_dir", "image_size"):
@@ -272,31 +343,12 @@ def _in_unit(config, field, *, low_open=False, high_open=True):
 def validate_fields(config: ml_collections.ConfigDict) -> None:
   """Raises `ConfigError` naming the first bad field; imports no TensorFlow, touches no device."""
   _check_types(config)
-  _choice(config, "optimizer", OPTIMIZERS)
+  _choice(config, "optimizer", registry.names())
   _choice(config, "lr_schedule", LR_SCHEDULES)
   _choice(config, "rho_schedule", RHO_SCHEDULES)
   _choice(config, "dtype", DTYPES)
-  options = model_options(config.model)
   model_kwargs = config.model_kwargs if config.model_kwargs is not None else {}
-  unknown = sorted(set(model_kwargs) - set(options))
-  if unknown:
-    raise ConfigError(
-      f"config.model_kwargs.{unknown[0]} is not an option of model {config.model!r}; "
-      f"its options are {', '.join(options)}."
-    )
-  for option, value in model_kwargs.items():
-    default = options[option]
-    if isinstance(value, float) and not math.isfinite(value):
-      raise ConfigError(f"config.model_kwargs.{option}={value!r} must be a finite number.")
-    if (
-      default is not None
-      and value is not None
-      and type(value) is not type(default)
-      and not (isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool))
-    ):
-      raise ConfigError(
-        f"config.model_kwargs.{option}={value!r} must be a {type(default).__name__} like its default {default!r}."
-      )
+  _check_kwargs("model", config.model, model_kwargs, model_options(config.model))
   from msam_jax import models  # noqa: PLC0415 (Flax; no TensorFlow)
 
   try:  # the builders check their options' values (e.g. a WRN's depth is 6n+4); nothing is initialised
@@ -305,10 +357,10 @@ def validate_fields(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(
       f"config.model_kwargs of model {config.model!r}: {e}; set valid --config.model_kwargs.* values."
     ) from None
+  _validate_optimizer_kwargs(config)
   _at_least(config, "learning_rate", 0.0, strict=True)
   for field in (
     "rho",
-    "weight_decay",
     "grad_clip_norm",
     "lr_ramp_epochs",
     "lr_warmup_epochs",
@@ -324,15 +376,6 @@ def validate_fields(config: ml_collections.ConfigDict) -> None:
   _at_least(config, "label_noise_seed", 0)
   if config.label_noise_seed >= 2**63:
     raise ConfigError(f"config.label_noise_seed={config.label_noise_seed!r} must be < 2**63.")
-  _in_unit(config, "momentum")
-  _in_unit(config, "b1")
-  _in_unit(config, "b2")
-  _in_unit(config, "looksam_alpha", high_open=False)
-  _in_unit(config, "esam_gamma", low_open=True, high_open=False)
-  _in_unit(config, "esam_beta", low_open=True, high_open=False)
-  _at_least(config, "eps", 0.0, strict=True)
-  _at_least(config, "asam_eta", 0.0)
-  _in_unit(config, "gsam_alpha", high_open=False)
   _at_least(config, "gsam_rho_min", 0.0)
   _at_least(config, "sam_group_size", 0)
   _at_least(config, "mesa_weight", 0.0)
@@ -342,7 +385,6 @@ def validate_fields(config: ml_collections.ConfigDict) -> None:
   _validate_variants(config)
   _at_least(config, "sharpness_rho", 0.0, strict=True)
   for field in (
-    "looksam_k",
     "log_every_steps",
     "eval_every_epochs",
     "max_checkpoints_to_keep",
@@ -356,6 +398,40 @@ def validate_fields(config: ml_collections.ConfigDict) -> None:
     _at_least(config, "image_size", 1)
   if config.num_train_steps <= 0:
     _at_least(config, "num_epochs", 1)
+
+
+def _check_kwargs(kind: str, name: str, kwargs, options: dict) -> None:
+  """`config.<kind>_kwargs`: only options of `name`, each finite and of its default's type."""
+  unknown = sorted(set(kwargs) - set(options))
+  if unknown:
+    raise ConfigError(
+      f"config.{kind}_kwargs.{unknown[0]} is not an option of {kind} {name!r}; its options are {', '.join(options)}."
+    )
+  for option, value in kwargs.items():
+    default = options[option]
+    if isinstance(value, float) and not math.isfinite(value):
+      raise ConfigError(f"config.{kind}_kwargs.{option}={value!r} must be a finite number.")
+    if (
+      default is not None
+      and value is not None
+      and type(value) is not type(default)
+      and not (isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool))
+    ):
+      raise ConfigError(
+        f"config.{kind}_kwargs.{option}={value!r} must be a {type(default).__name__} like its default {default!r}."
+      )
+
+
+def _validate_optimizer_kwargs(config: ml_collections.ConfigDict) -> None:
+  """The options exist (`registry.options`) and the factory accepts their values (it checks them)."""
+  kwargs = _optimizer_kwargs(config)
+  _check_kwargs("optimizer", config.optimizer, kwargs, registry.options(config.optimizer))
+  try:  # builds the transformation only: nothing is initialised
+    registry.build(config.optimizer, learning_rate=0.1, rho=0.1, **kwargs)
+  except (ValueError, TypeError) as e:
+    option = next((k for k in kwargs if str(e).startswith(f"{k} ")), None)
+    where = f"optimizer_kwargs.{option}={kwargs[option]!r}" if option else f"optimizer_kwargs of {config.optimizer}"
+    raise ConfigError(f"config.{where}: {e}; set a valid --config.{where.split('=')[0]}.") from None
 
 
 def synthetic_spec(config: ml_collections.ConfigDict):

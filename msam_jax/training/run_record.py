@@ -124,12 +124,10 @@ def check_run(workdir: epath.Path, config: ml_collections.ConfigDict, num_steps:
     current = config_record(config)
     differing = differing_fields(recorded, current)
     if differing:
-      old, new = _flatten(recorded), _flatten(current)
-      changes = ", ".join(f"{k} ({old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r})" for k in differing)
+      named = ", ".join(differing[:4]) + (f" and {len(differing) - 4} more" if len(differing) > 4 else "")
       raise RunMismatchError(
-        f"workdir {workdir} holds a run started with another config: {changes}; rerun with its "
-        f"values (recorded in {workdir / CONFIG_FILE}) or pass a new --workdir "
-        f"(only {', '.join(RESUMABLE_FIELDS)} may change on resume)."
+        f"{workdir / CONFIG_FILE} records other values of {named}; rerun with them or pass a new --workdir"
+        " (see docs/resuming.md)."
       )
   results = read_json(workdir / RESULTS_FILE)
   if results is not None and results.get("steps") == num_steps:

@@ -26,15 +26,28 @@ def test_peak_table_matches_device_kinds(bench):
   assert bench.peak_flops("cpu", "bfloat16") is None
 
 
-def test_every_registered_optimizer_has_a_base(bench):
-  from msam_jax.training.config import OPTIMIZERS
+def test_each_optimizer_is_compared_with_its_registry_base(bench):
+  from msam_jax.optim import registry
 
-  assert {bench.base_of(name) for name in OPTIMIZERS} <= set(OPTIMIZERS)
+  for name in registry.names():
+    base = bench.base_of(name)
+    assert base == registry.get(name).base and registry.get(base).family == "base", name
+  assert bench.base_of("adamw_gsam") == "adamw" and bench.base_of("looksam") == "sgd"
+  assert bench.QUICK_OPTIMIZERS == ("sgd", "msam", "sam")  # the first of each family
+
+
+def test_quick_alone_is_one_small_setup_and_any_flag_widens_it(bench):
+  args = bench.parse_args(["--quick"])
+  assert (args.setups, args.optimizers, args.dtypes) == (["cifar100_wrn16_4"], ["sgd", "msam", "sam"], ["float32"])
+  args = bench.parse_args(["--quick", "--dtypes", "float32,bfloat16"])
+  assert args.dtypes == ["float32", "bfloat16"] and args.setups == ["cifar100_wrn16_4"]
+  args = bench.parse_args([])
+  assert len(args.setups) == 4 and len(args.optimizers) == len(bench.OPTIMIZERS) and len(args.dtypes) == 2
 
 
 def test_summary_ratios_are_per_round_medians(bench):
   def run(label, optimizer, dtype, times, flops=2e9, base=None):
-    r = bench.Run(label, optimizer, dtype, None, None, None, None, flops, base)
+    r = bench.Run(label, optimizer, dtype, None, None, flops, base)
     r.times = times
     return r
 
@@ -81,3 +94,25 @@ def test_quick_run_on_cpu(bench, capsys):
   assert rows["sgd, again", "float32"]["gflop_per_step"] == rows["sgd", "float32"]["gflop_per_step"]
   out = capsys.readouterr().out
   assert "| sgd, again | float32 |" in out and "GFLOP/step" in out
+
+
+@pytest.mark.slow
+def test_the_timed_step_is_the_training_loops_step(bench, tmp_path):
+  """One step of the benchmark's run equals one step of train_and_evaluate on the same config:
+  same state after it, bit for bit (same batch, same dropout key, same compiled step)."""
+  import jax
+
+  from helpers import assert_trees_equal, final_checkpoint
+  from msam_jax import training
+  from msam_jax.training import mesh as mesh_lib
+
+  setup = bench.SETUPS["cifar100_wrn16_4"]
+  device = jax.devices()[0]
+  run = bench.build_run(setup, "msam", "float32", quick=True, batch_size=8, device=device)  # has stepped once
+  config = bench.run_config(setup, "msam", "float32", quick=True, batch_size=8)
+  config.update(num_train_steps=1, bn_recompute_batches=0, async_checkpointing=False)
+  training.train_and_evaluate(config, str(tmp_path), mesh=mesh_lib.create_mesh([device]))
+  step, state = final_checkpoint(str(tmp_path))
+  assert step == 1 and int(run.state.step) == 1
+  assert_trees_equal(state["params"], run.state.params)
+  assert_trees_equal(state["batch_stats"], run.state.batch_stats)

@@ -78,9 +78,9 @@ def test_perturbs_params_sees_through_wrappers_and_is_false_elsewhere():
       ),
     ),
     ("adamw_sam", lambda: msam_jax.sam(msam_jax.adamw(0.1, b1=0.8, weight_decay=1e-2), rho=0.2)),
-    # Lion keeps its own weight decay (and b1, b2: see the test below).
-    ("lion", lambda: optax.lion(0.1)),
-    ("lion_msam", lambda: msam_jax.msam_of(optax.lion(0.1), rho=0.2)),
+    # Lion's options are optax.lion's (b1, b2, weight decay, ...): it takes those it is given.
+    ("lion", lambda: optax.lion(0.1, b1=0.8, weight_decay=1e-2)),
+    ("lion_msam", lambda: msam_jax.msam_of(optax.lion(0.1, b1=0.8, weight_decay=1e-2), rho=0.2)),
     ("rst", lambda: msam_jax.rst(msam_jax.sgd(0.1, momentum=0.5, weight_decay=1e-2, nesterov=True), rho=0.2)),
   ],
 )
@@ -109,10 +109,13 @@ def test_unknown_name_lists_the_valid_ones():
     registry.build("adam", learning_rate=0.1)
 
 
-def test_lion_keeps_its_own_constants():
-  """Adam's config.b1/b2 and SGD's weight decay are not Lion's (optax.lion's defaults stay)."""
+def test_lion_options_are_its_own():
+  """Lion's options and their defaults are optax.lion's (b2 0.99, weight decay 1e-3), not Adam's or SGD's;
+  each one reaches the transformation (a changed value changes the second step)."""
   for name in ("lion", "lion_msam"):
     assert registry.get(name).config_fields == {}
+    options = registry.options(name)
+    assert (options["b1"], options["b2"], options["weight_decay"]) == (0.9, 0.99, 1e-3)
 
   def two_updates(tx):
     state, params = tx.init(PARAMS), PARAMS
@@ -122,7 +125,8 @@ def test_lion_keeps_its_own_constants():
     return params
 
   expected = two_updates(msam_jax.msam_of(optax.lion(0.1), rho=0.2))
+  assert_trees_equal(two_updates(registry.build("lion_msam", learning_rate=0.1, rho=0.2)), expected)
   for other in ({"b1": 0.5}, {"b2": 0.5}, {"weight_decay": 0.5}):
-    assert_trees_equal(two_updates(registry.build("lion_msam", learning_rate=0.1, rho=0.2, **other)), expected)
-    changed = two_updates(msam_jax.msam_of(optax.lion(0.1, **other), rho=0.2))
+    changed = two_updates(registry.build("lion_msam", learning_rate=0.1, rho=0.2, **other))
+    assert_trees_equal(changed, two_updates(msam_jax.msam_of(optax.lion(0.1, **other), rho=0.2)))
     assert any(bool(jnp.any(a != b)) for a, b in zip(jax.tree.leaves(changed), jax.tree.leaves(expected))), other

@@ -34,7 +34,21 @@ CASES = [
     ["--config", DIGITS, "--config.learning_rate=-1", "--workdir", "{tmp}/run"],
     "config.learning_rate=-1",
   ),
-  ("momentum 1", ["--config", DIGITS, "--config.momentum=1.0", "--workdir", "{tmp}/run"], "config.momentum=1.0"),
+  (
+    "momentum 1",
+    ["--config", DIGITS, "--config.optimizer_kwargs.momentum=1.0", "--workdir", "{tmp}/run"],
+    "config.optimizer_kwargs.momentum=1.0",
+  ),
+  (
+    "old spelling",
+    ["--config", DIGITS, "--config.esam_beta=0.3", "--workdir", "{tmp}/run"],
+    "config.esam_beta is now config.optimizer_kwargs.beta",
+  ),
+  (
+    "option of another optimizer",
+    ["--config", DIGITS, "--config.optimizer=sgd", "--config.optimizer_kwargs.beta=0.3", "--workdir", "{tmp}/run"],
+    "config.optimizer_kwargs.beta is not an option of optimizer 'sgd'",
+  ),
   (
     "label smoothing",
     ["--config", DIGITS, "--config.label_smoothing=1.5", "--workdir", "{tmp}/run"],

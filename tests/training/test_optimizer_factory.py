@@ -7,7 +7,9 @@ import optax
 import pytest
 
 import msam_jax
+from msam_jax import training
 from msam_jax.optim import current_hyperparams, needs_loss_fn, perturbs_params, registry, schedules
+from msam_jax.training import config as config_lib
 from msam_jax.training.config import OPTIMIZERS, base_config
 from msam_jax.training.optimizer import build_optimizer
 
@@ -43,7 +45,7 @@ def test_every_optimizer_follows_the_configured_schedules(name):
     rho=0.5,
     rho_schedule="start_ramp",
     rho_ramp_epochs=1.0,
-    esam_gamma=1.0,
+    optimizer_kwargs={"gamma": 1.0} if name == "esam" else {},  # ESAM: every example selected
   )
   tx = build_optimizer(config, STEPS_PER_EPOCH)
   family = registry.get(name).family
@@ -67,7 +69,12 @@ def test_every_optimizer_follows_the_configured_schedules(name):
 
 def test_msam_from_config_equals_the_plain_optimizer():
   config = load_config(
-    "cifar100_wrn16_4", optimizer="msam", lr_schedule="const", learning_rate=0.1, rho=0.2, weight_decay=1e-3
+    "cifar100_wrn16_4",
+    optimizer="msam",
+    lr_schedule="const",
+    learning_rate=0.1,
+    rho=0.2,
+    optimizer_kwargs={"weight_decay": 1e-3},
   )
   expected, _, _ = _run(msam_jax.msam(0.1, momentum=0.9, rho=0.2, weight_decay=1e-3), 4)
   got, _, _ = _run(build_optimizer(config, STEPS_PER_EPOCH), 4)
@@ -116,3 +123,54 @@ def test_sam_family_clips_the_gradient_its_base_steps_with():
   assert float(optax.tree.norm(want)) < 0.51  # lr times the clipped norm, plus the weight decay
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_optimizer_kwargs_hold_every_option_and_switching_keeps_the_shared_ones():
+  config = load_config("digits")  # msam with the file's momentum and weight decay
+  assert dict(config.optimizer_kwargs) == {"momentum": 0.9, "weight_decay": 5e-4}
+  training.set_optimizer(config, "esam", beta=0.6)
+  assert dict(config.optimizer_kwargs) == {
+    "momentum": 0.9,
+    "weight_decay": 5e-4,
+    "nesterov": False,
+    "beta": 0.6,
+    "gamma": 0.5,
+  }
+  assert registry.static_hyperparams(registry.get("esam"), config) == {"beta": 0.6, "gamma": 0.5, "seed": 0}
+  with pytest.raises(training.ConfigError, match="^config.optimizer_kwargs.beta is not an option of optimizer 'sgd'"):
+    training.set_optimizer(config, "sgd", beta=0.5)
+  config.optimizer = "adamw"  # switched as a flat field: other optimizers' options are dropped, shared ones kept
+  assert dict(training.resolve(config).optimizer_kwargs) == {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 5e-4}
+  config.optimizer_kwargs.betta = 0.5  # no optimizer's option
+  with pytest.raises(training.ConfigError, match="^config.optimizer_kwargs.betta is not an option of optimizer"):
+    training.resolve(config)
+
+
+@pytest.mark.parametrize("old, new", config_lib.RENAMED_FIELDS.items())
+def test_an_old_per_optimizer_field_names_its_new_spelling(old, new):
+  assert new.split(".")[1] in {option for name in OPTIMIZERS for option in registry.options(name)}
+  config = load_config("digits")
+  config[old] = 0.5
+  with pytest.raises(training.ConfigError, match=f"^config.{old} is now config.{new}; set --config.{new} instead.$"):
+    training.validate_fields(config)
+
+
+def test_a_new_registry_entry_needs_no_config_edit(monkeypatch):
+  """An entry's options come from its factory's signature: config, validation and factory take them."""
+
+  def toy(learning_rate, decay: float = 0.5):
+    if not 0 < decay < 1:
+      raise ValueError(f"decay must be in (0, 1), got {decay}")
+    return optax.chain(optax.scale_by_learning_rate(learning_rate), optax.scale(decay))
+
+  table = {**registry.REGISTRY, "toy": registry.Entry("toy", "base", toy, base="sgd")}
+  monkeypatch.setattr(registry, "REGISTRY", table)
+  config = load_config("digits", optimizer="toy", optimizer_kwargs={"decay": 0.25}, lr_schedule="const")
+  assert dict(config.optimizer_kwargs) == {"decay": 0.25}
+  training.validate_fields(config)
+  tx = build_optimizer(config, STEPS_PER_EPOCH)
+  updates, _ = tx.update({"w": jnp.ones(2)}, tx.init({"w": jnp.zeros(2)}))
+  np.testing.assert_allclose(updates["w"], -config.learning_rate * 0.25)
+  config.optimizer_kwargs.decay = 2.0
+  with pytest.raises(training.ConfigError, match=r"^config.optimizer_kwargs.decay=2.0: decay must be in \(0, 1\)"):
+    training.validate_fields(config)

@@ -59,7 +59,13 @@ def test_split_and_merge_are_inverse_and_keep_device_blocks():
 @pytest.mark.parametrize("optimizer", ["msam", "adamw_msam", "sam", "adamw_sam", "looksam", "sgd"])
 def test_accumulated_step_equals_one_big_batch(optimizer):
   config = load_config(
-    "digits", optimizer=optimizer, rho=0.05, looksam_k=1, grad_clip_norm=1.0, model="vit", model_kwargs={}
+    "digits",
+    optimizer=optimizer,
+    rho=0.05,
+    optimizer_kwargs={"k": 1} if optimizer == "looksam" else {},
+    grad_clip_norm=1.0,
+    model="vit",
+    model_kwargs={},
   )
   model = models.build("vit", 10, size="Ti", depth=1, dim=16, mlp_dim=32, heads=2, patch_size=4, image_size=8)
   tx = build_optimizer(config, steps_per_epoch=10)

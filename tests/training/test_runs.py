@@ -4,6 +4,7 @@ checkpoints, the saved evaluated model, and workdirs on a non-local file system.
 import dataclasses
 import functools
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 from etils import epath
 
 from msam_jax import training
+from msam_jax.training import config as config_lib
 from msam_jax.training import evaluated_model, loop, run_record, setup, steps
 from msam_jax.training.train_state import TrainState
 
@@ -97,11 +99,21 @@ def test_train_py_on_a_finished_run_reports_it_and_exits_0(finished_run):
 def test_resuming_with_a_changed_field_names_it_and_leaves_checkpoints(finished_run, one_device_mesh):
   workdir, _ = finished_run
   before = _snapshot(workdir)
-  with pytest.raises(training.RunMismatchError, match=r"optimizer \('msam' -> 'sgd'\), rho \(0\.3 -> 0\.05\)"):
+  with pytest.raises(training.RunMismatchError) as info:
     training.train_and_evaluate(
       load_config("digits", **SHORT, optimizer="sgd", rho=0.05), str(workdir), mesh=one_device_mesh
     )
+  message = str(info.value)
+  assert message.startswith(f"{workdir / 'config.json'} records other values of optimizer, ")
+  assert "optimizer_kwargs.nesterov, rho;" in message and "docs/resuming.md" in message  # sgd's option too
+  assert len(message) - len(str(workdir)) < 150 and "\n" not in message
   assert _snapshot(workdir) == before
+
+
+def test_docs_list_exactly_the_fields_that_may_change_on_resume():
+  table = [line for line in open(os.path.join(REPO, "docs", "resuming.md")) if line.startswith("| `")]
+  listed = {name for line in table for name in re.findall(r"`(\w+)`", line.split(" | ")[0])}
+  assert listed == set(config_lib.RESUMABLE_FIELDS)
 
 
 def test_fields_that_may_change_on_resume_are_not_differences():

@@ -29,8 +29,14 @@ def _config(**fields):
 @pytest.mark.parametrize(
   "fields, message",
   [
-    (dict(optimizer="asam", asam_eta=-0.1), "config.asam_eta=-0.1 must be >= 0"),
-    (dict(optimizer="gsam", gsam_alpha=1.5), "config.gsam_alpha=1.5 must be in [0, 1]"),
+    (
+      dict(optimizer="asam", optimizer_kwargs={"eta": -0.1}),
+      "config.optimizer_kwargs.eta=-0.1: eta must be a number >= 0",
+    ),
+    (
+      dict(optimizer="gsam", optimizer_kwargs={"alpha": 1.5}),
+      "config.optimizer_kwargs.alpha=1.5: alpha must be in [0, 1]",
+    ),
     (dict(optimizer="gsam", rho=0.05, gsam_rho_min=0.1), "config.gsam_rho_min=0.1 exceeds config.rho"),
     (dict(optimizer="gsam", rho_schedule="start_ramp"), "set --config.rho_schedule=const"),
     (dict(optimizer="msam", sam_group_size=8), "config.sam_group_size=8 needs an optimizer with"),
