@@ -19,6 +19,9 @@ def get_config():
   config.lr_schedule = "start_ramp_cos"
   config.lr_ramp_epochs = 1.0
   config.label_smoothing = 0.1
+  # A tenth of the training digits held out (stratified, clean labels): choose hyper-parameters
+  # on it, never on the test split.
+  config.validation_fraction = 0.1
   config.rho = 0.3
   config.rho_schedule = "const"
   config.log_every_steps = 20

@@ -509,7 +509,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, process_cou
       if config[field]:
         raise ConfigError(
           f"config.{field}={config[field]!r} is available for {', '.join(data.datasets.IN_MEMORY)} only, not"
-          f" {config.dataset}; set --config.{field} to its default."
+          f" {config.dataset}; set --config.{field}={0.0 if field == 'validation_fraction' else False}."
         )
   try:
     info = data.dataset_info(

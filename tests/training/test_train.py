@@ -53,6 +53,7 @@ def test_every_optimizer_trains_through_the_setup(one_device_mesh, optimizer):
     optimizer=optimizer,
     rho=0.05,
     dataset="synthetic",
+    validation_fraction=0.0,
     batch_size=16,
     eval_batch_size=16,
     model_kwargs={"width": 4},
@@ -157,10 +158,11 @@ def test_imagenet_configs_run_two_steps_on_mock_data(tmp_path, one_device_mesh, 
 @pytest.mark.slow
 def test_validation_and_train_split_evaluation_need_an_in_memory_dataset():
   for field, value in (("validation_fraction", 0.1), ("eval_train_split", True)):
-    config = load_config("digits", dataset="synthetic", **{field: value})
+    config = load_config("digits", dataset="synthetic", **{"validation_fraction": 0.0, field: value})
     with pytest.raises(training.ConfigError, match=f"config.{field}={value!r} is available for digits, cifar10"):
       training.validate(config, num_devices=1)
-  training.validate(load_config("digits", dataset="synthetic", label_noise=0.3), num_devices=1)  # noise is fine
+  noisy = load_config("digits", dataset="synthetic", validation_fraction=0.0, label_noise=0.3)
+  training.validate(noisy, num_devices=1)  # noise is fine
 
 
 @pytest.mark.slow
