@@ -102,6 +102,19 @@ def test_msam_runs_on_digits_with_sharpness_probes(tmp_path, one_device_mesh):
   assert all(np.isfinite(a).all() for a in tree_arrays(state["params"]))
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("optimizer,learning_rate", [("lion_msam", 1e-3), ("rst", 0.1)])
+def test_optimizers_beyond_the_paper_train_on_digits(tmp_path, one_device_mesh, optimizer, learning_rate):
+  """Lion-MSAM (msam_of around optax.lion) and RST through train_and_evaluate on digits (issue 22)."""
+  config = load_config(
+    "digits", optimizer=optimizer, learning_rate=learning_rate, rho=0.05, num_train_steps=6, log_every_steps=3
+  )
+  results = training.train_and_evaluate(config, str(tmp_path), mesh=one_device_mesh)
+  assert results["optimizer"] == optimizer and results["steps"] == 6
+  assert np.isfinite(results["final_eval_loss"]) and results["final_eval_loss"] < np.log(10)  # it learns
+  assert ("eval_accuracy_before_bn_recompute" in results) == (optimizer == "lion_msam")  # only MSAM perturbs
+
+
 # The CIFAR-100 pipeline and WRN end to end with the first registered optimizer of each
 # family (sgd, msam, sam); every optimizer runs the loop's steps above.
 FAMILY_REPRESENTATIVES = [
