@@ -178,7 +178,7 @@ def test_sam_family_refuses_multi_steps_at_the_first_update(name, wrap):
     (jax.jit(update) if wrap == "jit" else update)(tx.init(params))
 
 
-@pytest.mark.parametrize("name", everyday(["sam", "gsam", "looksam"], keep=("sam",)))
+@pytest.mark.parametrize("name", everyday(["sam", "gsam", "looksam", "rst"], keep=("sam",)))
 def test_sam_family_accumulation_equals_the_whole_batch(name, x64):
   """Accumulating k micro-batches for the SAM family: `grads` the micro-batches'
   mean gradient, `grad_fn` the whole batch's, equals the step on the whole batch

@@ -10,7 +10,7 @@ import pytest
 import msam_jax
 from msam_jax.optim import needs_loss_fn, perturbs_params, registry
 
-from helpers import assert_trees_equal
+from helpers import assert_trees_equal, everyday
 
 PARAMS = {"w": jnp.array([[0.5, -1.0], [2.0, 0.25]]), "b": jnp.array([0.1, -0.2])}
 GRADS = {"w": jnp.array([[0.3, 0.1], [-0.2, 0.4]]), "b": jnp.array([0.05, 0.5])}
@@ -130,3 +130,32 @@ def test_lion_options_are_its_own():
     changed = two_updates(registry.build("lion_msam", learning_rate=0.1, rho=0.2, **other))
     assert_trees_equal(changed, two_updates(msam_jax.msam_of(optax.lion(0.1, **other), rho=0.2)))
     assert any(bool(jnp.any(a != b)) for a, b in zip(jax.tree.leaves(changed), jax.tree.leaves(expected))), other
+
+
+# sgd, adamw, msam, adamw_msam and msam_of are tests/optim/test_conventions.py's.
+_MULTI_STEPS_NAMES = [n for n in registry.names() if registry.get(n).family == "sam" or registry.get(n).base == "lion"]
+
+
+@pytest.mark.parametrize("name", everyday(_MULTI_STEPS_NAMES, keep=[n for n in _MULTI_STEPS_NAMES if n != "lion"]))
+def test_multi_steps_composes_with_lion_and_lion_msam_and_is_refused_by_the_sam_family(name):
+  """What docs/optimizers.md says of `optax.MultiSteps`, by registry name: lion and
+  lion_msam step once every k micro-batches; every SAM-family name raises at the
+  first update (its second gradient would be the last micro-batch's alone)."""
+  k = 2
+  tx = optax.MultiSteps(registry.build(name, learning_rate=0.1, rho=0.05), every_k_schedule=k)
+  params, state = PARAMS, tx.init(PARAMS)
+  if registry.get(name).family == "sam":
+    with pytest.raises(ValueError, match="cannot run inside optax.MultiSteps"):
+      tx.update(GRADS, state, params, loss_fn=loss_fn, losses=loss_fn(params))
+    return
+
+  @jax.jit
+  def moved_at_each_update(params, state):
+    moved = []
+    for _ in range(2 * k):
+      updates, state = tx.update(GRADS, state, params)
+      moved.append(jnp.any(jnp.stack([jnp.any(u != 0) for u in jax.tree.leaves(updates)])))
+      params = optax.apply_updates(params, updates)
+    return jnp.stack(moved)
+
+  assert moved_at_each_update(params, state).tolist() == [(i + 1) % k == 0 for i in range(2 * k)]

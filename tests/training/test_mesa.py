@@ -247,7 +247,20 @@ def test_mesa_step_matches_a_hand_transcription(optimizer):
     tree_arrays((params, stats, opt_state, ema)), tree_arrays((got.params, got.batch_stats, got.opt_state, got.ema))
   ):
     np.testing.assert_allclose(y, x, rtol=2e-5, atol=2e-6)
-  assert metrics.compute()["mesa_loss"] > 0
+  # train/loss stays the cross-entropy alone; train/mesa_loss is the added term.
+  total = float(jnp.mean(per_example(state.params)[0]))
+  logits, _ = model.apply(
+    {"params": state.params, "batch_stats": state.batch_stats},
+    batch["image"],
+    train=True,
+    mutable=["batch_stats"],
+    rngs={"dropout": dropout},
+  )
+  cross_entropy = float(jnp.mean(smoothed_kl_loss(logits, batch["label"], SMOOTHING)))
+  reported = metrics.compute()
+  np.testing.assert_allclose(reported["loss"], cross_entropy, rtol=1e-5)
+  np.testing.assert_allclose(reported["mesa_loss"], total - cross_entropy, rtol=1e-4)
+  assert reported["mesa_loss"] > 0
 
 
 def test_the_ema_forward_pass_is_one_lax_cond_on_the_step_count():
