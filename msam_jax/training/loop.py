@@ -216,16 +216,23 @@ def _restore(s: Setup, workdir, manager) -> tuple[TrainState, int]:
   return state, start_step
 
 
-def _train(s: Setup, workdir, manager, preempt: preemption.Preemption) -> _Trained:
-  """Steps from the restored state to `s.num_steps`: logs, probes, evaluates and checkpoints on cadence."""
-  config, num_steps, is_primary = s.config, s.num_steps, jax.process_index() == 0
+def _open_run(s: Setup, workdir, manager):
+  """The restored state and its step, the run's config recorded and announced, and its metric writer."""
+  is_primary = jax.process_index() == 0
   state, start_step = _restore(s, workdir, manager)
   if is_primary:
-    run_record.record_config(workdir, config)
+    run_record.record_config(workdir, s.config)
     log.info("%s", _summary(s, start_step))
   writer = metric_writers.create_default_writer(str(workdir), just_logging=not is_primary)
   if start_step == 0:
-    writer.write_hparams({k: v for k, v in config.to_dict().items() if not isinstance(v, dict)})
+    writer.write_hparams({k: v for k, v in s.config.to_dict().items() if not isinstance(v, dict)})
+  return state, start_step, writer
+
+
+def _train(s: Setup, workdir, manager, preempt: preemption.Preemption) -> _Trained:
+  """Steps from the restored state to `s.num_steps`: logs, probes, evaluates and checkpoints on cadence."""
+  config, num_steps, is_primary = s.config, s.num_steps, jax.process_index() == 0
+  state, start_step, writer = _open_run(s, workdir, manager)
   probe_batch = s.global_batch(next(s.train_batches(seed=config.seed + 2))) if config.sharpness_every_steps else None
   train_iter = data.prefetch.to_devices(  # the next batches copy to the devices during the step
     s.train_batches(seed=config.seed, start_step=start_step), s.global_batch
@@ -304,8 +311,54 @@ def _finalise(s: Setup, workdir, t: _Trained, preempt: preemption.Preemption) ->
   checkpoint; the training's own numbers are recorded first, so the rerun
   finishes the run with the same results.
   """
-  config, state, num_steps, writer = s.config, t.state, s.num_steps, t.writer
-  is_primary = jax.process_index() == 0
+  num_steps = s.num_steps
+  training = _training_numbers(s, workdir, t)
+  finishing_points = itertools.count(num_steps + 1)  # numbered on from the last step (multi-process sync)
+
+  def stop_if_preempted():
+    if preempt.reached(next(finishing_points)):
+      raise preemption.Preempted(num_steps)
+
+  if jax.process_index() == 0:
+    log.info("step %d: training done; finishing the run (final evaluation, model, results).", num_steps)
+  stop_if_preempted()
+  results = _run_facts(s, t, training)
+  final, batch_stats = _final_evaluation(s, t, results, stop_if_preempted)
+  results["final_param_norm"] = float(mesh_lib.to_host(jax.jit(_unperturbed_norm)(t.state)))
+  results["final_eval_accuracy"] = final["accuracy"]
+  results["final_eval_loss"] = final["loss"]
+  if "accuracy_top5" in final:
+    results["final_eval_accuracy_top5"] = final["accuracy_top5"]
+  for split in ("validation", "noisy_train"):  # final_validation_accuracy, final_noisy_train_loss, ...
+    results.update({f"final_{k}": v for k, v in final.items() if k.startswith(f"{split}_")})
+  if t.sharpness is not None:
+    results.update({f"final_{k}": float(v) for k, v in t.sharpness.items()})
+  variables = {"params": jax.jit(_unperturbed_params)(t.state)}
+  if batch_stats:
+    variables["batch_stats"] = batch_stats
+  results["evaluated_model"] = str(evaluated_model.save(workdir, num_steps, variables))
+  t.writer.flush()
+  stop_if_preempted()
+  if jax.process_index() == 0:
+    run_record.write_results(workdir, results)
+    before = results.get("eval_accuracy_before_bn_recompute")
+    log.info(
+      "final eval accuracy %.4f%s%s; model saved in %s; results in %s",
+      results["final_eval_accuracy"],
+      "" if before is None else f" ({before:.4f} before the batch-norm recomputation)",
+      "".join(f"; {part}" for part in _eval_line(final).split("; ")[1:]),
+      results["evaluated_model"],
+      workdir / run_record.RESULTS_FILE,
+    )
+  return results
+
+
+def _training_numbers(s: Setup, workdir, t: _Trained) -> dict[str, Any]:
+  """Throughput and the last train metrics; recorded in `training.json` by the run that trained.
+
+  A rerun that finds the run stopped while finishing has no training of its own:
+  it reports the recorded numbers.
+  """
   timed = t.timed_steps > 0
   training = {
     "train_seconds": t.train_seconds,
@@ -315,25 +368,22 @@ def _finalise(s: Setup, workdir, t: _Trained, preempt: preemption.Preemption) ->
     # Averages over the last logging interval of this process's run.
     **{f"final_train_{k}": float(t.train_scalars[k]) for k in ("loss", "accuracy") if k in t.train_scalars},
   }
-  if t.start_step < num_steps and is_primary:
+  if t.start_step < s.num_steps and jax.process_index() == 0:
     run_record.save_training(workdir, training)
-  elif t.start_step == num_steps:  # stopped while finishing: the training's numbers are the recorded ones
+  elif t.start_step == s.num_steps:
     training = run_record.load_training(workdir) or training
-  finishing_points = itertools.count(num_steps + 1)  # numbered on from the last step (multi-process sync)
+  return training
 
-  def stop_if_preempted():
-    if preempt.reached(next(finishing_points)):
-      raise preemption.Preempted(num_steps)
 
-  if is_primary:
-    log.info("step %d: training done; finishing the run (final evaluation, model, results).", num_steps)
-  stop_if_preempted()
+def _run_facts(s: Setup, t: _Trained, training: dict[str, Any]) -> dict[str, Any]:
+  """What ran: config facts, memory per device, the training's numbers and the data's labels."""
+  config = s.config
   results = {
     "optimizer": config.optimizer,
     "dataset": config.dataset,
     "model": config.model,
-    "steps": num_steps,
-    "epochs": num_steps / s.steps_per_epoch,
+    "steps": s.num_steps,
+    "epochs": s.num_steps / s.steps_per_epoch,
     **{k: v for k, v in training.items() if not k.startswith("final_train_")},
     "eval_history": t.eval_history,
     "sharding": config.sharding,
@@ -344,27 +394,6 @@ def _finalise(s: Setup, workdir, t: _Trained, preempt: preemption.Preemption) ->
   if s.mesa is not None:  # MESA's EMA of the model: one parameter-sized buffer (plus batch statistics)
     results["mesa_ema_bytes_per_device"] = mesh_lib.bytes_per_device(s.abstract_state.ema, s.state_sharding.ema)
   results.update({k: v for k, v in training.items() if k.startswith("final_train_")})
-  history = t.eval_history
-  final = history[-1] if history and history[-1]["step"] == num_steps else None
-  if final is None:  # resumed after the last step: evaluate the restored state
-    final = evaluate_all(s, state)
-    stop_if_preempted()
-  bn_batches = s.steps_per_epoch if config.bn_recompute_batches < 0 else config.bn_recompute_batches
-  batch_stats = state.batch_stats
-  if msam_jax.optim.perturbs_params(state.opt_state) and state.batch_stats and bn_batches > 0:
-    batch_stats = _recompute_batch_norm(s, state, bn_batches, between=stop_if_preempted)
-    results["eval_accuracy_before_bn_recompute"] = final["accuracy"]
-    results["eval_loss_before_bn_recompute"] = final["loss"]
-    final = evaluate_all(s, state, batch_stats)
-    stop_if_preempted()
-    writer.write_scalars(num_steps, {f"eval/{k}_after_bn_recompute": v for k, v in final.items()})
-  results["final_param_norm"] = float(mesh_lib.to_host(jax.jit(_unperturbed_norm)(state)))
-  results["final_eval_accuracy"] = final["accuracy"]
-  results["final_eval_loss"] = final["loss"]
-  if "accuracy_top5" in final:
-    results["final_eval_accuracy_top5"] = final["accuracy_top5"]
-  for split in ("validation", "noisy_train"):  # final_validation_accuracy, final_noisy_train_loss, ...
-    results.update({f"final_{k}": v for k, v in final.items() if k.startswith(f"{split}_")})
   results.update(
     label_noise=config.label_noise,
     label_noise_seed=config.label_noise_seed,
@@ -380,26 +409,30 @@ def _finalise(s: Setup, workdir, t: _Trained, preempt: preemption.Preemption) ->
     num_train_examples=s.info.num_train,
     num_validation_examples=s.info.num_validation,
   )
-  if t.sharpness is not None:
-    results.update({f"final_{k}": float(v) for k, v in t.sharpness.items()})
-  variables = {"params": jax.jit(_unperturbed_params)(state)}
-  if batch_stats:
-    variables["batch_stats"] = batch_stats
-  results["evaluated_model"] = str(evaluated_model.save(workdir, num_steps, variables))
-  writer.flush()
-  stop_if_preempted()
-  if jax.process_index() == 0:
-    run_record.write_results(workdir, results)
-    before = results.get("eval_accuracy_before_bn_recompute")
-    log.info(
-      "final eval accuracy %.4f%s%s; model saved in %s; results in %s",
-      results["final_eval_accuracy"],
-      "" if before is None else f" ({before:.4f} before the batch-norm recomputation)",
-      "".join(f"; {part}" for part in _eval_line(final).split("; ")[1:]),
-      results["evaluated_model"],
-      workdir / run_record.RESULTS_FILE,
-    )
   return results
+
+
+def _final_evaluation(s: Setup, t: _Trained, results: dict, stop_if_preempted) -> tuple[dict, Any]:
+  """The last evaluation and the batch statistics to save with the model.
+
+  MSAM family with batch norm: the statistics recomputed at the unperturbed
+  parameters and evaluated again (the numbers before go into `results`).
+  """
+  config, state, history = s.config, t.state, t.eval_history
+  final = history[-1] if history and history[-1]["step"] == s.num_steps else None
+  if final is None:  # resumed after the last step: evaluate the restored state
+    final = evaluate_all(s, state)
+    stop_if_preempted()
+  bn_batches = s.steps_per_epoch if config.bn_recompute_batches < 0 else config.bn_recompute_batches
+  batch_stats = state.batch_stats
+  if msam_jax.optim.perturbs_params(state.opt_state) and state.batch_stats and bn_batches > 0:
+    batch_stats = _recompute_batch_norm(s, state, bn_batches, between=stop_if_preempted)
+    results["eval_accuracy_before_bn_recompute"] = final["accuracy"]
+    results["eval_loss_before_bn_recompute"] = final["loss"]
+    final = evaluate_all(s, state, batch_stats)
+    stop_if_preempted()
+    t.writer.write_scalars(s.num_steps, {f"eval/{k}_after_bn_recompute": v for k, v in final.items()})
+  return final, batch_stats
 
 
 def _unperturbed_params(state: TrainState):
