@@ -86,7 +86,7 @@ def test_a_transformation_after_msam_is_refused(tx):
   params = {"w": jnp.zeros(2)}
   state = tx.init(params)
   updates, state = tx.update(jax.grad(loss)(params), state, params, value=loss(params))
-  with pytest.raises(ValueError, match=r"msam/adamw_msam is member \d of an optax.chain .* follow"):
+  with pytest.raises(ValueError, match=r"msam/adamw_msam/msam_of is member \d of an optax.chain .* follow"):
     msam_jax.eval_params(optax.apply_updates(params, updates), state)
 
 

@@ -184,6 +184,7 @@ def test_sam_family_accumulation_equals_the_whole_batch(name, x64):
   mean gradient, `grad_fn` the whole batch's, equals the step on the whole batch
   in float64. `optax.MultiSteps` either refuses or must match it too (it did
   neither: 2.9e-2 apart after one step of sam with k = 2)."""
+  pytest.importorskip("flax", reason="msam_jax.training.accumulation: the train extra")
   from msam_jax.training import accumulation
 
   k, num_steps = 2, 2
