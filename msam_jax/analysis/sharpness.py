@@ -48,6 +48,13 @@ def sam_sharpness(loss_fn: LossFn, params: Any, rho: float | jax.Array) -> jax.A
 
   Returns:
     A scalar, the loss increase at the perturbed parameters.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from msam_jax import analysis
+    >>> loss_fn = lambda p: jnp.sum(p["w"] ** 2)  # at w = 0: L(rho u) - L(0) = rho^2
+    >>> round(float(analysis.sam_sharpness(loss_fn, {"w": jnp.array([1e-3, 0.0])}, rho=0.5)), 3)
+    0.251
   """
   validation.non_negative("rho", rho)
   loss, grads = jax.value_and_grad(loss_fn)(params)
@@ -99,6 +106,14 @@ def hessian_max_eigenvalue(loss_fn: LossFn, params: Any, rng: jax.Array, num_ite
 
   Returns:
     A scalar (float32, or float64 for float64 params), the eigenvalue estimate.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> from msam_jax import analysis
+    >>> loss_fn = lambda p: 3.0 * p["w"][0] ** 2 + 0.5 * p["w"][1] ** 2  # Hessian diag(6, 1)
+    >>> top = analysis.hessian_max_eigenvalue(loss_fn, {"w": jnp.ones(2)}, jax.random.key(0), num_iters=5)
+    >>> round(float(top), 3)
+    6.0
   """
   validation.integer("num_iters", num_iters, static=False)
 

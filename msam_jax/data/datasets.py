@@ -27,7 +27,7 @@ class DatasetInfo:
   num_validation: int = 0  # carved from the training split (validation_split.py)
 
 
-DATASETS = ("digits", "cifar10", "cifar100", "imagenet2012", "synthetic")
+DATASETS = ("digits", "cifar10", "cifar100", "imagenet2012", "synthetic")  # the names config.dataset accepts
 # Datasets held in memory: a validation subset can be carved from their training split.
 IN_MEMORY = ("digits", "cifar10", "cifar100")
 

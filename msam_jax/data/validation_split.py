@@ -21,6 +21,7 @@ SEED = 20_240_521  # fixed: one validation subset per dataset and fraction
 
 
 def check(fraction) -> None:
+  """Raises ValueError (one line) unless `fraction` is a number in [0, 1)."""
   if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real):
     validation.fail("validation_fraction", fraction, "a number in [0, 1)")
   validation.in_interval("validation_fraction", fraction, 0.0, 1.0, low_closed=True, high_closed=False)

@@ -1,4 +1,4 @@
-"""Flax models of the MSAM experiments, built by name.
+"""Flax models of the MSAM experiments, built by name::
 
     model = build("wrn", num_classes=100, depth=16, width=4)
     variables = model.init(rng, images, train=False)        # images: NHWC float
@@ -31,7 +31,7 @@ _BUILDERS = {
   "vgg": vgg.vgg,
   "cnn": cnn.cnn,
 }
-MODELS = tuple(_BUILDERS)
+MODELS = tuple(_BUILDERS)  # the names build() accepts
 
 
 def options(name: str) -> dict:

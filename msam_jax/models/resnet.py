@@ -118,7 +118,7 @@ class ResNet(nn.Module):
           self.width * 2**stage, strides, self.kernel_init, self.dtype, name=f"layer{stage + 1}_block{block + 1}"
         )(x, train)
     # imagenet: AdaptiveAvgPool2d(1); cifar: avg_pool2d(4) of the 4x4 map of a
-    # 32-px input. Both are the global mean (other input sizes: see README).
+    # 32-px input. Both are the global mean (other input sizes: see docs/models.md).
     x = jnp.mean(x, axis=(1, 2))
     x = td.torch_linear(self.num_classes, x.shape[-1], dtype=self.dtype, name="fc")(x)
     return x.astype(jnp.float32)

@@ -120,6 +120,16 @@ def asam(
   Returns:
     An `optax.GradientTransformationExtraArgs`; `update(grads, state, params, *,
     loss_fn, losses=None, grad_fn=None)` as documented in `msam_jax.optim.sam`.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax, msam_jax
+    >>> loss_fn = lambda p, indices=None: jnp.sum(p["w"] ** 2, keepdims=True)
+    >>> params = {"w": jnp.array([3.0, 4.0])}
+    >>> tx = msam_jax.asam(msam_jax.sgd(0.1), rho=0.5, eta=0.0)
+    >>> grads = jax.grad(lambda p: loss_fn(p).mean())(params)
+    >>> updates, state = tx.update(grads, tx.init(params), params, loss_fn=loss_fn)
+    >>> [round(float(w), 3) for w in optax.apply_updates(params, updates)["w"]]  # e = rho T^2 g / ||T g||, T = |w|
+    [2.253, 2.851]
   """
   validation.non_negative("eta", eta)
 

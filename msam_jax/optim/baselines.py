@@ -50,6 +50,14 @@ def sgd(
   Returns:
     An `optax.GradientTransformationExtraArgs` (a chain: extra update arguments
     are ignored); `update` needs `params` (weight decay).
+
+  Examples:
+    >>> import jax.numpy as jnp, optax, msam_jax
+    >>> tx = msam_jax.sgd(learning_rate=0.5, momentum=0.9)
+    >>> params = {"w": jnp.array([3.0, 4.0])}
+    >>> updates, state = tx.update({"w": jnp.array([2.0, 2.0])}, tx.init(params), params)
+    >>> optax.apply_updates(params, updates)["w"]  # the first step: w - lr g
+    Array([2., 3.], dtype=float32)
   """
   validation.non_negative("learning_rate", learning_rate)
   validation.in_interval("momentum", momentum, 0.0, 1.0, low_closed=True, high_closed=False)
@@ -137,6 +145,14 @@ def adamw(
   Returns:
     An `optax.GradientTransformationExtraArgs` (extra update arguments are
     ignored); `update` needs `params` unless the weight decay is the constant 0.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax, msam_jax
+    >>> tx = msam_jax.adamw(learning_rate=0.5, weight_decay=0.0)
+    >>> params = {"w": jnp.array([3.0, 4.0])}
+    >>> updates, state = tx.update({"w": jnp.array([2.0, -8.0])}, tx.init(params), params)
+    >>> [round(float(w), 4) for w in optax.apply_updates(params, updates)["w"]]  # first step: w - lr sign(g)
+    [2.5, 4.5]
   """
   check_adam_args(learning_rate, b1, b2, eps, weight_decay)
 

@@ -101,6 +101,18 @@ def esam(
   Returns:
     An `optax.GradientTransformationExtraArgs`; `update(grads, state, params, *,
     loss_fn, losses=None)` as documented in `msam_jax.optim.sam`.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax, msam_jax
+    >>> x = jnp.array([1.0, 2.0, 3.0, 4.0])  # four examples
+    >>> loss_fn = lambda p, indices=None: (p["w"] * (x if indices is None else x[indices])) ** 2
+    >>> params = {"w": jnp.array(1.0)}
+    >>> tx = msam_jax.esam(msam_jax.sgd(0.01), rho=0.05, beta=1.0, gamma=0.5)
+    >>> grads = jax.grad(lambda p: loss_fn(p).mean())(params)
+    >>> step = jax.jit(lambda g, s, p: tx.update(g, s, p, loss_fn=loss_fn))
+    >>> updates, state = step(grads, tx.init(params), params)
+    >>> round(float(updates["w"]), 4)  # -lr * grad at w + rho, on the 2 sharpest examples (x = 3, 4)
+    -0.2625
   """
   check_base(base)
   validation.non_negative("rho", rho)

@@ -85,6 +85,16 @@ def gsam(
   Returns:
     An `optax.GradientTransformationExtraArgs`; `update(grads, state, params, *,
     loss_fn, losses=None, grad_fn=None)` as documented in `msam_jax.optim.sam`.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax, msam_jax
+    >>> loss_fn = lambda p, indices=None: jnp.sum(p["w"] ** 2, keepdims=True)
+    >>> params = {"w": jnp.array([3.0, 4.0])}
+    >>> tx = msam_jax.gsam(msam_jax.sgd(0.25), rho=5.0, alpha=0.0)  # alpha=0: SAM
+    >>> grads = jax.grad(lambda p: loss_fn(p).mean())(params)
+    >>> updates, state = tx.update(grads, tx.init(params), params, loss_fn=loss_fn)
+    >>> optax.apply_updates(params, updates)["w"]
+    Array([0., 0.], dtype=float32)
   """
   validation.in_interval("alpha", alpha, 0.0, 1.0, low_closed=True, high_closed=True)
   validation.boolean("minimize_fp", minimize_fp)

@@ -61,6 +61,16 @@ def looksam(
   Returns:
     An `optax.GradientTransformationExtraArgs`; `update(grads, state, params, *,
     loss_fn, losses=None, grad_fn=None)` as documented in `msam_jax.optim.sam`.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax, msam_jax
+    >>> loss_fn = lambda p, indices=None: jnp.sum(p["w"] ** 2, keepdims=True)
+    >>> params = {"w": jnp.array([3.0, 4.0])}
+    >>> tx = msam_jax.looksam(msam_jax.sgd(0.1), rho=0.05, k=5)
+    >>> grads = jax.grad(lambda p: loss_fn(p).mean())(params)
+    >>> updates, state = tx.update(grads, tx.init(params), params, loss_fn=loss_fn)  # update 0: a SAM step
+    >>> int(state.count), [round(float(w), 3) for w in optax.apply_updates(params, updates)["w"]]
+    (1, [2.394, 3.192])
   """
   check_base(base)
   validation.non_negative("rho", rho)

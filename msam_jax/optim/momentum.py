@@ -14,6 +14,8 @@ import optax.contrib
 
 from msam_jax.optim.baselines import AdamWState
 
+__all__ = ["find_momentum"]  # MomentumFn is the annotation of `msam_of(momentum=)`
+
 MomentumFn = Callable[[optax.OptState], optax.Updates]  # base state -> momentum, a tree like params
 
 # State type -> the field holding a first moment of the gradient (or of the preconditioned

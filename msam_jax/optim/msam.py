@@ -103,6 +103,18 @@ def msam(
   Returns:
     An `optax.GradientTransformationExtraArgs` (extra update arguments are
     ignored); `update` needs `params` unless the weight decay is the constant 0.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax, msam_jax
+    >>> tx = msam_jax.msam(learning_rate=0.5, momentum=0.9, rho=1.0)
+    >>> params = {"w": jnp.array([3.0, 4.0])}
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update({"w": jnp.array([3.0, 4.0])}, state, params)
+    >>> params = optax.apply_updates(params, updates)
+    >>> [round(float(w), 4) for w in params["w"]]  # the ascent point p - (rho / ||v||) v, v = (3, 4)
+    [0.9, 1.2]
+    >>> [round(float(w), 4) for w in msam_jax.eval_params(params, state)["w"]]  # the SGD step p - lr g
+    [1.5, 2.0]
   """
   validation.non_negative("learning_rate", learning_rate)
   validation.in_interval("momentum", momentum, 0.0, 1.0, low_closed=True, high_closed=False)
@@ -181,6 +193,16 @@ def adamw_msam(
   Returns:
     An `optax.GradientTransformationExtraArgs` (extra update arguments are
     ignored); `update` needs `params` unless the weight decay is the constant 0.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax, msam_jax
+    >>> tx = msam_jax.adamw_msam(learning_rate=0.5, weight_decay=0.0, rho=0.0)
+    >>> params = {"w": jnp.array([3.0, 4.0])}
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update({"w": jnp.array([2.0, -8.0])}, state, params)
+    >>> clean = msam_jax.eval_params(optax.apply_updates(params, updates), state)
+    >>> [round(float(w), 4) for w in clean["w"]]  # rho=0 is adamw: w - lr sign(g) on the first step
+    [2.5, 4.5]
   """
   baselines.check_adam_args(learning_rate, b1, b2, eps, weight_decay)
   validation.non_negative("rho", rho)
@@ -423,6 +445,16 @@ def eval_params(params: optax.Params, opt_state: optax.OptState) -> optax.Params
   Raises:
     ValueError: when a transformation follows `msam` in an `optax.chain`: the
       unperturbed point is then unknown.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax, msam_jax
+    >>> params = {"w": jnp.array([3.0, 4.0])}
+    >>> tx = optax.chain(optax.clip_by_global_norm(1.0), msam_jax.msam(0.5, rho=0.1))
+    >>> state = tx.init(params)
+    >>> msam_jax.eval_params(params, state)["w"]  # nothing perturbed yet
+    Array([3., 4.], dtype=float32)
+    >>> msam_jax.eval_params(params, msam_jax.sgd(0.5).init(params)) is params  # not MSAM
+    True
   """
   params, opt_state = _as_pure(params), _as_pure(opt_state)
   _check_msam_is_last(opt_state)

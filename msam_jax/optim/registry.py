@@ -63,7 +63,7 @@ from msam_jax.optim.msam import adamw_msam, msam, msam_of
 from msam_jax.optim.rst import rst
 from msam_jax.optim.sam import sam
 
-FAMILIES = ("base", "msam", "sam")
+FAMILIES = ("base", "msam", "sam")  # what a training loop must know of an optimizer (module docstring)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,6 +144,7 @@ _ENTRIES = (
   Entry("rst", "sam", rst, base="sgd", config_fields={"seed": "seed"}),
 )
 
+# Every optimizer: name -> `Entry`, read-only, in table order.
 REGISTRY: Mapping[str, Entry] = types.MappingProxyType({e.name: e for e in _ENTRIES})
 
 

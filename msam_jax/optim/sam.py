@@ -291,6 +291,16 @@ def sam(
   Returns:
     An `optax.GradientTransformationExtraArgs`; `update(grads, state, params, *,
     loss_fn, losses=None, grad_fn=None)` (see the module docstring).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax, msam_jax
+    >>> loss_fn = lambda p, indices=None: jnp.sum(p["w"] ** 2, keepdims=True)  # one example
+    >>> params = {"w": jnp.array([3.0, 4.0])}
+    >>> tx = msam_jax.sam(msam_jax.sgd(learning_rate=0.25), rho=5.0)
+    >>> grads = jax.grad(lambda p: loss_fn(p).mean())(params)
+    >>> updates, state = tx.update(grads, tx.init(params), params, loss_fn=loss_fn)
+    >>> optax.apply_updates(params, updates)["w"]  # stepped with the gradient at 2 p
+    Array([0., 0.], dtype=float32)
   """
 
   def direction_at(radius, params):

@@ -26,20 +26,20 @@ DTYPES = ("float32", "bfloat16", "float16")  # float16 with dynamic loss scaling
 def base_config() -> ml_collections.ConfigDict:
   """The defaults: the original's `default.ini` where it has a value."""
   c = ml_collections.ConfigDict()
-  c.seed = 0
+  c.seed = 0  # parameters, data order, augmentation, dropout
 
   # Data.
-  c.dataset = "cifar100"
-  c.data_dir = ml_collections.FieldReference(None, field_type=str)
-  c.image_size = ml_collections.FieldReference(None, field_type=int)
+  c.dataset = "cifar100"  # a name of msam_jax.data.DATASETS: digits, cifar10, cifar100, imagenet2012, synthetic
+  c.data_dir = ml_collections.FieldReference(None, field_type=str)  # TFDS data directory; None: TFDS's default
+  c.image_size = ml_collections.FieldReference(None, field_type=int)  # ImageNet / ViT input size; None: the model's
   c.batch_size = 256  # global, over all devices and processes
-  c.eval_batch_size = 512
+  c.eval_batch_size = 512  # global; the last batch is padded and masked
   # Symmetric label noise (msam_jax/data/label_noise.py): this fraction of the TRAINING labels,
   # in [0, 1), replaced by a uniformly drawn other class; which examples and into which class
   # is fixed per example by label_noise_seed (not by `seed`: every seed and optimizer sees the
   # same corrupted set). Evaluation labels stay clean.
   c.label_noise = 0.0
-  c.label_noise_seed = 0
+  c.label_noise_seed = 0  # which examples are corrupted, and into which class
   # A fixed, stratified subset of the training split, in [0, 1), held out with clean labels and
   # evaluated beside the test split (msam_jax/data/validation_split.py); digits and CIFAR only.
   c.validation_fraction = 0.0
@@ -52,8 +52,8 @@ def base_config() -> ml_collections.ConfigDict:
   )
 
   # Model: `msam_jax.models.build(model, num_classes, **model_kwargs)`.
-  c.model = "wrn"
-  c.model_kwargs = ml_collections.ConfigDict()
+  c.model = "wrn"  # a name of msam_jax.models.MODELS
+  c.model_kwargs = ml_collections.ConfigDict()  # every option of the model (set_model), e.g. depth, width
   c.dtype = "float32"  # computation dtype; parameters stay float32
 
   # Optimizer.
@@ -84,21 +84,21 @@ def base_config() -> ml_collections.ConfigDict:
   # of this many examples of each device's batch (a divisor of it); 0 = one perturbation
   # from the whole global batch.
   c.sam_group_size = 0
-  c.label_smoothing = 0.1
+  c.label_smoothing = 0.1  # of the cross-entropy loss, in [0, 1)
   # MESA (msam_jax/training/mesa.py, docs/algorithms.md): loss + mesa_weight * T^2 * KL(EMA model || model)
   # with any optimizer; the defaults are those of the SAF paper's code, whose runs use weight 0.3 or 0.8.
   c.mesa_weight = 0.0  # lambda; 0 = off
   c.mesa_decay = 0.9998  # the EMA's decay per step
   c.mesa_start_epoch = 6.0  # epochs without the term (the SAF code's kl_start_epoch 5: on while epoch > 5)
-  c.mesa_temperature = 5.0
+  c.mesa_temperature = 5.0  # T of the softened outputs in the KL term
 
   # Schedule of the run.
-  c.num_epochs = 200
+  c.num_epochs = 200  # the length of the run and of its schedules
   c.num_train_steps = -1  # > 0 overrides num_epochs (for quick runs and tests)
-  c.log_every_steps = 50
-  c.eval_every_epochs = 1
+  c.log_every_steps = 50  # training metrics to TensorBoard and the log
+  c.eval_every_epochs = 1  # evaluation on the whole test split at eval_params
   c.checkpoint_every_steps = 1000  # plus one at the end; 0: only at the end
-  c.max_checkpoints_to_keep = 3
+  c.max_checkpoints_to_keep = 3  # older checkpoints are deleted
   c.async_checkpointing = True  # False: write each checkpoint before training goes on
   # Batch-norm statistics recomputed at the unperturbed parameters after an MSAM-family
   # run: number of training batches, -1 = one epoch (as the original), 0 = off.
@@ -106,8 +106,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Sharpness probes at the unperturbed parameters on a fixed training batch.
   c.sharpness_every_steps = 0  # 0: off
-  c.sharpness_rho = 0.05
-  c.sharpness_num_iters = 20
+  c.sharpness_rho = 0.05  # radius of the SAM sharpness L(p + rho g/|g|) - L(p)
+  c.sharpness_num_iters = 20  # power iterations of the Hessian max eigenvalue
 
   # Pod scale (mesh.py, accumulation.py, preemption.py).
   c.sharding = "replicate"  # or "fsdp": parameters and optimizer state split over devices

@@ -1,4 +1,4 @@
-"""What may be chained with msam (README "Use in your own JAX code", rule 2).
+"""What may be chained with msam (docs/getting_started.md, "Use in your own JAX code", rule 2).
 
 Gradient transformations before msam keep `eval_params` exact; a transformation
 after it would also rescale the perturbation, so `eval_params` refuses such a

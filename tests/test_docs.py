@@ -1,0 +1,196 @@
+"""The documentation cannot drift from the code: README, API reference, config schema, project files.
+
+The site itself is built (warning-free) by .ci/run; these checks are the fast part.
+"""
+
+import importlib
+import inspect
+import pathlib
+import re
+import sys
+import tomllib
+import types
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "docs"))
+
+import api_reference  # noqa: E402  (docs/api_reference.py: what the build generates)
+
+README = (ROOT / "README.md").read_text()
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def fenced_blocks(text: str, language: str) -> list[str]:
+  return re.findall(rf"^```{language}\n(.*?)^```", text, flags=re.M | re.S)
+
+
+def section(text: str, heading: str) -> str:
+  start = text.index(f"\n## {heading}")
+  end = text.find("\n## ", start + 1)
+  return text[start : end if end > 0 else len(text)]
+
+
+# --- The API reference ---
+
+
+def _is_public_definition(module, name: str, obj) -> bool:
+  """A name a user of `module` would reach for: not private, defined by msam_jax in a public module."""
+  if name.startswith("_") or isinstance(obj, types.ModuleType):
+    return False
+  origin = getattr(obj, "__module__", None) or ""
+  if any(part.startswith("_") for part in origin.split(".")):
+    return False
+  if not hasattr(module, "__all__"):  # a plain module: what it defines itself
+    return origin == module.__name__
+  return origin == module.__name__ or origin.startswith(module.__name__ + ".")  # a package: its own modules
+
+
+def _own_docstring(obj) -> str:
+  doc = obj.__dict__.get("__doc__") if inspect.isclass(obj) else obj.__doc__
+  return (doc or "").strip()
+
+
+@pytest.mark.parametrize("module_name", api_reference.PUBLIC_MODULES)
+def test_every_public_symbol_is_exported_documented_and_in_the_reference(module_name):
+  module = importlib.import_module(module_name)
+  exported = api_reference.public_names(module_name)
+  unexported = [n for n, obj in vars(module).items() if _is_public_definition(module, n, obj) and n not in exported]
+  assert not unexported, f"{module_name} defines public {unexported} outside __all__: export them or prefix _"
+  assert _own_docstring(module), f"{module_name} has no module docstring"
+  page = api_reference.page(module_name)
+  for name in exported:
+    obj = getattr(module, name)
+    if inspect.ismodule(obj):
+      assert obj.__name__ in api_reference.PUBLIC_MODULES or f".. automodule:: {obj.__name__}" in page
+      members = [getattr(obj, n) for n in api_reference.public_names(obj.__name__)]
+      undocumented = [m for m in members if (inspect.isclass(m) or callable(m)) and not _own_docstring(m)]
+      assert not undocumented, f"{obj.__name__}: no docstring on {undocumented}"
+      continue
+    if inspect.isclass(obj) or callable(obj):
+      assert _own_docstring(obj), f"{module_name}.{name} has no docstring"
+    else:
+      assert api_reference._constant_comment(module, name), (
+        f"{module_name}.{name}: a constant needs a comment on (or just above) its assignment"
+      )
+    home = api_reference._canonical_module(obj, module_name)
+    directive = f"{home}.{name}"
+    assert directive in api_reference.page(home), f"{module_name}.{name} is missing from the API reference"
+
+
+def test_the_reference_pages_are_in_the_site_index():
+  index = (ROOT / "docs" / "index.md").read_text()
+  for module_name in api_reference.PUBLIC_MODULES:
+    assert f"api/{module_name}\n" in index
+
+
+def test_config_schema_gives_every_field_a_default_and_a_meaning():
+  from msam_jax.training import config
+
+  rows = api_reference.config_schema()
+  assert sorted(field for _, field, *_ in rows) == sorted(config.base_config())
+  assert not [field for _, field, _, meaning, _ in rows if not meaning], "add a comment to these fields in base_config"
+  by_field = {field: (default, resumable) for _, field, default, _, resumable in rows}
+  assert by_field["rho"][0] == repr(config.base_config().rho)
+  assert by_field["num_train_steps"][1] and not by_field["num_epochs"][1]
+
+
+# --- README.md ---
+
+
+def test_readme_fits_on_a_few_screens_and_starts_with_the_two_commands():
+  assert len(README.splitlines()) <= 250
+  first = fenced_blocks(README, "bash")[0].splitlines()
+  assert first[0].startswith('python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[train,test]"')
+  assert first[1] == "python -m pytest -q -n 2 tests"
+  assert first[1] in (ROOT / ".ci" / "run").read_text().splitlines()  # the command CI runs
+
+
+def test_readme_optimizer_table_is_the_registry():
+  from msam_jax.optim import registry
+
+  rows = [
+    [cell.strip().strip("`") for cell in line.strip("|").split("|")]
+    for line in section(README, "Optimizers").splitlines()
+    if line.startswith("| `")
+  ]
+  assert [row[0] for row in rows] == list(registry.names()), "one row per registry entry, in registry order"
+  for name, family, base, cost, reference in rows:
+    entry = registry.get(name)
+    assert (family, base) == (entry.family, entry.base), name
+    if entry.family in ("base", "msam"):
+      assert cost == "1 gradient", name
+    else:
+      assert "2 gradients" in cost, name  # the SAM family's second gradient (on some steps, or a sub-batch)
+    assert reference, name
+
+
+def test_readme_library_code_runs_and_does_what_its_comments_say():
+  import jax.numpy as jnp
+
+  namespace = {}
+  exec(fenced_blocks(README, "python")[0], namespace)
+  params, clean = namespace["params"], namespace["clean"]
+  assert not jnp.allclose(params["w"], clean["w"])  # MSAM's params are perturbed, eval_params undoes it
+  assert namespace["updates"]["w"].shape == (2,)
+
+
+def test_readme_names_exist():
+  import msam_jax
+
+  for dotted in set(re.findall(r"\bmsam_jax((?:\.\w+)+)", README)):
+    obj = msam_jax
+    for part in dotted.strip(".").split("."):
+      assert hasattr(obj, part), f"README names msam_jax{dotted}, which does not exist"
+      obj = getattr(obj, part)
+
+
+def test_readme_train_commands_use_real_configs_and_fields():
+  from msam_jax.training import config
+
+  fields = set(config.base_config())
+  for flag in re.findall(r"--config\.(\w+)", README):
+    assert flag in fields | {"<field>"}, flag
+  for path in re.findall(r"(?:configs/)?(\w+\.py)", section(README, "train.py in 10 lines")):
+    assert (ROOT / "configs" / path).exists() or path == "train.py", path
+
+
+def test_readme_links_point_at_files_that_exist():
+  index = (ROOT / "docs" / "index.md").read_text()
+  for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", README):
+    assert (ROOT / target).exists(), target
+    if target.startswith("docs/"):
+      assert pathlib.Path(target).stem in index, f"{target} is not in the site's table of contents"
+
+
+def test_readme_headline_numbers_are_the_committed_comparison():
+  table = (ROOT / "benchmarks" / "results" / "compare_digits" / "table.md").read_text()
+  headline = section(README, "What it is, and what it buys")
+  for pair in re.findall(r"\d+\.\d+ ± \d+\.\d+", headline):
+    assert pair in table, f"README's {pair} is not in benchmarks/results/compare_digits/table.md"
+  accuracies = [float(m) for m in re.findall(r"^\| \w+ \| [^|]+ \| (\d+\.\d+) ±", table, flags=re.M)]
+  assert f"between {min(accuracies):.2f}% and {max(accuracies):.2f}%" in " ".join(headline.split())
+
+
+# --- Project files ---
+
+
+def test_licence_citation_and_changelog_agree_with_pyproject():
+  import yaml
+
+  version = PYPROJECT["project"]["version"]
+  assert PYPROJECT["project"]["license"] == "MIT"
+  assert (ROOT / "LICENSE").read_text().startswith("MIT License")
+  citation = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+  assert (citation["version"], citation["license"]) == (version, "MIT")
+  assert any("2401.12033" in str(ref) for ref in citation["references"])  # the MSAM paper
+  assert f"\n## {version}\n" in (ROOT / "CHANGELOG.md").read_text()
+
+
+def test_ci_builds_the_docs_warning_free_with_the_docs_extra():
+  ci = (ROOT / ".ci" / "run").read_text()
+  assert re.search(r"^sphinx-build .*-W .*docs docs/_build/html$", ci, flags=re.M) and "docs]" in ci
+  assert 'pip install -e ".[docs]" && sphinx-build -W docs docs/_build/html' in README  # the one local command
+  assert "docs" in PYPROJECT["project"]["optional-dependencies"]
+  assert "docs/_build/" in (ROOT / ".gitignore").read_text().splitlines()
