@@ -119,6 +119,8 @@ PALETTE = (
   "#ffbb78",
   "#98df8a",
   "#ff9896",
+  "#000000",
+  "#c49c94",
 )
 COLORS = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(OPTIMIZERS)}
 
