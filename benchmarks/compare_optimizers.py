@@ -4,7 +4,7 @@
         [--optimizers sgd,msam,sam,...] [--seeds 0,1,2,3,4] [--label_noise 0,0.2,0.4]
         [--validation_fraction 0.1] [--no_sweep | --sweep_seed 100 --sweep_noise 0.2
         --msam_rho_grid 0.3,1,3,10 --sam_rho_grid 0.01,0.03,0.1,0.3,1 --lr_factors 0.3,1,3]
-        [--epochs N] [--steps N] [--out benchmarks/results/compare_digits]
+        [--epochs N] [--steps N] [--eval_every_epochs 1] [--out benchmarks/results/compare_digits]
         [--rho msam=1,sam=0.1,...] [--lr adamw=3e-3,...] [--weight_decay adamw=0.05,...]
         [--no_sharpness] [--report_only] [--dpi 80]
 
@@ -35,6 +35,13 @@ magnitude larger), and the optimizers whose base is not SGD also over
 validation accuracy (ties: lower validation loss) is used for every reported
 run and written into results.json and the table notes. The sweep runs at one
 noise level, `--sweep_noise` (default: the middle of `--label_noise`).
+
+MESA is compared as `sgd+mesa`: SGD with the MESA loss term on
+(`config.mesa_weight`, MESA_FIELDS: the SAF code's lambda 0.3, temperature 5
+and start epoch 6, with the EMA decay scaled to a time constant of one epoch),
+so its paired difference and time ratio are against `sgd`; it has no rho to
+sweep. The Lion family's learning rate centres at 3e-4, a tenth of AdamW's
+(BASE_LEARNING_RATE), and is swept like AdamW's.
 
 Time per step is the median over epochs of (epoch wall time / steps), leaving
 out the first epoch (compilation) and the last (final probes, checkpoint); it
@@ -70,13 +77,32 @@ import time
 
 from msam_jax.optim import registry
 
-OPTIMIZERS = registry.names()
+# MESA is a loss term, not an optimizer: "<optimizer>+mesa" runs the registered
+# optimizer with config.mesa_weight > 0 (MESA_FIELDS), and its base is that optimizer.
+MESA_SUFFIX = "+mesa"
+MESA_OPTIMIZERS = ("sgd" + MESA_SUFFIX,)
+OPTIMIZERS = registry.names() + MESA_OPTIMIZERS
+
+
+def registry_name(name: str) -> str:
+  """The registered optimizer a comparison entry trains with: 'sgd+mesa' -> 'sgd'."""
+  return name.removesuffix(MESA_SUFFIX)
+
+
+def comparison_name(config) -> str:
+  """The comparison's name of a run's config: its optimizer, with '+mesa' when MESA is on."""
+  return config.optimizer + (MESA_SUFFIX if config.get("mesa_weight", 0.0) else "")
+
+
 # The committed comparison's set: every optimizer but adamw_sam.
 DEFAULT_OPTIMIZERS = tuple(name for name in OPTIMIZERS if name != "adamw_sam")
-# The time ratio of each optimizer is taken to its base's (sgd or adamw).
-BASE_OPTIMIZER = {name: registry.get(name).base for name in OPTIMIZERS}
+# The time ratio and the paired difference of each entry are taken to its base's
+# (sgd, adamw or lion; an "<optimizer>+mesa" entry's base is that optimizer).
+BASE_OPTIMIZER = {
+  name: registry_name(name) if name.endswith(MESA_SUFFIX) else registry.get(name).base for name in OPTIMIZERS
+}
 # Optimizers that take a rho (the others ignore config.rho).
-USES_RHO = tuple(name for name in OPTIMIZERS if registry.get(name).uses_rho)
+USES_RHO = tuple(name for name in registry.names() if registry.get(name).uses_rho)
 # Fixed, so an optimizer has the same colour in every plot and every output folder
 # (registry order; optimizers beyond the palette reuse it from the start).
 PALETTE = (
@@ -94,6 +120,8 @@ PALETTE = (
   "#ffbb78",
   "#98df8a",
   "#ff9896",
+  "#000000",
+  "#c49c94",
 )
 COLORS = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(OPTIMIZERS)}
 
@@ -107,9 +135,7 @@ _FAMILY_RHO = {"msam": 0.3, "sam": 0.05}
 # GSAM's is its rho_max, falling with the learning rate to gsam_rho_min (DEFAULT_FIELDS).
 _RHO = {"asam": 0.5, "adamw_asam": 0.5, "gsam": 0.1, "adamw_gsam": 0.1}
 DEFAULT_RHO = ",".join(
-  f"{name}={_RHO.get(name, _FAMILY_RHO[registry.get(name).family]):g}"
-  for name in OPTIMIZERS
-  if registry.get(name).uses_rho
+  f"{name}={_RHO.get(name, _FAMILY_RHO[registry.get(name).family]):g}" for name in OPTIMIZERS if name in USES_RHO
 )
 # Other config fields per optimizer, not swept (benchmarks/results/compare_digits/README.md):
 # ASAM's eta as SamsungLabs/ASAM; GSAM's rho_min / rho_max = 1/5 (the reference ViT config:
@@ -122,10 +148,19 @@ DEFAULT_FIELDS = {
   "gsam": _GSAM_FIELDS,
   "adamw_gsam": _GSAM_FIELDS,
 }
+# MESA (docs/algorithms.md): the SAF code's lambda (--reinforce 0.3), temperature 5 and
+# start epoch 6 (config defaults); its EMA decay 0.9998 per step is a time constant of
+# 5000 steps, about one ImageNet epoch at batch 256, but more than a whole digits run,
+# so the decay is scaled to keep a time constant of one epoch: 1 - 1 / steps_per_epoch.
+MESA_FIELDS = {"mesa_weight": 0.3}
+for _name in MESA_OPTIMIZERS:
+  DEFAULT_FIELDS[_name] = MESA_FIELDS
 # The config's learning rate and weight decay are SGD's; the AdamW family needs its own.
 _ADAMW_FAMILY = [name for name in OPTIMIZERS if BASE_OPTIMIZER[name] == "adamw"]
 # The centre of each non-SGD base's learning-rate sweep (the config's learning rate is SGD's).
-BASE_LEARNING_RATE = {"adamw": 3e-3}
+# Lion's sign update has a larger norm than AdamW's, so its learning rate is about ten times
+# smaller (Chen et al. 2023, Section 5); its weight decay is optax.lion's own (registry).
+BASE_LEARNING_RATE = {"adamw": 3e-3, "lion": 3e-4}
 DEFAULT_LR = ",".join(
   f"{name}={BASE_LEARNING_RATE[BASE_OPTIMIZER[name]]:g}"
   for name in OPTIMIZERS
@@ -138,7 +173,13 @@ DEFAULT_LR_FACTORS = "0.3,1,3"  # times the centre learning rate, for optimizers
 DEFAULT_SEEDS = "0,1,2,3,4"
 DEFAULT_LABEL_NOISE = "0,0.2,0.4"
 SWEEP_SEED = 100  # never a reported seed
-DEFAULT_WEIGHT_DECAY = ",".join(f"{name}=0.05" for name in _ADAMW_FAMILY)
+# Lion's weight decay is optax.lion's own, named explicitly: the config file's optimizer (digits:
+# msam, 5e-4) would otherwise hand its value of the option of the same name to Lion (set_optimizer).
+_LION_FAMILY = [name for name in OPTIMIZERS if BASE_OPTIMIZER[name] == "lion"]
+DEFAULT_WEIGHT_DECAY = ",".join(
+  [f"{name}=0.05" for name in _ADAMW_FAMILY]
+  + [f"{name}={registry.options('lion')['weight_decay']:g}" for name in _LION_FAMILY]
+)
 
 # Per-run numbers copied from the training library's results, and the summary's metrics.
 RUN_FIELDS = (
@@ -293,32 +334,35 @@ def run_config(
   label_noise=0.0,
   label_noise_seed=0,
   validation_fraction=0.0,
+  eval_every_epochs=1,
 ):
   """One run's config: the file's, with the comparison's fields and overrides set."""
   from msam_jax.training import set_optimizer  # noqa: PLC0415 (config helpers only: no jax backend)
 
   config = config_module.get_config()
-  set_optimizer(config, optimizer)  # the options it shares with the file's optimizer keep their values
+  set_optimizer(config, registry_name(optimizer))  # the options it shares with the file's optimizer keep their values
   config.seed = seed
   config.label_noise = label_noise
   config.label_noise_seed = label_noise_seed
   config.validation_fraction = validation_fraction
   config.eval_train_split = True  # memorisation at every noise level, 0 included
   config.update_from_flattened_dict(DEFAULT_FIELDS.get(optimizer, {}))
+  if optimizer in MESA_OPTIMIZERS:
+    config.mesa_decay = 1.0 - 1.0 / _steps_per_epoch(config)  # the EMA's time constant: one epoch
   if epochs is not None:
     config.num_epochs = epochs
   if steps is not None:
     config.num_train_steps = steps
   if rho is not None:
     config.rho = rho
-    if registry.get(optimizer).rho_follows_lr and "gsam_rho_min" in DEFAULT_FIELDS.get(optimizer, {}):
+    if registry.get(config.optimizer).rho_follows_lr and "gsam_rho_min" in DEFAULT_FIELDS.get(optimizer, {}):
       # GSAM's rho_min keeps its ratio to rho_max (1/5), so any swept rho_max is valid.
       config.gsam_rho_min = rho * DEFAULT_FIELDS[optimizer]["gsam_rho_min"] / _RHO[optimizer]
   if learning_rate is not None:
     config.learning_rate = learning_rate
   if weight_decay is not None:
     config.optimizer_kwargs.weight_decay = weight_decay
-  config.eval_every_epochs = 1
+  config.eval_every_epochs = eval_every_epochs
   # Train metrics averaged over each epoch, so `final_train_loss` is the last epoch's mean.
   config.log_every_steps = _steps_per_epoch(config)
   # Only the measurement at the end; off (0) skips the probes, whose compilation dominates short runs.
@@ -364,14 +408,18 @@ def train_one(config, mesh) -> dict:
     start = time.time()
     results = train_and_evaluate(config, workdir, mesh=mesh)
     wall = time.time() - start
+  name = comparison_name(config)
+  fields = list(DEFAULT_FIELDS.get(name, {}))
+  if name in MESA_OPTIMIZERS:
+    fields += ["mesa_decay", "mesa_start_epoch", "mesa_temperature"]
   record = {
-    "optimizer": config.optimizer,
+    "optimizer": name,
     "seed": config.seed,
     "label_noise": config.label_noise,
-    "rho": config.rho if config.optimizer in USES_RHO else None,
+    "rho": config.rho if name in USES_RHO else None,
     "learning_rate": config.learning_rate,
     "weight_decay": config.optimizer_kwargs.weight_decay,
-    "fields": {k: _field(config, k) for k in DEFAULT_FIELDS.get(config.optimizer, {})},
+    "fields": {k: _field(config, k) for k in fields},
   }
   record.update({k: results[k] for k in RUN_FIELDS if k in results})
   record["seconds_per_step"] = steady_seconds_per_step(results["eval_history"])
@@ -905,9 +953,9 @@ def sweep_grid(name: str, args, centre_lr: float) -> list[dict]:
   rho over its family's grid where it takes one; the learning rate times each of
   `args.lr_factors` where its base is not SGD (the config's learning rate is SGD's).
   """
-  entry = registry.get(name)
+  entry = registry.get(registry_name(name))
   rhos = [None]
-  if entry.uses_rho:
+  if name in USES_RHO:
     rhos = args.msam_rho_grid if entry.family == "msam" else args.sam_rho_grid
   lrs = [None] if BASE_OPTIMIZER[name] == "sgd" else [centre_lr * f for f in args.lr_factors]
   return [{k: v for k, v in (("rho", r), ("learning_rate", lr)) if v is not None} for r in rhos for lr in lrs]
@@ -943,6 +991,12 @@ def parse_args(argv=None):
   parser.add_argument("--lr_factors", default=DEFAULT_LR_FACTORS, help="times --lr, for optimizers not based on SGD")
   parser.add_argument("--epochs", type=int, default=None, help="overrides the config's num_epochs")
   parser.add_argument("--steps", type=int, default=None, help="overrides the number of steps (quick checks)")
+  parser.add_argument(
+    "--eval_every_epochs",
+    type=int,
+    default=1,
+    help="evaluate (test, validation, noisy train) every N epochs; the time per step needs three evaluations",
+  )
   parser.add_argument("--out", default=DEFAULT_OUT)
   parser.add_argument("--rho", default=DEFAULT_RHO, help="per optimizer, e.g. msam=0.3,sam=0.05")
   parser.add_argument("--lr", default=DEFAULT_LR, help="per-optimizer learning rate")
@@ -992,7 +1046,7 @@ def parse_args(argv=None):
     args.rho = parse_overrides(args.rho, "--rho")
     args.lr = parse_overrides(args.lr, "--lr")
     args.weight_decay = parse_overrides(args.weight_decay, "--weight_decay")
-    for flag in ("epochs", "steps"):
+    for flag in ("epochs", "steps", "eval_every_epochs"):
       if getattr(args, flag) is not None and getattr(args, flag) < 1:
         raise ValueError(f"--{flag}={getattr(args, flag)} must be a positive integer.")
     args.config_module = load_config_module(args.config)
@@ -1005,11 +1059,12 @@ def _run_all(configs: list, mesh, records: list, payload: dict, out: str, what: 
   """Trains each config, appending its record to `records` and saving results.json after each."""
   start = time.time()
   for index, config in enumerate(configs, 1):
+    name = comparison_name(config)
     hparams = f"lr={config.learning_rate:g}, wd={config.optimizer_kwargs.weight_decay:g}" + (
-      f", rho={config.rho:g}" if config.optimizer in USES_RHO else ""
+      f", rho={config.rho:g}" if name in USES_RHO else ""
     )
     print(
-      f"[{what} {index}/{len(configs)}] {config.optimizer} seed {config.seed} noise {config.label_noise:g}"
+      f"[{what} {index}/{len(configs)}] {name} seed {config.seed} noise {config.label_noise:g}"
       f" ({hparams}): training...",
       flush=True,
     )
@@ -1057,6 +1112,7 @@ def main(argv=None) -> dict:
       label_noise=noise,
       label_noise_seed=args.label_noise_seed,
       validation_fraction=args.validation_fraction,
+      eval_every_epochs=args.eval_every_epochs,
     )
 
   grids = {}
@@ -1120,7 +1176,7 @@ def main(argv=None) -> dict:
       payload["sweep"]["chosen"][name] = best_point([r for r in sweep_runs if r["optimizer"] == name])
       print(f"  {name}: chose {payload['sweep']['chosen'][name]}", flush=True)
     chosen = payload["sweep"]["chosen"]
-    configs = [config_of(c.optimizer, c.seed, c.label_noise, chosen.get(c.optimizer)) for c in configs]
+    configs = [config_of(comparison_name(c), c.seed, c.label_noise, chosen.get(comparison_name(c))) for c in configs]
   print(
     f"{len(configs)} runs ({len(args.optimizers)} optimizers x {len(args.seeds)} seeds x"
     f" {len(args.label_noise)} noise levels), {payload['epochs']:g} epochs each, on"

@@ -188,6 +188,30 @@ def test_swept_gsam_keeps_rho_min_at_a_fifth_of_rho_max(compare):
   assert compare.run_config(module, "gsam", 0, sharpness=False).gsam_rho_min == 0.02  # the config's rho: untouched
 
 
+def test_mesa_entry_runs_sgd_with_mesa_and_pairs_with_sgd(compare):
+  module = compare.load_config_module(compare.DEFAULT_CONFIG)
+  config = compare.run_config(module, "sgd+mesa", 0, sharpness=False, validation_fraction=0.1)
+  steps = compare._steps_per_epoch(config)
+  assert config.optimizer == "sgd" and config.mesa_weight == 0.3 and compare.comparison_name(config) == "sgd+mesa"
+  assert config.mesa_decay == pytest.approx(1 - 1 / steps)  # time constant: one epoch
+  plain = compare.run_config(module, "sgd", 0, sharpness=False)
+  assert plain.mesa_weight == 0 and compare.comparison_name(plain) == "sgd"
+  assert compare.BASE_OPTIMIZER["sgd+mesa"] == "sgd" and "sgd+mesa" not in compare.USES_RHO
+  args = compare.parse_args(["--optimizers", "sgd,sgd+mesa"])
+  assert compare.sweep_grid("sgd+mesa", args, 0.1) == [{}]  # nothing to sweep
+  runs = [_record(o, seed, 0.01, accuracy=a, noise=0.4) for o, seed, a in (("sgd", 0, 0.5), ("sgd+mesa", 0, 0.6))]
+  assert compare.paired_differences(runs, ["sgd", "sgd+mesa"])["0.4"]["sgd+mesa"]["mean"] == pytest.approx(0.1)
+
+
+def test_lion_family_learning_rate_is_a_tenth_of_adamws(compare):
+  lr = compare.parse_overrides(compare.DEFAULT_LR, "--lr")
+  assert lr["lion"] == lr["lion_msam"] == pytest.approx(lr["adamw"] / 10)
+  args = compare.parse_args(["--lr_factors", "0.3,1,3"])
+  assert compare.sweep_grid("lion", args, lr["lion"]) == [
+    {"learning_rate": pytest.approx(v)} for v in (9e-5, 3e-4, 9e-4)
+  ]
+
+
 def test_t_interval_against_a_hand_computation(compare):
   # mean 0.01, sample std 0.02, t(0.975, 2 dof) = 4.302653: half width 4.302653 * 0.02 / sqrt(3) = 0.0496827.
   got = compare.t_interval([0.01, 0.03, -0.01])
