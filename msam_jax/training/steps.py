@@ -170,7 +170,9 @@ def train_step(
   else:
 
     def device_update(opt_state, params, images, labels, *teacher_logits):
-      device_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(DATA_AXIS))  # masks differ per device
+      device_rng = dropout_rng  # several devices: each folds in its index, so masks differ per device
+      if group_mesh.size > 1:
+        device_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(DATA_AXIS))
       return tx.update(None, opt_state, params, loss_fn=loss_fn_of(images, labels, device_rng, *teacher_logits))
 
     device_data = (batch["image"], batch["label"]) + (() if mesa is None else (teacher,))
