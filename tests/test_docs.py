@@ -17,6 +17,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "docs"))
 
 import api_reference  # noqa: E402  (docs/api_reference.py: what the build generates)
+import doc_snippets  # noqa: E402  (tests/doc_snippets.py: the code blocks of README.md and docs/)
 
 README = (ROOT / "README.md").read_text()
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -127,13 +128,20 @@ def test_readme_optimizer_table_is_the_registry():
 
 
 def test_readme_library_code_runs_and_does_what_its_comments_say():
+  import jax
   import jax.numpy as jnp
 
   namespace = {}
   exec(fenced_blocks(README, "python")[0], namespace)
-  params, clean = namespace["params"], namespace["clean"]
+  params, clean, loss_fn = namespace["params"], namespace["clean"], namespace["loss_fn"]
   assert not jnp.allclose(params["w"], clean["w"])  # MSAM's params are perturbed, eval_params undoes it
-  assert namespace["updates"]["w"].shape == (2,)
+  # The SAM half keeps sam's contract: `grads` is the first gradient at the params it updates, so its
+  # update is the first SGD step (-lr g2) on the gradient at clean + rho g1/||g1||.
+  mean_grad = jax.grad(lambda p: loss_fn(p).mean())
+  g1 = mean_grad(clean)["w"]
+  g2 = mean_grad({"w": clean["w"] + 0.05 * g1 / jnp.linalg.norm(g1)})["w"]
+  assert jnp.allclose(namespace["grads"]["w"], g1)
+  assert jnp.allclose(namespace["updates"]["w"], -0.1 * g2, rtol=1e-5)
 
 
 def test_readme_names_exist():
@@ -185,6 +193,56 @@ def test_readme_headline_numbers_are_the_committed_comparisons():
   for level, name, interval in intervals:
     row = rows.get((level, interval))
     assert row == name.lower().replace("-", "_"), f"README's {name} {interval} at noise {level} is {row!r}'s row"
+
+
+# --- Every code block of README.md and docs/*.md (tests/doc_snippets.py has the rules) ---
+
+
+def test_every_fence_says_what_it_holds():
+  for page in doc_snippets.pages():
+    for block in doc_snippets.blocks(page):
+      known = block.language in doc_snippets.LANGUAGES or re.fullmatch(r"\{[\w-]+\}", block.language)
+      assert known, (
+        f"{page}:{block.line}: a ```{block.language} fence: use python (it runs), bash (checked), text "
+        "(not code: a tree, a diagram, output) or bibtex"
+      )
+      assert block.page in doc_snippets.CORE_PAGES or not block.needs, f"{page}:{block.line}: needs= is for core pages"
+
+
+@pytest.mark.parametrize(
+  "page",
+  [
+    page
+    for page in doc_snippets.pages()
+    if any(b.language == "python" and not doc_snippets.runs_on_core(b) for b in doc_snippets.blocks(page))
+  ],
+)
+def test_snippets_under_the_full_install_run(page):
+  """Every ```python block the core stage does not run (tests/optim/test_doc_snippets.py runs the rest)."""
+  doc_snippets.run(doc_snippets.blocks(page))
+
+
+def test_shell_blocks_name_real_scripts_configs_fields_and_extras():
+  from msam_jax.training import config
+
+  fields = set(config.base_config())
+  extras = set(PYPROJECT["project"]["optional-dependencies"])
+  checked = 0
+  for page in doc_snippets.pages():
+    for block in doc_snippets.blocks(page):
+      if block.language != "bash":
+        continue
+      where = f"{page}:{block.line}"
+      for script in re.findall(r"\bpython3? (?:-\S+ )*((?:\w+/)*\w+\.py)\b", block.code):
+        assert (ROOT / script).exists(), f"{where}: {script} does not exist"
+      for path in re.findall(r"--config (\S+\.py)\b", block.code):
+        assert (ROOT / path).exists(), f"{where}: {path} does not exist"
+      for field in re.findall(r"--config\.([\w.]+)=", block.code):
+        assert field.split(".")[0] in fields, f"{where}: --config.{field} is not a field of base_config"
+      for group in re.findall(r"pip install -e \"?\.\[([\w,]+)\]", block.code):
+        assert set(group.split(",")) <= extras, f"{where}: pip install -e .[{group}] names an extra pyproject lacks"
+      checked += 1
+  assert checked >= 10
 
 
 # --- Project files ---
