@@ -84,6 +84,61 @@ def test_the_reference_pages_are_in_the_site_index():
   index = (ROOT / "docs" / "index.md").read_text()
   for module_name in api_reference.PUBLIC_MODULES:
     assert f"api/{module_name}\n" in index
+  assert f"api/{api_reference.CONFIG_PAGE}\n" in index
+
+
+def _rst_sections(text: str) -> list[tuple[str, list[str]]]:
+  """(title, its lines) of each section of a generated page, the part above the first one titled ''."""
+  sections, title, body = [], "", []
+  lines = text.splitlines()
+  for i, line in enumerate(lines):
+    if i + 1 < len(lines) and line and re.fullmatch(r"([-=~])\1+", lines[i + 1]) and len(lines[i + 1]) >= len(line):
+      sections.append((title, body))
+      title, body = line, []
+    else:
+      body.append(line)
+  return sections + [(title, body)]
+
+
+@pytest.mark.parametrize("module_name", api_reference.PUBLIC_MODULES)
+def test_reference_pages_have_a_section_per_module_functions_first(module_name):
+  """One section per defining module, each titled for it; functions before classes (an optimizer
+  before its state) and constants; exported submodules last, where nothing else follows them."""
+  module = importlib.import_module(module_name)
+  kind = {"autofunction": 0, "autoclass": 1, "py:data": 2}
+  seen_submodules = False
+  homes = []
+  for title, body in _rst_sections(api_reference.page(module_name)):
+    directives = [re.match(r"\.\. ([\w:]+)::\s*(\S*)", line).groups() for line in body if line.startswith(".. ")]
+    entries = [(kind[d], target.rpartition(".")[2]) for d, target in directives if d in kind]
+    seen_submodules = seen_submodules or title == "Submodules"
+    submodule = [target for d, target in directives if d == "automodule" and target != module_name]
+    assert not (submodule and entries), f"{module_name}: {entries} would render inside {submodule}'s section"
+    if seen_submodules:
+      assert not entries, f"{module_name}: {entries} after the submodules"
+      continue
+    assert [k for k, _ in entries] == sorted(k for k, _ in entries), f"{module_name}, {title!r}: functions first"
+    section_homes = {api_reference._home_module(module, name) for _, name in entries}
+    assert len(section_homes) <= 1, f"{module_name}, {title!r} mixes {section_homes}"
+    if section_homes and title != f"``{module_name}``":
+      home = section_homes.pop()
+      assert title == api_reference.SECTIONS.get(home), f"{home} needs a title in api_reference.SECTIONS"
+      homes.append(home)
+  assert len(homes) == len(set(homes)), f"{module_name}: a module's names in two sections"
+
+
+def test_config_fields_page_has_a_heading_per_section_without_raw_backquotes():
+  page = api_reference.config_page()
+  titles = [title for title, _ in _rst_sections(page)[1:]]
+  assert titles[0] == "Config fields"
+  sections = list(dict.fromkeys(section for section, *_ in api_reference.config_schema()))
+  assert titles[1:] == [api_reference._rst_cell(api_reference._title_and_lead(s)[0]) for s in sections]
+  assert len(titles) >= 6
+  for title in titles:
+    assert not re.search(r"(?<!`)`(?!`)", title), f"{title!r}: a single backquote would show raw"
+  for line in page.splitlines():
+    literals = re.findall(r"``(.+?)``", line)
+    assert not any("\\" in literal for literal in literals), f"an escape inside a literal shows raw: {line}"
 
 
 def test_config_schema_gives_every_field_a_default_and_a_meaning():
