@@ -315,9 +315,45 @@ def test_licence_citation_and_changelog_agree_with_pyproject():
   assert f"\n## {version}\n" in (ROOT / "CHANGELOG.md").read_text()
 
 
+def test_the_docs_extra_installs_no_tensorflow_and_conf_mocks_what_the_reference_imports():
+  import ast
+
+  from msam_jax import _extras
+
+  docs = PYPROJECT["project"]["optional-dependencies"]["docs"]
+  assert not [d for d in docs if re.match(r"msam-jax\[.*\b(train|data)\b|tensorflow", d)], docs
+  conf = ast.parse((ROOT / "docs" / "conf.py").read_text())
+  mocked = next(
+    ast.literal_eval(node.value)
+    for node in conf.body
+    if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "autodoc_mock_imports"
+  )
+  assert {"msam-jax[models]", "orbax-checkpoint", "clu", "ml-collections"} <= set(docs)
+  installed = {"flax", "orbax.checkpoint", "clu", "ml_collections"}  # what those install, by module name
+  needed = {m for _, modules in _extras.EXTRAS.values() for m in modules}
+  assert needed <= installed | set(mocked), f"the API pages import {needed - installed - set(mocked)}: mock or install"
+  assert {"tensorflow", "tensorflow_datasets"} <= set(mocked)
+
+
+def test_the_docs_build_fetches_nothing_by_default():
+  """intersphinx reads only the inventories saved in docs/_intersphinx/ unless told to fetch."""
+  pytest.importorskip("sphinx")
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location("docs_conf", ROOT / "docs" / "conf.py")
+  conf = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(conf)
+  saved = {p.stem for p in (ROOT / "docs" / "_intersphinx").glob("*.inv")}
+  if "MSAM_DOCS_INTERSPHINX" not in __import__("os").environ:
+    assert set(conf.intersphinx_mapping) == saved & set(conf.INTERSPHINX)
+    assert all(location.endswith(".inv") for _, location in conf.intersphinx_mapping.values())
+
+
 def test_ci_builds_the_docs_warning_free_with_the_docs_extra():
   ci = (ROOT / ".ci" / "run").read_text()
-  assert re.search(r"^sphinx-build .*-W .*docs docs/_build/html$", ci, flags=re.M) and "docs]" in ci
-  assert 'pip install -e ".[docs]" && sphinx-build -W docs docs/_build/html' in README  # the one local command
+  assert re.search(r"^sphinx-build .*-n -W .*docs docs/_build/html$", ci, flags=re.M) and "docs]" in ci  # nitpicky
+  command = 'pip install -e ".[docs]" && sphinx-build -n -W docs docs/_build/html'  # the one local command
+  for page in ("README.md", "docs/getting_started.md", "docs/contributing.md"):
+    assert command in (ROOT / page).read_text(), page
   assert "docs" in PYPROJECT["project"]["optional-dependencies"]
   assert "docs/_build/" in (ROOT / ".gitignore").read_text().splitlines()
