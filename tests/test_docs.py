@@ -254,6 +254,7 @@ def test_readme_headline_numbers_are_the_committed_comparisons():
 
 
 def test_every_fence_says_what_it_holds():
+  assert set(doc_snippets.CORE_PAGES) <= set(doc_snippets.pages())
   for page in doc_snippets.pages():
     for block in doc_snippets.blocks(page):
       known = block.language in doc_snippets.LANGUAGES or re.fullmatch(r"\{[\w-]+\}", block.language)
