@@ -109,7 +109,7 @@ class Entry:
 
   @property
   def default_rho(self) -> float | None:
-    """The factory's default rho: each method's own scale (MSAM 0.3, SAM 0.05, ASAM 0.5); None without one.
+    """The factory's default rho, each method's own scale (MSAM 0.3, SAM 0.05, ASAM 0.5), or None without one.
 
     The factories' signatures are the one place these defaults live; the config
     (`msam_jax.training.set_optimizer`) and docs/choosing.md read them here.

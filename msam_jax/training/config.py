@@ -247,18 +247,18 @@ def rho_scale(name: str) -> float | None:
 
 
 def set_optimizer(config: ml_collections.ConfigDict, name: str, *, rho: float | None = None, **kwargs) -> None:
-  """Chooses optimizer `name`: `optimizer_kwargs` = all its options, and `rho` on its scale.
+  """Chooses optimizer `name`: `optimizer_kwargs` = all its options, and ``config.rho`` on its scale.
 
   Values come from `kwargs`, else from the current `optimizer_kwargs` where the
   new optimizer has the same option (switching sgd -> msam keeps the momentum
   and weight decay a config file chose), else the factory's default.
 
-  `config.rho` becomes `rho` when given. Otherwise a switch to an optimizer whose
+  ``config.rho`` becomes ``rho`` when given. Otherwise a switch to an optimizer whose
   rho is on another scale (``rho_scale`` in this module: msam -> sam, sam -> asam) sets the new
   one's default (sam: 0.05, never MSAM's 0.3 or 3), and a switch on the same
   scale (sgd -> msam, msam -> adamw_msam, sam -> gsam) keeps it: a config file
   sets its rho after calling this. The command line does the same
-  (`--config.optimizer=sam` without `--config.rho` trains at sam's default).
+  (``--config.optimizer=sam`` without ``--config.rho`` trains at sam's default).
   """
   options = optimizer_options(name)
   unknown = [k for k in kwargs if k not in options]
