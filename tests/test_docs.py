@@ -269,6 +269,8 @@ def test_choosing_evidence_is_the_committed_comparison():
   noisiest, clean = results["paired_vs_base"]["0.4"], results["paired_vs_base"]["0"]
   on_sgd = {n: p for n, p in noisiest.items() if p["base"] == "sgd" and n != "sgd+mesa"}
   assert all(p["low"] > 0 for p in on_sgd.values()) and max(on_sgd, key=lambda n: on_sgd[n]["mean"]) == "msam"
+  memorised = {n: s["final_noisy_train_accuracy"]["mean"] for n, s in results["summary"]["0.4"].items()}
+  assert all(memorised[n] < memorised["sgd"] for n in on_sgd)
   assert all(abs(p["mean"]) < 0.01 for p in clean.values()) and clean["msam"]["high"] < 0
   others = {
     (level, n): p for level, ps in results["paired_vs_base"].items() for n, p in ps.items() if p["base"] != "sgd"
