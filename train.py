@@ -106,9 +106,21 @@ def _config():
       config.image_size = overrides["model_kwargs.image_size"]
     training.set_model(config, config.model, **kwargs)
   # Options the file's optimizer shares with a new one keep their values; each option the
-  # command line sets must be one of the (new) optimizer's.
+  # command line sets must be one of the (new) optimizer's. The file's rho was chosen for the
+  # file's optimizer: switching from it as set_optimizer does gives the new one's default rho
+  # where the scales differ (msam -> sam), unless --config.rho is given too.
   kwargs = {k: v for k, v in config.optimizer_kwargs.items() if f"optimizer_kwargs.{k}" in overrides}
-  training.set_optimizer(config, config.optimizer, **kwargs)
+  name, file_rho = config.optimizer, config.rho
+  if "optimizer" in overrides:
+    config.optimizer = FLAGS["config.optimizer"].default  # the file's
+  file_optimizer = config.optimizer
+  training.set_optimizer(config, name, rho=overrides.get("rho"), **kwargs)
+  if config.rho != file_rho:
+    print(
+      f"note: config.rho={config.rho:g}, {name}'s default; the file's rho {file_rho:g} was set for"
+      f" {file_optimizer}, on another scale. Pass --config.rho to choose it.",
+      file=sys.stderr,
+    )
   return config
 
 

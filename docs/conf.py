@@ -145,6 +145,15 @@ def _api_names(module_name: str) -> set[str]:
   return {n for n in api_reference.public_names(module_name) if not inspect.ismodule(getattr(module, n))}
 
 
+# The example gallery (docs/examples/*.ipynb, rendered by myst-nb). Each notebook is its jupytext
+# script executed once, outputs committed, and never executed by the build ("off"): the full example
+# trains for minutes, while the build stays seconds long and needs no kernel, and
+# tests/examples/test_gallery.py runs each script in a reduced form and checks that the committed
+# notebook holds the script's cells, executed at full length.
+extensions.append("myst_nb")  # after myst_parser, whose .md parsing it takes over
+nb_execution_mode = "off"
+
+
 def _write_api_pages(app):
   with mock(autodoc_mock_imports):
     api_reference.write_pages(DOCS / "api")

@@ -5,6 +5,7 @@ The site itself is built (warning-free) by .ci/run; these checks are the fast pa
 
 import importlib
 import inspect
+import json
 import pathlib
 import re
 import sys
@@ -358,3 +359,91 @@ def test_ci_builds_the_docs_warning_free_with_the_docs_extra():
     assert command in (ROOT / page).read_text(), page
   assert "docs" in PYPROJECT["project"]["optional-dependencies"]
   assert "docs/_build/" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+# --- docs/choosing.md ---
+
+CHOOSING = (ROOT / "docs" / "choosing.md").read_text()
+
+
+def _interval(paired: dict) -> str:
+  """A paired difference as the comparisons' tables write it, in points: +1.23 [+0.45, +2.01]."""
+  return f"{100 * paired['mean']:+.2f} [{100 * paired['low']:+.2f}, {100 * paired['high']:+.2f}]"
+
+
+def test_choosing_defaults_table_is_the_registry():
+  from msam_jax.optim import registry
+
+  rows = [
+    [cell.strip().strip("`") for cell in line.strip("|").split("|")]
+    for line in section(CHOOSING, "rho: one number, two scales").splitlines()
+    if line.startswith("| `")
+  ]
+  assert [row[0] for row in rows] == list(registry.names()), "one row per registry entry, in registry order"
+  for name, family, rho in rows:
+    entry = registry.get(name)
+    assert (family, rho) == (entry.family, "–" if entry.default_rho is None else f"{entry.default_rho:g}"), name
+  msam, sam = registry.get("msam").default_rho, registry.get("sam").default_rho
+  assert f"its default\nis {msam / sam:.0f} times SAM's ({msam:g} against {sam:g})" in CHOOSING
+
+
+def test_choosing_evidence_is_the_committed_comparison():
+  """The sentences marked <!-- evidence: ... --> against the results.json of the directory they name."""
+  blocks = re.findall(r"<!-- evidence: \w+ -->\n(.*?)<!-- /evidence -->", CHOOSING, flags=re.S)
+  assert len(blocks) == 2
+  for block in blocks:
+    (directory,) = set(re.findall(r"`(benchmarks/results/\w+)/`", block)) - {"benchmarks/results/compare_digits"}
+    results = json.loads((ROOT / directory / "results.json").read_text())
+    chosen = {name: point["rho"] for name, point in results["sweep"]["chosen"].items() if "rho" in point}
+    for label, rho in re.findall(r"\b((?:AdamW-)?M?SAM) rho (\d+(?:\.\d+)?)", " ".join(block.split())):
+      assert chosen[label.lower().replace("-", "_")] == float(rho), label
+    grids = re.search(r"\(from ([\d., ]+) and ([\d., ]+)\)", " ".join(block.split()))
+    if grids:
+      sweep = results["sweep"]
+      assert [float(v) for v in grids.group(1).split(", ")] == sweep["msam_rho_grid"]
+      assert [float(v) for v in grids.group(2).split(", ")] == sweep["sam_rho_grid"]
+    table = [line for line in block.splitlines() if line.startswith("| `")]
+    if not table:
+      continue
+    assert f"{results['epochs']} epochs, {len(results['seeds'])} seeds" in " ".join(block.split())
+    header = [c.strip() for c in block.split("\n| optimizer")[1].splitlines()[0].strip("|").split("|")]
+    levels = [c.removeprefix("label noise ") for c in header[2:]]
+    paired = results["paired_vs_base"]
+    for line in table:
+      name, base, *intervals = [c.strip().strip("`") for c in line.strip("|").split("|")]
+      for level, interval in zip(levels, intervals, strict=True):
+        assert paired[level][name]["base"] == base, name
+        assert interval == _interval(paired[level][name]), (name, level)
+  # The claims the evidence section's bullets make, over every optimizer of the comparison.
+  results = json.loads((ROOT / "benchmarks/results/compare_digits_noise/results.json").read_text())
+  noisiest, clean = results["paired_vs_base"]["0.4"], results["paired_vs_base"]["0"]
+  on_sgd = {n: p for n, p in noisiest.items() if p["base"] == "sgd" and n != "sgd+mesa"}
+  assert all(p["low"] > 0 for p in on_sgd.values()) and max(on_sgd, key=lambda n: on_sgd[n]["mean"]) == "msam"
+  memorised = {n: s["final_noisy_train_accuracy"]["mean"] for n, s in results["summary"]["0.4"].items()}
+  assert all(memorised[n] < memorised["sgd"] for n in on_sgd)
+  assert all(abs(p["mean"]) < 0.01 for p in clean.values()) and clean["msam"]["high"] < 0
+  others = {
+    (level, n): p for level, ps in results["paired_vs_base"].items() for n, p in ps.items() if p["base"] != "sgd"
+  }
+  assert all(p["mean"] < 0.01 for p in others.values())
+  at_noisiest = [p["low"] <= 0 for (level, _), p in others.items() if level == "0.4"]
+  assert sum(at_noisiest) > len(at_noisiest) / 2
+  earlier = json.loads((ROOT / "benchmarks/results/compare_digits/results.json").read_text())["summary"]
+  from msam_jax.optim import registry
+
+  for name in earlier:
+    if registry.get(name).family != "base":
+      eig = lambda n: earlier[n]["final_hessian_max_eigenvalue"]["mean"]
+      assert eig(name) < eig(registry.get(name).base), name
+
+
+def test_choosing_commands_use_real_configs_and_fields():
+  from msam_jax.training import config
+
+  fields = set(config.base_config())
+  for flag in re.findall(r"--config\.(\w+)", CHOOSING):
+    assert flag in fields, flag
+  for path in re.findall(r"configs/(\w+\.py)", CHOOSING):
+    assert (ROOT / "configs" / path).exists(), path
+  for name in re.findall(r"--config\.optimizer=(\w+)", CHOOSING):
+    assert name in config.OPTIMIZERS, name

@@ -108,6 +108,16 @@ class Entry:
     return "rho" in self.injected
 
   @property
+  def default_rho(self) -> float | None:
+    """The factory's default rho, each method's own scale (MSAM 0.3, SAM 0.05, ASAM 0.5), or None without one.
+
+    The factories' signatures are the one place these defaults live; the config
+    (`msam_jax.training.set_optimizer`) and docs/choosing.md read them here.
+    """
+    rho = inspect.signature(self.factory).parameters.get("rho")
+    return None if rho is None or rho.default is inspect.Parameter.empty else rho.default
+
+  @property
   def own_options(self) -> dict[str, Any]:
     """The factory's own options and their defaults (module docstring), in signature order.
 

@@ -70,7 +70,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.lr_ramp_epochs = 1.0  # start_ramp_cos
   c.lr_warmup_epochs = 8.0  # cos_warmup
   c.grad_clip_norm = 0.0  # 0: no clipping
-  c.rho = 3.0
+  c.rho = 3.0  # the ascent radius; with a base optimizer, its Momentum-SAM's (set_optimizer, rho_scale)
   c.rho_schedule = "const"
   c.rho_ramp_epochs = 8.0  # start_ramp
   c.rho_jump_epochs = 8.0  # start_jump
@@ -229,12 +229,36 @@ def optimizer_options(name: str) -> dict:
   return registry.options(name)
 
 
-def set_optimizer(config: ml_collections.ConfigDict, name: str, **kwargs) -> None:
-  """Chooses optimizer `name`: `optimizer_kwargs` = all its options.
+def rho_scale(name: str) -> float | None:
+  """The default rho of optimizer `name` (`~msam_jax.optim.registry.Entry.default_rho`); for a base optimizer, its
+  Momentum-SAM's.
+
+  Which scale a config's one `rho` is on: MSAM's rho is a distance along the
+  momentum, 6-30x SAM's along the gradient (defaults 0.3 and 0.05). A config
+  that names a base optimizer (sgd, adamw, lion) holds the rho its Momentum-SAM
+  takes, as the original's config files do (configs/imagenet_vit.py: adamw, rho 10).
+  None for a base optimizer without a Momentum-SAM in the registry.
+  """
+  entry = registry.get(name)
+  if entry.family != "base":
+    return entry.default_rho
+  twins = [e.default_rho for e in registry.REGISTRY.values() if e.family == "msam" and e.base == name]
+  return twins[0] if twins else None
+
+
+def set_optimizer(config: ml_collections.ConfigDict, name: str, *, rho: float | None = None, **kwargs) -> None:
+  """Chooses optimizer `name`: `optimizer_kwargs` = all its options, and ``config.rho`` on its scale.
 
   Values come from `kwargs`, else from the current `optimizer_kwargs` where the
   new optimizer has the same option (switching sgd -> msam keeps the momentum
   and weight decay a config file chose), else the factory's default.
+
+  ``config.rho`` becomes ``rho`` when given. Otherwise a switch to an optimizer whose
+  rho is on another scale (``rho_scale`` in this module: msam -> sam, sam -> asam) sets the new
+  one's default (sam: 0.05, never MSAM's 0.3 or 3), and a switch on the same
+  scale (sgd -> msam, msam -> adamw_msam, sam -> gsam) keeps it: a config file
+  sets its rho after calling this. The command line does the same
+  (``--config.optimizer=sam`` without ``--config.rho`` trains at sam's default).
   """
   options = optimizer_options(name)
   unknown = [k for k in kwargs if k not in options]
@@ -244,8 +268,14 @@ def set_optimizer(config: ml_collections.ConfigDict, name: str, **kwargs) -> Non
       f"its options are {', '.join(options)}."
     )
   current = config.get("optimizer_kwargs") or {}
+  previous = config.get("optimizer")
   was_locked = config.is_locked
   config.unlock()
+  if rho is not None:
+    config.rho = rho
+  elif previous != name and rho_scale(name) is not None:
+    if previous not in registry.REGISTRY or rho_scale(previous) != rho_scale(name):
+      config.rho = rho_scale(name)
   config.optimizer = name
   config.optimizer_kwargs = ml_collections.ConfigDict(
     {option: kwargs.get(option, current.get(option, default)) for option, default in options.items()}

@@ -96,6 +96,33 @@ def test_schedules_drive_an_injected_optimizer():
   np.testing.assert_allclose(seen, [(cos_warmup(0.1, x, 3, 1), rho_jump(0.3, x, 1)) for x in xs], rtol=1e-6, atol=1e-8)
 
 
+@pytest.mark.parametrize("family", ["msam", "sam"])
+def test_late_sam_steps_as_its_base_until_the_jump(x64, family):
+  """docs/choosing.md, late SAM: under rho_start_jump every step before the jump is the base's step."""
+  spe, jump = 3, 2  # the jump after update 6 of 12
+  rho = schedules.rho_start_jump(0.3, steps_per_epoch=spe, jump_epochs=jump)
+  x = jax.random.normal(jax.random.key(0), (16, 3))
+
+  def losses(p, indices=None):  # per-example losses; no optimizer here selects examples
+    return (jnp.tanh(x @ p["w"]) - x[:, 0]) ** 2
+
+  base = lambda: msam_jax.sgd(0.1, momentum=0.9)
+  late = msam_jax.msam(0.1, momentum=0.9, rho=rho) if family == "msam" else msam_jax.sam(base(), rho=rho)
+  trajectories = []
+  for tx in (base(), late):
+    params, path = {"w": jnp.array([0.5, -0.2, 0.1])}, []
+    state = tx.init(params)
+    for _ in range(4 * spe):
+      grads = jax.grad(lambda p: losses(p).mean())(params)
+      updates, state = tx.update(grads, state, params, loss_fn=losses)
+      params = optax.apply_updates(params, updates)
+      path.append(msam_jax.eval_params(params, state)["w"])
+    trajectories.append(np.asarray(path))
+  plain, late_path = trajectories
+  np.testing.assert_allclose(late_path[: jump * spe], plain[: jump * spe], rtol=1e-14)
+  assert not np.allclose(late_path[jump * spe :], plain[jump * spe :], rtol=1e-3)
+
+
 @pytest.mark.parametrize(
   "make, argument",
   [

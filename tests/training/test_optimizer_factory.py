@@ -1,5 +1,11 @@
 """Config -> optimizer: every name builds, follows its schedules, clips where the config says."""
 
+import concurrent.futures
+import os
+import pathlib
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,6 +21,7 @@ from msam_jax.training.optimizer import build_optimizer
 
 from helpers import everyday, load_config
 
+REPO = pathlib.Path(__file__).resolve().parents[2]
 STEPS_PER_EPOCH = 4
 PARAMS = {"w": jnp.array([1.0, -2.0, 0.5]), "b": jnp.array(0.3)}
 TARGETS = jnp.array([[0.5, 1.0, -1.0], [1.0, 0.0, 2.0]])
@@ -174,3 +181,89 @@ def test_a_new_registry_entry_needs_no_config_edit(monkeypatch):
   config.optimizer_kwargs.decay = 2.0
   with pytest.raises(training.ConfigError, match=r"^config.optimizer_kwargs.decay=2.0: decay must be in \(0, 1\)"):
     training.validate_fields(config)
+
+
+@pytest.mark.parametrize(
+  "start, switch_to, rho",
+  [
+    ("base", "sam", 0.05),  # base_config's rho 3.0 is MSAM's: SAM gets its own default
+    ("base", "asam", 0.5),
+    ("base", "msam", 3.0),  # a base optimizer's rho is its Momentum-SAM's: kept
+    ("digits", "sam", 0.05),  # msam at 0.3 -> sam
+    ("digits", "gsam", 0.05),
+    ("digits", "adamw_msam", 0.3),  # the same scale: the file's rho kept
+    ("digits", "msam", 0.3),  # no switch
+    ("digits", "sgd", 0.3),
+    ("imagenet_vit", "adamw_msam", 10.0),  # adamw's file rho is for adamw_msam
+    ("imagenet_vit", "adamw_sam", 0.05),
+  ],
+)
+def test_switching_the_optimizer_never_keeps_a_rho_of_another_scale(start, switch_to, rho):
+  config = base_config() if start == "base" else load_config(start)
+  training.set_optimizer(config, switch_to)
+  assert (config.optimizer, config.rho) == (switch_to, rho)
+  assert training.resolve(config).rho == rho  # resolving keeps it
+  training.set_optimizer(config, "esam" if switch_to == "sam" else switch_to, rho=0.2)  # given: always taken
+  assert config.rho == 0.2
+
+
+def test_a_sam_rho_stays_on_the_sam_scale_through_a_base_optimizer():
+  config = load_config("digits")
+  training.set_optimizer(config, "sam", rho=0.1)
+  training.set_optimizer(config, "sgd")  # sgd's rho is its Momentum-SAM's: msam's default
+  assert config.rho == registry.get("msam").default_rho == 0.3
+  training.set_optimizer(config, "msam")
+  assert config.rho == 0.3
+
+
+@pytest.mark.parametrize(
+  "name", ["cifar100_wrn16_4", "cifar100_resnet50", "digits", "imagenet_resnet50", "imagenet_vit"]
+)
+def test_config_files_keep_their_rho(name):
+  config = config_lib.load_file(str(REPO / "configs" / f"{name}.py"))
+  assert training.resolve(config).rho == config.rho == load_config(name).rho
+
+
+def test_every_default_rho_is_its_factorys():
+  defaults = {name: registry.get(name).default_rho for name in OPTIMIZERS}
+  assert defaults["msam"] == defaults["adamw_msam"] == defaults["lion_msam"] == 0.3
+  assert defaults["sam"] == defaults["esam"] == defaults["gsam"] == 0.05 and defaults["asam"] == 0.5
+  assert [n for n, rho in defaults.items() if rho is None] == ["sgd", "adamw", "lion"]
+  assert config_lib.rho_scale("adamw") == config_lib.rho_scale("lion") == 0.3
+
+
+# (arguments after --config FILE, the rho the run trains at, whether train.py prints a note).
+_CLI_CASES = [
+  ("digits", ["--config.optimizer=sam"], 0.05, True),
+  ("digits", ["--config.optimizer=sam", "--config.rho=0.2"], 0.2, False),
+  ("digits", ["--config.optimizer=adamw_msam"], 0.3, False),
+  ("cifar100_wrn16_4", ["--config.optimizer=msam"], 3.0, False),
+  ("cifar100_wrn16_4", ["--config.optimizer=sam"], 0.05, True),
+]
+_SHOW_CONFIG = "import sys, train; train._parse_flags(sys.argv); c = train._config(); print(c.optimizer, c.rho)"
+
+
+@pytest.mark.slow  # a subprocess per command line (seconds each; nothing compiles)
+def test_switching_the_optimizer_on_the_command_line_takes_its_rho():
+  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+
+  def run(config, args):
+    argv = [
+      sys.executable,
+      "-c",
+      _SHOW_CONFIG,
+      "--config",
+      str(REPO / "configs" / f"{config}.py"),
+      *args,
+      "--workdir=x",
+    ]
+    return subprocess.run(argv, capture_output=True, text=True, env=env, cwd=REPO, timeout=120, check=False)
+
+  with concurrent.futures.ThreadPoolExecutor(3) as pool:
+    runs = [pool.submit(run, config, args) for config, args, _, _ in _CLI_CASES]
+  for (config, args, rho, note), proc in zip(_CLI_CASES, runs):
+    proc = proc.result()
+    assert proc.returncode == 0, proc.stderr[-600:]
+    name = next((a.split("=")[1] for a in args if a.startswith("--config.optimizer=")), load_config(config).optimizer)
+    assert proc.stdout.split() == [name, repr(rho)], (config, args, proc.stdout)
+    assert ("note: config.rho=" in proc.stderr) == note, (config, args, proc.stderr)
