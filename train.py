@@ -10,8 +10,10 @@ only the fields in `msam_jax.training.config.RESUMABLE_FIELDS` (logging,
 evaluation and checkpoint cadence, data_dir, num_train_steps) may differ from
 the config the workdir recorded. Rerunning a finished run reports its results
 and changes nothing. At the end the evaluated model (unperturbed parameters,
-recomputed batch-norm statistics) is saved in `workdir/evaluated_model/`;
-read it back with `msam_jax.training.load_for_eval(workdir)`.
+recomputed batch-norm statistics) is saved in `workdir/evaluated_model/`, and
+with a validation split the model best on validation in `workdir/best_model/`;
+read them back with `msam_jax.training.load_for_eval(workdir)` and
+`load_for_eval(workdir, which="best")`.
 
 A mistake on the command line (a flag, a config field, the workdir, the
 dataset) is reported as one `error: ...` line with exit status 2 before
@@ -169,6 +171,12 @@ def main(argv):
     f"(loss {results['final_eval_loss']:.4f}){others}{noise}, parameter norm {results['final_param_norm']!r}; "
     f"results in {run_record.as_path(FLAGS.workdir) / run_record.RESULTS_FILE}"
   )
+  if "best_step" in results:
+    print(
+      f"best on validation ({config.best_model_metric}): step {results['best_step']} (epoch"
+      f" {results['best_epoch']:g}), eval accuracy {results['best_eval_accuracy']:.4f}, validation accuracy"
+      f" {results['best_validation_accuracy']:.4f}; model in {results['best_model']}"
+    )
 
 
 if __name__ == "__main__":
