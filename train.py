@@ -165,6 +165,8 @@ def main(argv):
     for key, name in (("validation", "validation"), ("noisy_train", "noisy-train"))
     if f"final_{key}_accuracy" in results
   )
+  if "final_ema_eval_accuracy" in results:
+    others += f"; MESA's EMA model accuracy {results['final_ema_eval_accuracy']:.4f}"
   noise = f" (label noise {results['label_noise']:g})" if results.get("label_noise") else ""
   print(
     f"final eval accuracy: {results['final_eval_accuracy']:.4f} "

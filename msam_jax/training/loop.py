@@ -103,11 +103,11 @@ def evaluate(s: Setup, state: TrainState, batches, batch_stats=None) -> dict[str
 _SPLIT_PREFIX = {"test": "", "validation": "validation_", "train": "noisy_train_"}
 
 
-def evaluate_all(s: Setup, state: TrainState, batch_stats=None) -> dict[str, float]:
+def evaluate_all(s: Setup, state: TrainState, batch_stats=None, splits=None) -> dict[str, float]:
   """Test metrics as `accuracy`, `loss`, ...; then `validation_*` and `noisy_train_*` where the
-  config asks for them (`config_lib.evaluated_splits`)."""
+  config asks for them (`config_lib.evaluated_splits`), or of `splits` only."""
   metrics = {}
-  for split in config_lib.evaluated_splits(s.config):
+  for split in config_lib.evaluated_splits(s.config) if splits is None else splits:
     split_metrics = evaluate(s, state, s.eval_batches(split), batch_stats)
     metrics.update({_SPLIT_PREFIX[split] + k: v for k, v in split_metrics.items()})
   return metrics
@@ -306,6 +306,13 @@ def _evaluate_and_record(s: Setup, state, step: int, seconds: float, history: li
     log.info("step %d (epoch %g): %s", step, step / s.steps_per_epoch, _eval_line(metrics))
 
 
+def _evaluate_ema(s: Setup, state: TrainState) -> dict[str, float]:
+  """MESA's EMA model (its averaged parameters and batch-norm statistics) on the test and validation
+  splits: what the SAF code reports."""
+  ema = TrainState(step=state.step, params=state.ema["params"], batch_stats=state.ema["batch_stats"], opt_state=())
+  return evaluate_all(s, ema, splits=[split for split in config_lib.evaluated_splits(s.config) if split != "train"])
+
+
 def _model_variables(state: TrainState, batch_stats) -> dict:
   """The unperturbed parameters with `batch_stats`: the model an evaluation measures."""
   variables = {"params": jax.jit(_unperturbed_params)(state)}
@@ -380,6 +387,9 @@ def _finalise(s: Setup, workdir, t: _Trained, preempt: preemption.Preemption) ->
   final, batch_stats = _final_evaluation(s, t, results, stop_if_preempted)
   results["final_param_norm"] = float(mesh_lib.to_host(jax.jit(_unperturbed_norm)(t.state)))
   results.update(_named("final", final))  # final_eval_accuracy, final_validation_loss, ...
+  if s.mesa is not None:  # final_ema_eval_accuracy, final_ema_validation_accuracy, ...
+    results.update(_named("final_ema", _evaluate_ema(s, t.state)))
+    stop_if_preempted()
   if t.sharpness is not None:
     results.update({f"final_{k}": float(v) for k, v in t.sharpness.items()})
   variables = _model_variables(t.state, batch_stats)
@@ -391,10 +401,11 @@ def _finalise(s: Setup, workdir, t: _Trained, preempt: preemption.Preemption) ->
     run_record.write_results(workdir, results)
     before = results.get("eval_accuracy_before_bn_recompute")
     log.info(
-      "final eval accuracy %.4f%s%s; model saved in %s%s; results in %s",
+      "final eval accuracy %.4f%s%s%s; model saved in %s%s; results in %s",
       results["final_eval_accuracy"],
       "" if before is None else f" ({before:.4f} before the batch-norm recomputation)",
       "".join(f"; {part}" for part in _eval_line(final).split("; ")[1:]),
+      f"; MESA's EMA model: eval accuracy {results['final_ema_eval_accuracy']:.4f}" if s.mesa is not None else "",
       results["evaluated_model"],
       _best_line(results),
       workdir / run_record.RESULTS_FILE,
