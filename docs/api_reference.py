@@ -11,6 +11,7 @@ import importlib
 import inspect
 import io
 import pathlib
+import re
 import sys
 import textwrap
 import tokenize
@@ -71,52 +72,127 @@ def docstring(obj) -> str | None:
   return None
 
 
+# Where a page documents names from several modules, one section per module, in this order and
+# under this title (a module missing here gets a section titled with its name, after these).
+SECTIONS = {
+  "msam_jax.optim.baselines": "Baselines: SGD and AdamW",
+  "msam_jax.optim.msam": "Momentum-SAM",
+  "msam_jax.optim.sam": "SAM",
+  "msam_jax.optim.asam": "ASAM",
+  "msam_jax.optim.gsam": "GSAM",
+  "msam_jax.optim.esam": "ESAM",
+  "msam_jax.optim.looksam": "LookSAM",
+  "msam_jax.optim.rst": "RST",
+  "msam_jax.optim.state_utils": "What a training loop asks of any optimizer",
+  "msam_jax.training.config": "Configs",
+  "msam_jax.training.loop": "The training loop",
+  "msam_jax.training.evaluated_model": "The evaluated model",
+  "msam_jax.training.run_record": "Workdirs",
+  "msam_jax.training.checkpoint": "Checkpoints",
+  "msam_jax.training.preemption": "Preemption",
+  "msam_jax.data.datasets": "Datasets",
+  "msam_jax.data.pipeline": "Iterators",
+}
+CONFIG_PAGE = "config_fields"  # api/config_fields.rst: every field of base_config
+
+
 def page(module_name: str) -> str:
-  """The reStructuredText of one module's reference page."""
+  """The reStructuredText of one module's reference page.
+
+  Functions come before classes (an optimizer before its state NamedTuple) and constants, each in
+  source order; names defined in different modules get a section per module (`SECTIONS`), and
+  exported submodules without a page of their own a section each, last.
+  """
   module = importlib.import_module(module_name)
   title = f"``{module_name}``"
   lines = [title, "=" * len(title), "", f".. automodule:: {module_name}", "   :no-members:", ""]
-  names = public_names(module_name)
-  lines += [".. autosummary::", "   :nosignatures:", ""]
-  lines += [f"   {_target(module_name, n)}" for n in names]
-  lines.append("")
-  for name in names:
-    obj = getattr(module, name)
-    full = f"{module_name}.{name}"
-    if inspect.ismodule(obj):
-      if obj.__name__ in PUBLIC_MODULES:
-        continue  # its own page
-      lines += _section(full) + [f".. automodule:: {obj.__name__}", "   :members:", ""]
-      continue
-    where = _canonical_module(obj, module_name)
-    if where != module_name:
-      continue  # documented on `where`'s page; the summary table above links there
-    if inspect.isclass(obj):
-      lines += [f".. autoclass:: {full}", "   :members:", ""]
-      if issubclass(obj, tuple) and hasattr(obj, "_fields"):
-        lines[-2] = "   :no-members:"  # a NamedTuple state: the docstring says what its fields are
-    elif callable(obj):
-      lines += [f".. autofunction:: {full}", ""]
-    else:
-      lines += [f".. py:data:: {full}", f"   :value: {_short_repr(obj)}", ""]
-      comment = _constant_comment(module, name)
-      if comment:
-        lines += [textwrap.indent(comment, "   "), ""]
   if module_name == "msam_jax.training":
-    lines += config_schema_rst()
+    lines += [f"Every field of `base_config`, its default and meaning: :doc:`{CONFIG_PAGE}`.", ""]
+  names = public_names(module_name)
+  submodules = [n for n in names if inspect.ismodule(getattr(module, n))]
+  members = [n for n in names if n not in submodules]
+  here = [n for n in members if _canonical_module(getattr(module, n), module_name) == module_name]
+  by_section = lambda n: (_section_rank(_home_module(module, n)), _order(module, n))
+  elsewhere = sorted((n for n in members if n not in here), key=by_section)  # on another page: the table links there
+  groups = {}
+  for name in sorted(here, key=by_section):
+    groups.setdefault(_home_module(module, name), []).append(name)
+  ordered = list(groups)
+  if elsewhere or len(groups) <= 1:  # one table for the page
+    lines += _summary(module_name, [n for m in ordered for n in groups[m]] + elsewhere)
+  for home in ordered:
+    if len(groups) > 1:
+      lines += _section(SECTIONS.get(home, f"``{home}``"))
+      lead = (inspect.getdoc(sys.modules[home]) or "").split("\n\n")[0]
+      lines += [" ".join(lead.split()), "", *_summary(module_name, groups[home])]
+    for name in groups[home]:
+      lines += _directives(module, module_name, name)
+  if submodules:
+    lines += _section("Submodules") + _summary(module_name, submodules)
+  for name in submodules:
+    obj = getattr(module, name)
+    if obj.__name__ not in PUBLIC_MODULES:  # a public module has its own page
+      lines += _section(f"``{obj.__name__}``", "~") + [f".. automodule:: {obj.__name__}", "   :members:", ""]
   return "\n".join(lines) + "\n"
 
 
+def _section_rank(home: str) -> tuple:
+  return (list(SECTIONS).index(home) if home in SECTIONS else len(SECTIONS), home)
+
+
+def _order(module, name: str) -> tuple:
+  """Functions, then classes, then constants; each in the order of its module's source, except
+  that a module's namesake comes first (`sam` before the `ascent_perturbation` it uses)."""
+  obj = getattr(module, name)
+  kind = 1 if inspect.isclass(obj) else 0 if callable(obj) else 2
+  namesake = _home_module(module, name).rpartition(".")[2] == name
+  try:
+    line = inspect.getsourcelines(obj)[1] if kind < 2 else _assignment(module, name)[1]
+  except (OSError, TypeError):
+    line = 0
+  return kind, not namesake, line, name
+
+
+def _home_module(module, name: str) -> str:
+  """The module that defines `name`: a function's or class's own, a constant's assigning module."""
+  obj = getattr(module, name)
+  if inspect.isclass(obj) or callable(obj):
+    return obj.__module__
+  return _assignment(module, name)[0]
+
+
+def _summary(module_name: str, names: list[str]) -> list[str]:
+  if not names:
+    return []
+  return [".. autosummary::", "   :nosignatures:", "", *[f"   {_target(module_name, n)}" for n in names], ""]
+
+
+def _directives(module, module_name: str, name: str) -> list[str]:
+  obj = getattr(module, name)
+  full = f"{module_name}.{name}"
+  if inspect.isclass(obj):
+    named_tuple = issubclass(obj, tuple) and hasattr(obj, "_fields")  # a state: its docstring names the fields
+    return [f".. autoclass:: {full}", "   :no-members:" if named_tuple else "   :members:", ""]
+  if callable(obj):
+    return [f".. autofunction:: {full}", ""]
+  lines = [f".. py:data:: {full}", f"   :value: {_short_repr(obj)}", ""]
+  comment = _constant_comment(module, name)
+  return lines + ([textwrap.indent(comment, "   "), ""] if comment else [])
+
+
 def _target(module_name: str, name: str) -> str:
+  """The documented name of `module_name.name`, relative to the page as autosummary wants it.
+
+  The `~` shows only its last part (`msam_jax`'s table says `msam`, not `optim.msam`).
+  """
   obj = _get(module_name, name)
   where = obj.__name__ if inspect.ismodule(obj) else f"{_canonical_module(obj, module_name)}.{name}"
   prefix = module_name + "."
-  return where[len(prefix) :] if where.startswith(prefix) else where  # autosummary wants names relative to the page
+  return "~" + (where[len(prefix) :] if where.startswith(prefix) else where)
 
 
-def _section(title: str) -> list[str]:
-  title = f"``{title}``"
-  return [title, "-" * len(title), ""]
+def _section(title: str, underline: str = "-") -> list[str]:
+  return [title, underline * len(title), ""]
 
 
 def _short_repr(obj) -> str:
@@ -126,38 +202,52 @@ def _short_repr(obj) -> str:
   return text if len(text) < 200 else text[:197] + "..."
 
 
-def _constant_comment(module, name: str) -> str:
-  """The comment on the line that assigns a constant, or the comment lines just above it.
+def _assignment(module, name: str) -> tuple[str, int]:
+  """(module name, line) of the assignment of the constant `name`, or ("", 0).
 
   Looked up in `module` and then in every loaded msam_jax module (a constant re-exported by a
   package, like `msam_jax.data.DATASETS`, is assigned in one of its modules).
   """
-  candidates = [module] + [m for n, m in sorted(sys.modules.items()) if n.startswith("msam_jax") and m is not module]
-  for candidate in candidates:
+  for candidate in _candidates(module):
     try:
       source = inspect.getsource(candidate).splitlines()
     except (OSError, TypeError):
       continue
     for i, line in enumerate(source):
       if line.startswith((f"{name} =", f"{name}:")):
-        if "#" in line:
-          return line.split("#", 1)[1].strip()
-        above = []
-        j = i - 1
-        while j >= 0 and source[j].startswith("#"):
-          above.insert(0, source[j].lstrip("# "))
-          j -= 1
-        return " ".join(above)
-  return ""
+        return candidate.__name__, i + 1
+  return "", 0
+
+
+def _candidates(module) -> list:
+  return [module] + [m for n, m in sorted(sys.modules.items()) if n.startswith("msam_jax") and m is not module]
+
+
+def _constant_comment(module, name: str) -> str:
+  """The comment on the line that assigns a constant, or the comment lines just above it."""
+  home, number = _assignment(module, name)
+  if not home:
+    return ""
+  source = inspect.getsource(sys.modules[home]).splitlines()
+  line = source[number - 1]
+  if "#" in line:
+    return line.split("#", 1)[1].strip()
+  above = []
+  j = number - 2
+  while j >= 0 and source[j].startswith("#"):
+    above.insert(0, source[j].lstrip("# "))
+    j -= 1
+  return " ".join(above)
 
 
 def write_pages(outdir: pathlib.Path) -> list[pathlib.Path]:
   """Writes one page per public module into `outdir`; returns the paths."""
   outdir.mkdir(parents=True, exist_ok=True)
   paths = []
-  for module_name in PUBLIC_MODULES:
-    path = outdir / f"{module_name}.rst"
-    text = page(module_name)
+  pages = {f"{module_name}.rst": page(module_name) for module_name in PUBLIC_MODULES}
+  pages[f"{CONFIG_PAGE}.rst"] = config_page()
+  for name, text in pages.items():
+    path = outdir / name
     if not path.exists() or path.read_text() != text:  # unchanged files keep Sphinx's cache valid
       path.write_text(text)
     paths.append(path)
@@ -251,18 +341,32 @@ def config_schema() -> list[tuple[str, str, str, str, bool]]:
 
 
 def _rst_cell(text: str) -> str:
-  """A comment as reStructuredText: backquoted names stay literal, stars and bars plain."""
-  parts = text.split("``")
-  for i in range(0, len(parts), 2):  # outside ``literals``
-    parts[i] = parts[i].replace("`", "``").replace("*", r"\*").replace("|", r"\|").replace("_ ", r"\_ ")
-  return "``".join(parts)
+  """A comment as reStructuredText: backquoted names literal (as they are), stars and bars plain."""
+  parts = re.split(r"(``.+?``|`[^`]+`)", text)
+  for i, part in enumerate(parts):
+    if i % 2:  # a `name` or ``name``
+      parts[i] = "``" + part.strip("`") + "``"
+    else:
+      parts[i] = part.replace("*", r"\*").replace("|", r"\|").replace("_ ", r"\_ ")
+  return "".join(parts)
 
 
-def config_schema_rst() -> list[str]:
+def _title_and_lead(section: str) -> tuple[str, str]:
+  """A config section's comment as a heading and the sentence below it ("Model: `build(...)`.")."""
+  if not section:
+    return "Run", ""
+  head, colon, rest = section.partition(": ")
+  if colon and "`" not in head:
+    return head, rest
+  return section.rstrip("."), ""
+
+
+def config_page() -> str:
+  """The reStructuredText of the config fields' page: a section and a table per config section."""
   lines = [
-    "Config fields",
-    "-------------",
+    ".. _config-fields:",
     "",
+    *_section("Config fields", "="),
     "Every field of :func:`msam_jax.training.base_config`, generated from its source: the",
     "default, and the comment that defines it (for an optimizer's hyper-parameter also which",
     "optimizers read it, from :mod:`msam_jax.optim.registry`). Override any with",
@@ -274,15 +378,10 @@ def config_schema_rst() -> list[str]:
   for section, field, default, meaning, resumable in config_schema():
     if section != current:
       current = section
-      lines += [
-        "",
-        f"**{section or 'Run'}**",
-        "",
-        ".. list-table::",
-        "   :header-rows: 1",
-        "   :widths: 20 25 45 10",
-        "",
-      ]
+      title, lead = _title_and_lead(section)
+      lines += ["", *_section(_rst_cell(title))]
+      lines += [_rst_cell(lead), ""] if lead else []
+      lines += [".. list-table::", "   :header-rows: 1", "   :widths: 20 25 45 10", ""]
       lines += ["   * - field", "     - default", "     - meaning", "     - resume"]
     lines += [
       f"   * - ``{field}``",
@@ -290,4 +389,4 @@ def config_schema_rst() -> list[str]:
       f"     - {_rst_cell(meaning)}",
       f"     - {'yes' if resumable else ''}",
     ]
-  return lines + [""]
+  return "\n".join(lines) + "\n"

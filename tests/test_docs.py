@@ -17,6 +17,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "docs"))
 
 import api_reference  # noqa: E402  (docs/api_reference.py: what the build generates)
+import doc_snippets  # noqa: E402  (tests/doc_snippets.py: the code blocks of README.md and docs/)
 
 README = (ROOT / "README.md").read_text()
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -83,6 +84,61 @@ def test_the_reference_pages_are_in_the_site_index():
   index = (ROOT / "docs" / "index.md").read_text()
   for module_name in api_reference.PUBLIC_MODULES:
     assert f"api/{module_name}\n" in index
+  assert f"api/{api_reference.CONFIG_PAGE}\n" in index
+
+
+def _rst_sections(text: str) -> list[tuple[str, list[str]]]:
+  """(title, its lines) of each section of a generated page, the part above the first one titled ''."""
+  sections, title, body = [], "", []
+  lines = text.splitlines()
+  for i, line in enumerate(lines):
+    if i + 1 < len(lines) and line and re.fullmatch(r"([-=~])\1+", lines[i + 1]) and len(lines[i + 1]) >= len(line):
+      sections.append((title, body))
+      title, body = line, []
+    else:
+      body.append(line)
+  return sections + [(title, body)]
+
+
+@pytest.mark.parametrize("module_name", api_reference.PUBLIC_MODULES)
+def test_reference_pages_have_a_section_per_module_functions_first(module_name):
+  """One section per defining module, each titled for it; functions before classes (an optimizer
+  before its state) and constants; exported submodules last, where nothing else follows them."""
+  module = importlib.import_module(module_name)
+  kind = {"autofunction": 0, "autoclass": 1, "py:data": 2}
+  seen_submodules = False
+  homes = []
+  for title, body in _rst_sections(api_reference.page(module_name)):
+    directives = [re.match(r"\.\. ([\w:]+)::\s*(\S*)", line).groups() for line in body if line.startswith(".. ")]
+    entries = [(kind[d], target.rpartition(".")[2]) for d, target in directives if d in kind]
+    seen_submodules = seen_submodules or title == "Submodules"
+    submodule = [target for d, target in directives if d == "automodule" and target != module_name]
+    assert not (submodule and entries), f"{module_name}: {entries} would render inside {submodule}'s section"
+    if seen_submodules:
+      assert not entries, f"{module_name}: {entries} after the submodules"
+      continue
+    assert [k for k, _ in entries] == sorted(k for k, _ in entries), f"{module_name}, {title!r}: functions first"
+    section_homes = {api_reference._home_module(module, name) for _, name in entries}
+    assert len(section_homes) <= 1, f"{module_name}, {title!r} mixes {section_homes}"
+    if section_homes and title != f"``{module_name}``":
+      home = section_homes.pop()
+      assert title == api_reference.SECTIONS.get(home), f"{home} needs a title in api_reference.SECTIONS"
+      homes.append(home)
+  assert len(homes) == len(set(homes)), f"{module_name}: a module's names in two sections"
+
+
+def test_config_fields_page_has_a_heading_per_section_without_raw_backquotes():
+  page = api_reference.config_page()
+  titles = [title for title, _ in _rst_sections(page)[1:]]
+  assert titles[0] == "Config fields"
+  sections = list(dict.fromkeys(section for section, *_ in api_reference.config_schema()))
+  assert titles[1:] == [api_reference._rst_cell(api_reference._title_and_lead(s)[0]) for s in sections]
+  assert len(titles) >= 6
+  for title in titles:
+    assert not re.search(r"(?<!`)`(?!`)", title), f"{title!r}: a single backquote would show raw"
+  for line in page.splitlines():
+    literals = re.findall(r"``(.+?)``", line)
+    assert not any("\\" in literal for literal in literals), f"an escape inside a literal shows raw: {line}"
 
 
 def test_config_schema_gives_every_field_a_default_and_a_meaning():
@@ -127,13 +183,20 @@ def test_readme_optimizer_table_is_the_registry():
 
 
 def test_readme_library_code_runs_and_does_what_its_comments_say():
+  import jax
   import jax.numpy as jnp
 
   namespace = {}
   exec(fenced_blocks(README, "python")[0], namespace)
-  params, clean = namespace["params"], namespace["clean"]
+  params, clean, loss_fn = namespace["params"], namespace["clean"], namespace["loss_fn"]
   assert not jnp.allclose(params["w"], clean["w"])  # MSAM's params are perturbed, eval_params undoes it
-  assert namespace["updates"]["w"].shape == (2,)
+  # The SAM half keeps sam's contract: `grads` is the first gradient at the params it updates, so its
+  # update is the first SGD step (-lr g2) on the gradient at clean + rho g1/||g1||.
+  mean_grad = jax.grad(lambda p: loss_fn(p).mean())
+  g1 = mean_grad(clean)["w"]
+  g2 = mean_grad({"w": clean["w"] + 0.05 * g1 / jnp.linalg.norm(g1)})["w"]
+  assert jnp.allclose(namespace["grads"]["w"], g1)
+  assert jnp.allclose(namespace["updates"]["w"], -0.1 * g2, rtol=1e-5)
 
 
 def test_readme_names_exist():
@@ -187,6 +250,57 @@ def test_readme_headline_numbers_are_the_committed_comparisons():
     assert row == name.lower().replace("-", "_"), f"README's {name} {interval} at noise {level} is {row!r}'s row"
 
 
+# --- Every code block of README.md and docs/*.md (tests/doc_snippets.py has the rules) ---
+
+
+def test_every_fence_says_what_it_holds():
+  assert set(doc_snippets.CORE_PAGES) <= set(doc_snippets.pages())
+  for page in doc_snippets.pages():
+    for block in doc_snippets.blocks(page):
+      known = block.language in doc_snippets.LANGUAGES or re.fullmatch(r"\{[\w-]+\}", block.language)
+      assert known, (
+        f"{page}:{block.line}: a ```{block.language} fence: use python (it runs), bash (checked), text "
+        "(not code: a tree, a diagram, output) or bibtex"
+      )
+      assert block.page in doc_snippets.CORE_PAGES or not block.needs, f"{page}:{block.line}: needs= is for core pages"
+
+
+@pytest.mark.parametrize(
+  "page",
+  [
+    page
+    for page in doc_snippets.pages()
+    if any(b.language == "python" and not doc_snippets.runs_on_core(b) for b in doc_snippets.blocks(page))
+  ],
+)
+def test_snippets_under_the_full_install_run(page):
+  """Every ```python block the core stage does not run (tests/optim/test_doc_snippets.py runs the rest)."""
+  doc_snippets.run(doc_snippets.blocks(page))
+
+
+def test_shell_blocks_name_real_scripts_configs_fields_and_extras():
+  from msam_jax.training import config
+
+  fields = set(config.base_config())
+  extras = set(PYPROJECT["project"]["optional-dependencies"])
+  checked = 0
+  for page in doc_snippets.pages():
+    for block in doc_snippets.blocks(page):
+      if block.language != "bash":
+        continue
+      where = f"{page}:{block.line}"
+      for script in re.findall(r"\bpython3? (?:-\S+ )*((?:\w+/)*\w+\.py)\b", block.code):
+        assert (ROOT / script).exists(), f"{where}: {script} does not exist"
+      for path in re.findall(r"--config (\S+\.py)\b", block.code):
+        assert (ROOT / path).exists(), f"{where}: {path} does not exist"
+      for field in re.findall(r"--config\.([\w.]+)=", block.code):
+        assert field.split(".")[0] in fields, f"{where}: --config.{field} is not a field of base_config"
+      for group in re.findall(r"pip install -e \"?\.\[([\w,]+)\]", block.code):
+        assert set(group.split(",")) <= extras, f"{where}: pip install -e .[{group}] names an extra pyproject lacks"
+      checked += 1
+  assert checked >= 10
+
+
 # --- Project files ---
 
 
@@ -202,9 +316,45 @@ def test_licence_citation_and_changelog_agree_with_pyproject():
   assert f"\n## {version}\n" in (ROOT / "CHANGELOG.md").read_text()
 
 
+def test_the_docs_extra_installs_no_tensorflow_and_conf_mocks_what_the_reference_imports():
+  import ast
+
+  from msam_jax import _extras
+
+  docs = PYPROJECT["project"]["optional-dependencies"]["docs"]
+  assert not [d for d in docs if re.match(r"msam-jax\[.*\b(train|data)\b|tensorflow", d)], docs
+  conf = ast.parse((ROOT / "docs" / "conf.py").read_text())
+  mocked = next(
+    ast.literal_eval(node.value)
+    for node in conf.body
+    if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "autodoc_mock_imports"
+  )
+  assert {"msam-jax[models]", "orbax-checkpoint", "clu", "ml-collections"} <= set(docs)
+  installed = {"flax", "orbax.checkpoint", "clu", "ml_collections"}  # what those install, by module name
+  needed = {m for _, modules in _extras.EXTRAS.values() for m in modules}
+  assert needed <= installed | set(mocked), f"the API pages import {needed - installed - set(mocked)}: mock or install"
+  assert {"tensorflow", "tensorflow_datasets"} <= set(mocked)
+
+
+def test_the_docs_build_fetches_nothing_by_default():
+  """intersphinx reads only the inventories saved in docs/_intersphinx/ unless told to fetch."""
+  pytest.importorskip("sphinx")
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location("docs_conf", ROOT / "docs" / "conf.py")
+  conf = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(conf)
+  saved = {p.stem for p in (ROOT / "docs" / "_intersphinx").glob("*.inv")}
+  if "MSAM_DOCS_INTERSPHINX" not in __import__("os").environ:
+    assert set(conf.intersphinx_mapping) == saved & set(conf.INTERSPHINX)
+    assert all(location.endswith(".inv") for _, location in conf.intersphinx_mapping.values())
+
+
 def test_ci_builds_the_docs_warning_free_with_the_docs_extra():
   ci = (ROOT / ".ci" / "run").read_text()
-  assert re.search(r"^sphinx-build .*-W .*docs docs/_build/html$", ci, flags=re.M) and "docs]" in ci
-  assert 'pip install -e ".[docs]" && sphinx-build -W docs docs/_build/html' in README  # the one local command
+  assert re.search(r"^sphinx-build .*-n -W .*docs docs/_build/html$", ci, flags=re.M) and "docs]" in ci  # nitpicky
+  command = 'pip install -e ".[docs]" && sphinx-build -n -W docs docs/_build/html'  # the one local command
+  for page in ("README.md", "docs/getting_started.md", "docs/contributing.md"):
+    assert command in (ROOT / page).read_text(), page
   assert "docs" in PYPROJECT["project"]["optional-dependencies"]
   assert "docs/_build/" in (ROOT / ".gitignore").read_text().splitlines()

@@ -295,7 +295,7 @@ def msam_of(
     base: an optax transformation keeping a gradient momentum; it receives
       the unperturbed params and the extra update arguments.
     rho: perturbation radius >= 0, a float or a schedule; 0 gives `base`.
-    momentum: None finds the buffer (`msam_jax.optim.momentum.KNOWN_BUFFERS`:
+    momentum: None finds the buffer (``msam_jax.optim.momentum.KNOWN_BUFFERS``:
       optax's trace, adam/adamw/nadam, amsgrad, adabelief, lion, novograd,
       adafactor's ema, contrib.muon, this project's sgd/adamw); otherwise
       ``momentum(base_state)`` returns it, a tree like the params

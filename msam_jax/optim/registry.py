@@ -100,7 +100,7 @@ class Entry:
 
   @property
   def injected(self) -> tuple[str, ...]:
-    """The scheduled hyper-parameters the factory takes: learning rate and/or rho."""
+    """The scheduled hyper-parameters the factory takes (learning rate and/or rho)."""
     return {"base": ("learning_rate",), "msam": ("learning_rate", "rho"), "sam": ("rho",)}[self.family]
 
   @property

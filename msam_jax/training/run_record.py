@@ -24,6 +24,7 @@ from typing import Any
 import ml_collections
 from etils import epath
 
+from msam_jax.training import config as config_lib
 from msam_jax.training.config import RESUMABLE_FIELDS
 
 CONFIG_FILE = "config.json"
@@ -103,6 +104,35 @@ def read_config(workdir: epath.Path) -> ml_collections.ConfigDict | None:
   return None if record is None else ml_collections.ConfigDict(record)
 
 
+# Optimizer options that were flat fields under their own names before `optimizer_kwargs` (0.1.0).
+_FLAT_OPTIMIZER_OPTIONS = ("momentum", "nesterov", "weight_decay", "b1", "b2", "eps")
+
+
+def upgraded_record(recorded: dict) -> dict:
+  """A config record written by an older version, flattened and in this version's fields.
+
+  Renamed fields take their new names (`config.RENAMED_FIELDS`; the flat optimizer options
+  of 0.1.0 move into `optimizer_kwargs`, options of other optimizers are dropped as
+  `config.resolve` drops them), and a field the record lacks takes its default: each field
+  was added with the default that does what the versions before it did.
+  """
+  old = _flatten(recorded)
+  defaults = config_lib.base_config()
+  try:  # the recorded model's and optimizer's options, with their defaults
+    config_lib.set_model(defaults, old.get("model", defaults.model))
+    config_lib.set_optimizer(defaults, old.get("optimizer", defaults.optimizer))
+  except config_lib.ConfigError:  # a name this version lacks: the comparison names the field
+    pass
+  options = set(defaults.optimizer_kwargs)
+  renames = {**config_lib.RENAMED_FIELDS, **{f: f"optimizer_kwargs.{f}" for f in _FLAT_OPTIMIZER_OPTIONS}}
+  for field, new in renames.items():
+    if field in old:
+      value = old.pop(field)
+      if new.removeprefix("optimizer_kwargs.") in options:
+        old.setdefault(new, value)
+  return {**_flatten(config_record(defaults)), **old}
+
+
 def differing_fields(recorded: dict, current: dict) -> list[str]:
   """The flattened fields whose values differ, except those that may change on resume."""
   old, new = _flatten(recorded), _flatten(current)
@@ -123,7 +153,7 @@ def check_run(workdir: epath.Path, config: ml_collections.ConfigDict, num_steps:
   recorded = read_json(workdir / CONFIG_FILE)
   if recorded is not None:
     current = config_record(config)
-    differing = differing_fields(recorded, current)
+    differing = differing_fields(upgraded_record(recorded), current)
     if differing:
       named = ", ".join(differing[:4]) + (f" and {len(differing) - 4} more" if len(differing) > 4 else "")
       raise RunMismatchError(

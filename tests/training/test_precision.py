@@ -38,6 +38,8 @@ def test_synthetic_dataset_runs_the_loop_end_to_end(tmp_path, one_device_mesh):
   assert results["epochs"] == 6 / 10 and np.isfinite(results["final_eval_loss"])
   assert results["steps_per_second"] > 0
   assert "final_eval_accuracy_top5" in results  # 7 classes
+  # results.json holds the sharpness only with sharpness_every_steps > 0 (the README says so; test_train.py has it)
+  assert not [k for k in results if "sharpness" in k or "hessian" in k], results
 
 
 def test_bad_synthetic_shape_is_a_config_error(tmp_path, one_device_mesh):
