@@ -59,6 +59,16 @@ def keep_only(workdir: epath.Path, steps, which: str = "best") -> None:
   manager.close()
 
 
+def with_best_model(workdir: epath.Path, history: list[dict]) -> list[dict]:
+  """The evaluations of `history` whose best model is saved: those that can still be reported as the
+  best (a run begun by a version that kept no best models has none for its evaluations before the
+  upgrade; this one's keeps every model a resumed run may report, `run_record.best_steps_needed`)."""
+  manager = _manager(workdir, create=False, which="best")
+  saved = set(manager.all_steps())
+  manager.close()
+  return [entry for entry in history if entry["step"] in saved]
+
+
 def _best_step(workdir: epath.Path, config) -> int:
   """The best model's step: a finished run's `best_step`, else the best of the evaluations so far."""
   results = run_record.read_json(workdir / run_record.RESULTS_FILE)
@@ -66,7 +76,8 @@ def _best_step(workdir: epath.Path, config) -> int:
   if results is not None:
     step = results.get("best_step")
   else:
-    best = run_record.best_evaluation(run_record.read_json(workdir / run_record.HISTORY_FILE) or [], metric)
+    history = run_record.read_json(workdir / run_record.HISTORY_FILE) or []
+    best = run_record.best_evaluation(with_best_model(workdir, history), metric)
     step = best["step"] if metric and best is not None else None
   if step is None:
     raise FileNotFoundError(

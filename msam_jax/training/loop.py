@@ -329,10 +329,13 @@ def _keep_best(s: Setup, workdir, history: list[dict], checkpoint_steps, state: 
   """Saves the model of the evaluation just recorded if it is the best on validation so far, and
   deletes the best models no run resumed from a kept checkpoint could report."""
   metric = config_lib.best_model_metric(s.config)
-  if not metric or run_record.best_evaluation(history, metric) is not history[-1]:
+  if not metric:
+    return
+  candidates = [*evaluated_model.with_best_model(workdir, history[:-1]), history[-1]]
+  if run_record.best_evaluation(candidates, metric) is not history[-1]:
     return
   evaluated_model.save(workdir, history[-1]["step"], _model_variables(state, state.batch_stats), which="best")
-  evaluated_model.keep_only(workdir, run_record.best_steps_needed(history, checkpoint_steps, metric))
+  evaluated_model.keep_only(workdir, run_record.best_steps_needed(candidates, checkpoint_steps, metric))
 
 
 def _named(prefix: str, metrics: dict) -> dict[str, float]:
@@ -353,7 +356,7 @@ def _best_results(s: Setup, workdir, history: list[dict], final: dict, variables
   if not metric:
     return {}
   last = {**final, "step": s.num_steps, "epoch": s.num_steps / s.steps_per_epoch}
-  best = run_record.best_evaluation([*history, last], metric)
+  best = run_record.best_evaluation([*evaluated_model.with_best_model(workdir, history), last], metric)
   if best is last:
     evaluated_model.save(workdir, s.num_steps, variables, which="best")
   evaluated_model.keep_only(workdir, {best["step"]})

@@ -244,6 +244,15 @@ def test_best_models_are_kept_while_a_run_resumed_from_a_kept_checkpoint_could_r
   assert run_record.best_steps_needed(history, [], "validation_loss") == {40}
 
 
+def test_only_evaluations_whose_best_model_is_saved_can_be_the_best(tmp_path):
+  """A run begun by a version that kept no best models saved none for its evaluations before the upgrade."""
+  workdir = epath.Path(tmp_path)
+  evaluated_model.save(workdir, 20, {"params": {"w": np.zeros(2, np.float32)}}, which="best")
+  history = _history((10, 0.9, 0.1), (20, 0.5, 1.0), (30, 0.6, 0.9))
+  assert evaluated_model.with_best_model(workdir, history) == [history[1]]
+  assert evaluated_model.with_best_model(workdir / "elsewhere", history) == []
+
+
 def test_load_for_eval_names_the_model_a_run_did_not_keep(tmp_path):
   run_record.record_config(tmp_path, training.resolve(load_config("digits", validation_fraction=0.0)))
   with pytest.raises(FileNotFoundError, match="kept no best model .* load the final model with which='final'"):
