@@ -10,8 +10,10 @@ only the fields in `msam_jax.training.config.RESUMABLE_FIELDS` (logging,
 evaluation and checkpoint cadence, data_dir, num_train_steps) may differ from
 the config the workdir recorded. Rerunning a finished run reports its results
 and changes nothing. At the end the evaluated model (unperturbed parameters,
-recomputed batch-norm statistics) is saved in `workdir/evaluated_model/`;
-read it back with `msam_jax.training.load_for_eval(workdir)`.
+recomputed batch-norm statistics) is saved in `workdir/evaluated_model/`, and
+with a validation split the model best on validation in `workdir/best_model/`;
+read them back with `msam_jax.training.load_for_eval(workdir)` and
+`load_for_eval(workdir, which="best")`.
 
 A mistake on the command line (a flag, a config field, the workdir, the
 dataset) is reported as one `error: ...` line with exit status 2 before
@@ -175,12 +177,20 @@ def main(argv):
     for key, name in (("validation", "validation"), ("noisy_train", "noisy-train"))
     if f"final_{key}_accuracy" in results
   )
+  if "final_ema_eval_accuracy" in results:
+    others += f"; MESA's EMA model accuracy {results['final_ema_eval_accuracy']:.4f}"
   noise = f" (label noise {results['label_noise']:g})" if results.get("label_noise") else ""
   print(
     f"final eval accuracy: {results['final_eval_accuracy']:.4f} "
     f"(loss {results['final_eval_loss']:.4f}){others}{noise}, parameter norm {results['final_param_norm']!r}; "
     f"results in {run_record.as_path(FLAGS.workdir) / run_record.RESULTS_FILE}"
   )
+  if "best_step" in results:
+    print(
+      f"best on validation ({config.best_model_metric}): step {results['best_step']} (epoch"
+      f" {results['best_epoch']:g}), eval accuracy {results['best_eval_accuracy']:.4f}, validation accuracy"
+      f" {results['best_validation_accuracy']:.4f}; model in {results['best_model']}"
+    )
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ OPTIMIZERS = registry.names()  # one entry per optimizer in msam_jax/optim/regis
 LR_SCHEDULES = ("const", "start_ramp_cos", "cos_warmup")
 RHO_SCHEDULES = ("const", "start_ramp", "start_jump")
 DTYPES = ("float32", "bfloat16", "float16")  # float16 with dynamic loss scaling (loss_scale.py)
+BEST_MODEL_METRICS = ("validation_accuracy", "validation_loss")  # the first is the default
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -92,6 +93,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_train_steps = -1  # > 0 overrides num_epochs (for quick runs and tests)
   c.log_every_steps = 50  # training metrics to TensorBoard and the log
   c.eval_every_epochs = 1  # evaluation on the whole test split at eval_params
+  # With a validation split: after each evaluation keep the model best on this validation
+  # metric in workdir/best_model/ ("validation_accuracy", ties to the lower validation loss;
+  # or "validation_loss", lower is better); "" keeps none. Never chosen on the test split.
+  c.best_model_metric = "validation_accuracy"
   c.checkpoint_every_steps = 1000  # plus one at the end; 0: only at the end
   c.max_checkpoints_to_keep = 3  # older checkpoints are deleted
   c.async_checkpointing = True  # False: write each checkpoint before training goes on
@@ -424,10 +429,32 @@ def validate_fields(config: ml_collections.ConfigDict) -> None:
   ):
     _at_least(config, field, 1)
   _at_least(config, "bn_recompute_batches", -1)
+  _validate_best_model_metric(config)
   if config.image_size is not None:
     _at_least(config, "image_size", 1)
   if config.num_train_steps <= 0:
     _at_least(config, "num_epochs", 1)
+
+
+def _validate_best_model_metric(config: ml_collections.ConfigDict) -> None:
+  """A validation metric (never the test split's), and a validation split unless it is the default."""
+  metric = config.best_model_metric
+  if metric and metric not in BEST_MODEL_METRICS:
+    split = "the test split" if metric in ("accuracy", "loss", "accuracy_top5") else "no validation metric"
+    raise ConfigError(
+      f"config.best_model_metric={metric!r} names {split}; the best model is chosen on validation: set"
+      f" --config.best_model_metric to {' or '.join(BEST_MODEL_METRICS)} (or '' for none)."
+    )
+  if metric and metric != BEST_MODEL_METRICS[0] and not config.validation_fraction:
+    raise ConfigError(
+      f"config.best_model_metric={metric!r} needs a validation split; set --config.validation_fraction"
+      " (e.g. 0.1) or --config.best_model_metric=''."
+    )
+
+
+def best_model_metric(config: ml_collections.ConfigDict) -> str:
+  """The metric the run keeps its best model on; "" when none is kept (off, or no validation split)."""
+  return config.best_model_metric if config.validation_fraction > 0 else ""
 
 
 def _check_kwargs(kind: str, name: str, kwargs, options: dict) -> None:

@@ -103,11 +103,11 @@ def evaluate(s: Setup, state: TrainState, batches, batch_stats=None) -> dict[str
 _SPLIT_PREFIX = {"test": "", "validation": "validation_", "train": "noisy_train_"}
 
 
-def evaluate_all(s: Setup, state: TrainState, batch_stats=None) -> dict[str, float]:
+def evaluate_all(s: Setup, state: TrainState, batch_stats=None, splits=None) -> dict[str, float]:
   """Test metrics as `accuracy`, `loss`, ...; then `validation_*` and `noisy_train_*` where the
-  config asks for them (`config_lib.evaluated_splits`)."""
+  config asks for them (`config_lib.evaluated_splits`), or of `splits` only."""
   metrics = {}
-  for split in config_lib.evaluated_splits(s.config):
+  for split in config_lib.evaluated_splits(s.config) if splits is None else splits:
     split_metrics = evaluate(s, state, s.eval_batches(split), batch_stats)
     metrics.update({_SPLIT_PREFIX[split] + k: v for k, v in split_metrics.items()})
   return metrics
@@ -262,7 +262,7 @@ def _train(s: Setup, workdir, manager, preempt: preemption.Preemption) -> _Train
       epoch_end = step % s.steps_per_epoch == 0
       if (epoch_end and (step // s.steps_per_epoch) % config.eval_every_epochs == 0) or is_last:
         with clock.paused(state):
-          _evaluate_and_record(s, state, step, time.time() - train_start, history, workdir, writer)
+          _evaluate_and_record(s, state, step, time.time() - train_start, history, workdir, writer, manager)
       if (config.checkpoint_every_steps > 0 and step % config.checkpoint_every_steps == 0) or is_last:
         with clock.paused(state):
           _check_finite(first_bad, last_good, state)
@@ -294,14 +294,78 @@ def _train(s: Setup, workdir, manager, preempt: preemption.Preemption) -> _Train
   )
 
 
-def _evaluate_and_record(s: Setup, state, step: int, seconds: float, history: list, workdir, writer) -> None:
-  """Evaluates on the test split (and validation, noisy train), logs it and rewrites the evaluation history."""
+def _evaluate_and_record(s: Setup, state, step: int, seconds: float, history: list, workdir, writer, manager) -> None:
+  """Evaluates on the test split (and validation, noisy train), keeps the best model on validation,
+  logs it and rewrites the evaluation history."""
   metrics = evaluate_all(s, state)
   writer.write_scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
   history.append({"step": step, "epoch": step / s.steps_per_epoch, "seconds": seconds, **metrics})
+  _keep_best(s, workdir, history, manager.all_steps(), state)  # before the history names it
   if jax.process_index() == 0:
     run_record.save_history(workdir, history)
     log.info("step %d (epoch %g): %s", step, step / s.steps_per_epoch, _eval_line(metrics))
+
+
+def _evaluate_ema(s: Setup, state: TrainState) -> dict[str, float]:
+  """MESA's EMA model (its averaged parameters and batch-norm statistics) on the test and validation
+  splits: what the SAF code reports."""
+  ema = TrainState(step=state.step, params=state.ema["params"], batch_stats=state.ema["batch_stats"], opt_state=())
+  return evaluate_all(s, ema, splits=[split for split in config_lib.evaluated_splits(s.config) if split != "train"])
+
+
+def _model_variables(state: TrainState, batch_stats) -> dict:
+  """The unperturbed parameters with `batch_stats`: the model an evaluation measures."""
+  variables = {"params": jax.jit(_unperturbed_params)(state)}
+  if batch_stats:
+    variables["batch_stats"] = batch_stats
+  return variables
+
+
+# Orbax's own keep-best (`CheckpointManagerOptions(best_fn=...)`) does not fit: it ranks by one scalar
+# (no tie-break on the validation loss), writes every evaluation's model, and trusts the metrics on
+# disk, also those of evaluations a run resumed from an older checkpoint is about to redo. Here the
+# best is derived from the evaluation history, which a resumed run trims to its checkpoint.
+def _keep_best(s: Setup, workdir, history: list[dict], checkpoint_steps, state: TrainState) -> None:
+  """Saves the model of the evaluation just recorded if it is the best on validation so far, and
+  deletes the best models no run resumed from a kept checkpoint could report."""
+  metric = config_lib.best_model_metric(s.config)
+  if not metric:
+    return
+  candidates = [*evaluated_model.with_best_model(workdir, history[:-1]), history[-1]]
+  if run_record.best_evaluation(candidates, metric) is not history[-1]:
+    return
+  evaluated_model.save(workdir, history[-1]["step"], _model_variables(state, state.batch_stats), which="best")
+  evaluated_model.keep_only(workdir, run_record.best_steps_needed(candidates, checkpoint_steps, metric))
+
+
+def _named(prefix: str, metrics: dict) -> dict[str, float]:
+  """An evaluation's metrics under results.json's names: `{prefix}_eval_accuracy` (the test split's),
+  `{prefix}_validation_loss`, `{prefix}_noisy_train_accuracy`, ..."""
+  split_prefixes = tuple(p for p in _SPLIT_PREFIX.values() if p)
+  return {
+    f"{prefix}_{k}" if k.startswith(split_prefixes) else f"{prefix}_eval_{k}": v
+    for k, v in metrics.items()
+    if k not in ("step", "epoch", "seconds")
+  }
+
+
+def _best_results(s: Setup, workdir, history: list[dict], final: dict, variables: dict) -> dict[str, Any]:
+  """results.json's `best_*`: the evaluation best on validation, the final model's included (with
+  batch-norm statistics recomputed it is another model than the last step's evaluation)."""
+  metric = config_lib.best_model_metric(s.config)
+  if not metric:
+    return {}
+  last = {**final, "step": s.num_steps, "epoch": s.num_steps / s.steps_per_epoch}
+  best = run_record.best_evaluation([*evaluated_model.with_best_model(workdir, history), last], metric)
+  if best is last:
+    evaluated_model.save(workdir, s.num_steps, variables, which="best")
+  evaluated_model.keep_only(workdir, {best["step"]})
+  return {
+    "best_step": best["step"],
+    "best_epoch": best["epoch"],
+    **_named("best", best),
+    "best_model": str(workdir / evaluated_model.BEST_MODEL_DIR / str(best["step"])),
+  }
 
 
 def _finalise(s: Setup, workdir, t: _Trained, preempt: preemption.Preemption) -> dict[str, Any]:
@@ -325,32 +389,42 @@ def _finalise(s: Setup, workdir, t: _Trained, preempt: preemption.Preemption) ->
   results = _run_facts(s, t, training)
   final, batch_stats = _final_evaluation(s, t, results, stop_if_preempted)
   results["final_param_norm"] = float(mesh_lib.to_host(jax.jit(_unperturbed_norm)(t.state)))
-  results["final_eval_accuracy"] = final["accuracy"]
-  results["final_eval_loss"] = final["loss"]
-  if "accuracy_top5" in final:
-    results["final_eval_accuracy_top5"] = final["accuracy_top5"]
-  for split in ("validation", "noisy_train"):  # final_validation_accuracy, final_noisy_train_loss, ...
-    results.update({f"final_{k}": v for k, v in final.items() if k.startswith(f"{split}_")})
+  results.update(_named("final", final))  # final_eval_accuracy, final_validation_loss, ...
+  if s.mesa is not None:  # final_ema_eval_accuracy, final_ema_validation_accuracy, ...
+    results.update(_named("final_ema", _evaluate_ema(s, t.state)))
+    stop_if_preempted()
   if t.sharpness is not None:
     results.update({f"final_{k}": float(v) for k, v in t.sharpness.items()})
-  variables = {"params": jax.jit(_unperturbed_params)(t.state)}
-  if batch_stats:
-    variables["batch_stats"] = batch_stats
+  variables = _model_variables(t.state, batch_stats)
   results["evaluated_model"] = str(evaluated_model.save(workdir, num_steps, variables))
+  results.update(_best_results(s, workdir, t.eval_history, final, variables))
   t.writer.flush()
   stop_if_preempted()
   if jax.process_index() == 0:
     run_record.write_results(workdir, results)
     before = results.get("eval_accuracy_before_bn_recompute")
     log.info(
-      "final eval accuracy %.4f%s%s; model saved in %s; results in %s",
+      "final eval accuracy %.4f%s%s%s; model saved in %s%s; results in %s",
       results["final_eval_accuracy"],
       "" if before is None else f" ({before:.4f} before the batch-norm recomputation)",
       "".join(f"; {part}" for part in _eval_line(final).split("; ")[1:]),
+      f"; MESA's EMA model: eval accuracy {results['final_ema_eval_accuracy']:.4f}" if s.mesa is not None else "",
       results["evaluated_model"],
+      _best_line(results),
       workdir / run_record.RESULTS_FILE,
     )
   return results
+
+
+def _best_line(results: dict) -> str:
+  """'; best on validation: step 60 (epoch 3), eval accuracy 0.9611, validation accuracy 0.9653, in DIR'."""
+  if "best_step" not in results:
+    return ""
+  return (
+    f"; best on validation: step {results['best_step']} (epoch {results['best_epoch']:g}), eval accuracy"
+    f" {results['best_eval_accuracy']:.4f}, validation accuracy {results['best_validation_accuracy']:.4f},"
+    f" in {results['best_model']}"
+  )
 
 
 def _training_numbers(s: Setup, workdir, t: _Trained) -> dict[str, Any]:

@@ -9,6 +9,7 @@
                           a run stopped while finishing reports them
       checkpoints/        the train state (orbax), for exact resume
       evaluated_model/    the model whose accuracy results.json reports
+      best_model/         the model best on validation so far (config.best_model_metric)
       results.json        written last: the run is finished when it holds the run's steps
 
 Paths are `etils.epath` paths (what orbax and TFDS use), so `~` and `gs://` work;
@@ -175,6 +176,29 @@ def load_history(workdir: epath.Path, up_to_step: int) -> list[dict]:
   """The evaluations recorded up to `up_to_step` (later ones belong to steps about to be redone)."""
   history = read_json(workdir / HISTORY_FILE) or []
   return [entry for entry in history if entry["step"] <= up_to_step]
+
+
+def _rank(entry: dict, metric: str) -> tuple[float, float]:
+  accuracy, loss = entry["validation_accuracy"], entry["validation_loss"]
+  return (accuracy, -loss) if metric == "validation_accuracy" else (-loss, accuracy)
+
+
+def best_evaluation(history: list[dict], metric: str) -> dict | None:
+  """The entry of `history` best on `metric` (config.BEST_MODEL_METRICS), the other validation metric
+  breaking ties (higher accuracy, lower loss), the earliest breaking exact ones; None if empty."""
+  best = None
+  for entry in history:
+    if best is None or _rank(entry, metric) > _rank(best, metric):
+      best = entry
+  return best
+
+
+def best_steps_needed(history: list[dict], checkpoint_steps, metric: str) -> set[int]:
+  """The steps of the best models a run may still report: the best of `history`, and the best
+  of its part up to each checkpoint (what a run resumed from that checkpoint has kept)."""
+  cuts = [None, *checkpoint_steps]
+  best = (best_evaluation([e for e in history if cut is None or e["step"] <= cut], metric) for cut in cuts)
+  return {entry["step"] for entry in best if entry is not None}
 
 
 def save_history(workdir: epath.Path, history: list[dict]) -> None:

@@ -102,6 +102,11 @@ CASES = [
     ],
     "config.image_size=224 (vit takes 224x224 images) but config.synthetic.image_shape=(32, 32, 3)",
   ),
+  (
+    "best model chosen on the test split",
+    ["--config", DIGITS, "--config.best_model_metric=accuracy", "--workdir", "{tmp}/run"],
+    "config.best_model_metric='accuracy' names the test split",
+  ),
   ("workdir is a file", ["--config", DIGITS, "--workdir", "{tmp}/afile"], "afile is a file"),
   ("workdir under a file", ["--config", DIGITS, "--workdir", "{tmp}/afile/run"], "which is a file"),
   (

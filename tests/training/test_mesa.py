@@ -16,7 +16,7 @@ import msam_jax
 from msam_jax import models, training
 from msam_jax.training import mesa as mesa_lib
 from msam_jax.training import mesh as mesh_lib
-from msam_jax.training import steps
+from msam_jax.training import loop, setup, steps
 from msam_jax.training.config import ConfigError, validate_fields
 from msam_jax.training.loss import distillation_kl, smoothed_kl_loss
 from msam_jax.training.optimizer import build_optimizer
@@ -364,7 +364,7 @@ def test_a_mesa_run_trains_through_train_py_and_resumes_exactly(tmp_path, one_de
     [*cmd, *flags, "--config.num_train_steps=4"], env=env, capture_output=True, text=True, timeout=300, cwd=REPO
   )
   assert result.returncode == 0, result.stderr[-3000:]
-  assert "with MESA (weight 0.3" in result.stderr
+  assert "with MESA (weight 0.3" in result.stderr and "MESA's EMA model accuracy" in result.stdout
   first = json.loads((interrupted / "results.json").read_text())
   assert first["mesa_ema_bytes_per_device"] >= first["params_bytes_per_device"]
 
@@ -381,3 +381,14 @@ def test_a_mesa_run_trains_through_train_py_and_resumes_exactly(tmp_path, one_de
     np.testing.assert_array_equal(x, y)
   assert resumed["final_eval_accuracy"] == whole["final_eval_accuracy"]
   assert whole["final_eval_loss"] < np.log(10)  # it learns: below the chance-level loss of 10 classes
+  for key in ("final_ema_eval_accuracy", "final_ema_eval_loss", "final_ema_validation_accuracy"):
+    assert resumed[key] == whole[key], key
+  # final_ema_*: the EMA's parameters and batch-norm statistics evaluated (as the SAF code reports).
+  s = setup.build(load_config("digits", num_train_steps=8, **RUN), one_device_mesh)
+  ema = TrainState(step=np.int32(8), params=b["ema"]["params"], batch_stats=b["ema"]["batch_stats"], opt_state=())
+  for split, prefix in (("test", "final_ema_eval_"), ("validation", "final_ema_validation_")):
+    metrics = loop.evaluate(s, ema, s.eval_batches(split))
+    assert whole[f"{prefix}accuracy"] == metrics["accuracy"], split
+    np.testing.assert_allclose(whole[f"{prefix}loss"], metrics["loss"], rtol=1e-6)
+  assert abs(whole["final_ema_eval_loss"] - whole["final_eval_loss"]) > 1e-3  # not the trained model's
+  assert not any(k.startswith("final_ema_noisy_train") for k in whole)

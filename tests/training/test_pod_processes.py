@@ -8,7 +8,15 @@ import time
 import numpy as np
 import pytest
 from helpers import REPO, final_checkpoint, tree_arrays
-from test_processes import RESUME_FLAGS, _env, _finalised_checkpoints, _free_port, _run, _train_cmd
+from test_processes import (
+  RESUME_FLAGS,
+  _env,
+  _finalised_checkpoints,
+  _free_port,
+  _run,
+  _train_cmd,
+  assert_same_best_model,
+)
 
 from msam_jax.training.preemption import EXIT_CODE
 
@@ -27,7 +35,7 @@ def _stopped_step(err: str) -> int:
 def test_sigterm_checkpoints_exits_75_and_resumes_bit_identically(tmp_path, digits_reference):
   """SIGTERM mid-run, then SIGTERM while the resumed run finishes (batch-norm
   recomputation): both exit 75; the next rerun completes the run with the
-  uninterrupted run's checkpoint and final numbers."""
+  uninterrupted run's checkpoint, final numbers and best model on validation."""
   workdir = tmp_path / "preempted"
   proc = subprocess.Popen(
     _train_cmd(workdir, *SIGTERM_FLAGS),
@@ -86,6 +94,7 @@ def test_sigterm_checkpoints_exits_75_and_resumes_bit_identically(tmp_path, digi
   assert {k: got[k] for k in numbers} == {k: expected[k] for k in numbers}
   history = lambda r: [(e["step"], e["accuracy"], e["loss"]) for e in r["eval_history"]]
   assert history(got) == history(expected)
+  assert_same_best_model(workdir, digits_reference)
 
 
 def test_two_processes_with_fsdp_and_accumulation_equal_one_replicated_process(tmp_path):

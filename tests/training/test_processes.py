@@ -1,5 +1,6 @@
 """train.py as users run it: killed and resumed, two processes, a diverging run, bad flags."""
 
+import json
 import os
 import signal
 import socket
@@ -44,24 +45,51 @@ def _finalised_checkpoints(workdir):
 
 RESUME_FLAGS = (  # also the SIGTERM test's (test_pod_processes.py), which shares the reference run
   "--config.num_train_steps=200",
-  "--config.checkpoint_every_steps=20",
+  "--config.checkpoint_every_steps=30",
   "--config.log_every_steps=50",
-  "--config.eval_every_epochs=100",
+  "--config.eval_every_epochs=1",  # every 20 steps: the best model on validation changes between checkpoints
   "--config.bn_recompute_batches=2",
 )
 
 
+def _evaluated_steps(workdir):
+  try:
+    return [e["step"] for e in json.loads((workdir / "eval_history.json").read_text())]
+  except (FileNotFoundError, json.JSONDecodeError):
+    return []
+
+
+def assert_same_best_model(workdir, reference):
+  """The same best model on validation as the reference run: step, numbers and saved arrays."""
+  expected, got = (json.loads((w / "results.json").read_text()) for w in (reference, workdir))
+  numbers = [k for k in expected if k.startswith("best_") and k != "best_model"]
+  assert {"best_step", "best_eval_accuracy", "best_validation_loss"} <= set(numbers)
+  assert {k: got[k] for k in numbers} == {k: expected[k] for k in numbers}
+  assert os.listdir(workdir / "best_model") == [str(expected["best_step"])]  # nothing else kept
+  from msam_jax import training
+
+  a, b = (training.load_for_eval(w, which="best")[1] for w in (reference, workdir))
+  for x, y in zip(tree_arrays(a), tree_arrays(b), strict=True):
+    np.testing.assert_array_equal(x, y)
+
+
 def test_killed_run_resumes_bit_identically(tmp_path, digits_reference):
+  """SIGKILL after an evaluation newer than the newest checkpoint (whose best model is then newer
+  than the step the run resumes from): the resumed run ends as the uninterrupted one, best model included."""
   workdir = tmp_path / "killed"
   proc = subprocess.Popen(
     _train_cmd(workdir, *RESUME_FLAGS), env=_env(1), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
   )
   deadline = time.time() + 240
-  while not _finalised_checkpoints(workdir) and proc.poll() is None and time.time() < deadline:
+  while proc.poll() is None and time.time() < deadline:
+    checkpoints, evaluated = [int(c) for c in _finalised_checkpoints(workdir)], _evaluated_steps(workdir)
+    if checkpoints and max(evaluated, default=0) > max(checkpoints):
+      break
     time.sleep(0.02)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+  assert checkpoints and max(evaluated) > max(checkpoints), "killed before an evaluation newer than a checkpoint"
   assert not (workdir / "results.json").exists()
 
   resumed = _run(workdir, *RESUME_FLAGS)
@@ -72,6 +100,7 @@ def test_killed_run_resumes_bit_identically(tmp_path, digits_reference):
   assert step_a == step_b == 200
   for x, y in zip(tree_arrays(a), tree_arrays(b)):
     np.testing.assert_array_equal(x, y)
+  assert_same_best_model(workdir, digits_reference)
 
 
 def test_diverging_run_names_the_step_and_keeps_a_good_checkpoint(tmp_path):

@@ -19,7 +19,7 @@ from msam_jax.training import config as config_lib
 from msam_jax.training import evaluated_model, loop, run_record, setup, steps
 from msam_jax.training.train_state import TrainState
 
-from helpers import REPO, final_checkpoint, load_config, tree_arrays
+from helpers import REPO, assert_trees_equal, final_checkpoint, load_config, tree_arrays
 
 SHORT = {
   "num_train_steps": 6,
@@ -191,6 +191,76 @@ def test_the_saved_model_reproduces_the_reported_accuracy(finished_run, one_devi
   assert metrics["loss"] == results["final_eval_loss"]
   assert metrics["validation_accuracy"] == results["final_validation_accuracy"]
   assert metrics["noisy_train_accuracy"] == results["final_noisy_train_accuracy"]
+
+
+@pytest.mark.slow
+def test_the_saved_best_model_is_the_evaluated_one_and_reproduces_its_accuracy(finished_run, one_device_mesh):
+  """Here the last step's evaluation, before the batch-norm recomputation: the checkpoint's unperturbed
+  parameters and its running statistics, bit for bit."""
+  workdir, results = finished_run
+  assert results["best_step"] == 6 and results["best_epoch"] == 6 / 20
+  assert results["best_validation_accuracy"] == results["eval_history"][-1]["validation_accuracy"]
+  assert results["best_model"] == str(workdir / evaluated_model.BEST_MODEL_DIR / "6")
+  model, variables, config = training.load_for_eval(str(workdir), which="best")
+  _, final_variables, _ = training.load_for_eval(str(workdir))  # the same step's parameters
+  assert_trees_equal(variables["params"], final_variables["params"])
+  assert_trees_equal(variables["batch_stats"], final_checkpoint(str(workdir))[1]["batch_stats"])
+  state = TrainState(step=np.int32(6), params=variables["params"], batch_stats=variables["batch_stats"], opt_state=())
+  eval_fn = jax.jit(functools.partial(steps.eval_step, model=model, label_smoothing=config.label_smoothing))
+  s = dataclasses.replace(setup.build(config, one_device_mesh), eval_step=eval_fn)
+  metrics = loop.evaluate_all(s, state)
+  for split in ("eval_", "validation_", "noisy_train_"):
+    key = split.replace("eval_", "")
+    assert metrics[f"{key}accuracy"] == results[f"best_{split}accuracy"]
+    # Float32 round-off: the run's evaluation computed the unperturbed parameters inside its step.
+    np.testing.assert_allclose(metrics[f"{key}loss"], results[f"best_{split}loss"], rtol=1e-6)
+
+
+def _entry(step, accuracy, loss):
+  return {"step": step, "validation_accuracy": accuracy, "validation_loss": loss}
+
+
+def _history(*rows):
+  """Evaluations as (step, validation accuracy, validation loss) rows."""
+  return [_entry(*row) for row in rows]
+
+
+def test_the_best_evaluation_breaks_ties_on_the_other_validation_metric_then_on_the_earliest():
+  history = _history((10, 0.5, 1.0), (20, 0.8, 0.7), (30, 0.8, 0.6), (40, 0.8, 0.6), (50, 0.7, 0.5))
+  assert run_record.best_evaluation(history, "validation_accuracy")["step"] == 30
+  assert run_record.best_evaluation(history, "validation_loss")["step"] == 50
+  assert run_record.best_evaluation(history[:4], "validation_loss")["step"] == 30  # 0.6 twice: the earlier
+  assert run_record.best_evaluation(_history((1, 0.5, 0.6), (2, 0.6, 0.6)), "validation_loss")["step"] == 2
+  assert run_record.best_evaluation([], "validation_accuracy") is None
+
+
+def test_best_models_are_kept_while_a_run_resumed_from_a_kept_checkpoint_could_report_them():
+  """Best at 20, then at 40; checkpoints at 30 and 60: a run resumed from 30 has the history up to 30,
+  whose best is 20 (40 is redone), so 20 stays until no checkpoint before 40 is left."""
+  history = _history((10, 0.5, 1.0), (20, 0.7, 0.9), (30, 0.6, 0.9), (40, 0.8, 0.8), (50, 0.7, 0.8))
+  assert run_record.best_steps_needed(history, [30, 60], "validation_accuracy") == {20, 40}
+  assert run_record.best_steps_needed(history, [40, 60], "validation_accuracy") == {40}
+  assert run_record.best_steps_needed(history, [5], "validation_accuracy") == {40}  # nothing evaluated by step 5
+  assert run_record.best_steps_needed(history, [], "validation_loss") == {40}
+
+
+def test_only_evaluations_whose_best_model_is_saved_can_be_the_best(tmp_path):
+  """A run begun by a version that kept no best models saved none for its evaluations before the upgrade."""
+  workdir = epath.Path(tmp_path)
+  evaluated_model.save(workdir, 20, {"params": {"w": np.zeros(2, np.float32)}}, which="best")
+  history = _history((10, 0.9, 0.1), (20, 0.5, 1.0), (30, 0.6, 0.9))
+  assert evaluated_model.with_best_model(workdir, history) == [history[1]]
+  assert evaluated_model.with_best_model(workdir / "elsewhere", history) == []
+
+
+def test_load_for_eval_names_the_model_a_run_did_not_keep(tmp_path):
+  run_record.record_config(tmp_path, training.resolve(load_config("digits", validation_fraction=0.0)))
+  with pytest.raises(FileNotFoundError, match="kept no best model .* load the final model with which='final'"):
+    training.load_for_eval(str(tmp_path), which="best")
+  with pytest.raises(FileNotFoundError, match="holds no model; it is written when the run finishes"):
+    training.load_for_eval(str(tmp_path))
+  with pytest.raises(ValueError, match="which='last' is not a model a run keeps; choose 'final' or 'best'"):
+    training.load_for_eval(str(tmp_path), which="last")
 
 
 def test_image_size_is_one_field_shared_with_the_model():

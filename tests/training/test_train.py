@@ -11,6 +11,7 @@ import pytest
 import msam_jax
 from msam_jax import training
 from msam_jax.optim import registry
+from msam_jax.training import config as config_lib
 from msam_jax.training import loop, setup
 from msam_jax.training.config import OPTIMIZERS
 from msam_jax.training.mesh import create_mesh
@@ -41,6 +42,15 @@ def test_digits_default_config_end_to_end(tmp_path, one_device_mesh):
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path))
   step, _ = final_checkpoint(str(tmp_path))
   assert step == results["steps"]
+  # The best model on validation: the best of the evaluations and the final (recomputed) model.
+  candidates = [
+    *results["eval_history"],
+    {"step": step, **{k[6:]: v for k, v in results.items() if k.startswith("final_")}},
+  ]
+  best_accuracy = max(e["validation_accuracy"] for e in candidates)
+  assert on_disk["best_validation_accuracy"] == best_accuracy >= on_disk["final_validation_accuracy"]
+  assert os.listdir(tmp_path / "best_model") == [str(on_disk["best_step"])]
+  assert on_disk["best_model"] == str(tmp_path / "best_model" / str(on_disk["best_step"]))
 
 
 @pytest.mark.parametrize("optimizer", everyday(OPTIMIZERS, keep=("msam", "sam")))
@@ -202,6 +212,9 @@ def test_one_device_and_eight_devices_agree(tmp_path):
     ("label_noise_seed", -1, "config.label_noise_seed=-1 must be >= 0."),
     ("validation_fraction", 1.0, "config.validation_fraction=1.0 must be in [0, 1)."),
     ("validation_fraction", 0.99, "config.dataset='digits': global_batch_size=64 exceeds the 14 training examples"),
+    ("best_model_metric", "accuracy", "config.best_model_metric='accuracy' names the test split; the best model is"),
+    ("best_model_metric", "loss", "config.best_model_metric='loss' names the test split"),
+    ("best_model_metric", "noisy_train_accuracy", "names no validation metric; the best model is chosen on validation"),
   ],
 )
 def test_bad_config_fails_before_compiling(tmp_path, field, value, expected, monkeypatch):
@@ -210,3 +223,18 @@ def test_bad_config_fails_before_compiling(tmp_path, field, value, expected, mon
     training.train_and_evaluate(
       load_config("digits", **{field: value}), str(tmp_path), mesh=create_mesh(jax.devices()[:8])
     )
+
+
+def test_the_best_model_needs_a_validation_split_unless_the_metric_is_the_default():
+  """The default metric without a validation split is simply off; another one is refused in one line."""
+  config = load_config("digits", validation_fraction=0.0)
+  training.validate_fields(config)
+  assert config_lib.best_model_metric(config) == ""
+  assert config_lib.best_model_metric(load_config("digits")) == "validation_accuracy"
+  assert config_lib.best_model_metric(load_config("digits", best_model_metric="")) == ""
+  with pytest.raises(training.ConfigError) as info:
+    training.validate_fields(load_config("digits", validation_fraction=0.0, best_model_metric="validation_loss"))
+  assert str(info.value) == (
+    "config.best_model_metric='validation_loss' needs a validation split; set --config.validation_fraction"
+    " (e.g. 0.1) or --config.best_model_metric=''."
+  )
