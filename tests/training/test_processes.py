@@ -51,10 +51,30 @@ RESUME_FLAGS = (  # also the SIGTERM test's (test_pod_processes.py), which share
 )
 
 
-def test_killed_run_resumes_bit_identically(tmp_path, digits_reference):
+# RST: the host draws which steps take the second gradient from (seed, step), so a resumed run
+# draws the same (a shorter run than the shared reference: its own reference runs here).
+RST_RESUME_FLAGS = (
+  "--config.optimizer=rst",
+  "--config.rho=0.05",
+  "--config.num_train_steps=100",
+  "--config.checkpoint_every_steps=10",
+  "--config.log_every_steps=50",
+  "--config.eval_every_epochs=100",
+  "--config.bn_recompute_batches=0",
+)
+
+
+@pytest.mark.parametrize("optimizer", ["msam", "rst"])
+def test_killed_run_resumes_bit_identically(tmp_path, request, optimizer):
+  flags = RESUME_FLAGS if optimizer == "msam" else RST_RESUME_FLAGS
+  if optimizer == "msam":
+    reference = request.getfixturevalue("digits_reference")
+  else:
+    reference = tmp_path / "reference"
+    assert _run(reference, *flags).returncode == 0
   workdir = tmp_path / "killed"
   proc = subprocess.Popen(
-    _train_cmd(workdir, *RESUME_FLAGS), env=_env(1), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    _train_cmd(workdir, *flags), env=_env(1), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
   )
   deadline = time.time() + 240
   while not _finalised_checkpoints(workdir) and proc.poll() is None and time.time() < deadline:
@@ -64,12 +84,13 @@ def test_killed_run_resumes_bit_identically(tmp_path, digits_reference):
   assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
   assert not (workdir / "results.json").exists()
 
-  resumed = _run(workdir, *RESUME_FLAGS)
+  resumed = _run(workdir, *flags)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "Resuming from the checkpoint of step" in resumed.stderr
-  step_a, a = final_checkpoint(str(digits_reference))
+  step_a, a = final_checkpoint(str(reference))
   step_b, b = final_checkpoint(str(workdir))
-  assert step_a == step_b == 200
+  num_steps = next(f for f in flags if f.startswith("--config.num_train_steps="))
+  assert step_a == step_b == int(num_steps.split("=")[1])
   for x, y in zip(tree_arrays(a), tree_arrays(b)):
     np.testing.assert_array_equal(x, y)
 

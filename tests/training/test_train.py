@@ -16,7 +16,7 @@ from msam_jax.training import loop, setup, steps
 from msam_jax.training.config import OPTIMIZERS
 from msam_jax.training.mesh import create_mesh
 
-from helpers import everyday, final_checkpoint, load_config, tree_arrays
+from helpers import everyday, final_checkpoint, iter_eqns, load_config, tree_arrays
 
 
 @pytest.mark.slow
@@ -124,6 +124,42 @@ def test_the_setup_decides_the_second_gradient_on_the_host_and_compiles_no_condi
       functools.partial(steps.train_step, model=s.model, tx=s.tx, label_smoothing=config.label_smoothing)
     )
     assert CONDITIONAL.search(control.lower(args[0], args[3], args[4]).as_text())
+
+
+@pytest.mark.parametrize(
+  "mode",
+  [
+    {},
+    {"grad_accum_steps": 2},
+    {"sam_group_size": 2},  # per device, under shard_map on 8 devices
+    {"dtype": "float16"},
+    {"mesa_weight": 0.3, "mesa_start_epoch": 0.0},
+  ],
+  ids=["plain", "accumulated", "per_device_groups", "float16", "mesa"],
+)
+def test_every_first_pass_mode_passes_the_hosts_decision_to_the_optimizer(mode):
+  """sam with a rho schedule from 0: the setup's step without the second gradient has fewer
+  convolutions (forward and backward) than the step with it, in every mode of the first pass."""
+  config = load_config(
+    "digits",
+    optimizer="sam",
+    rho_schedule="start_jump",
+    dataset="synthetic",
+    validation_fraction=0.0,
+    batch_size=16,
+    model_kwargs={"width": 4},
+    num_train_steps=4,
+    **mode,
+  )
+  config.synthetic = {"image_shape": (8, 8, 1), "num_classes": 10, "num_train": 48, "num_test": 16}
+  s = setup.build(config, create_mesh() if "sam_group_size" in mode else create_mesh(jax.devices()[:1]))
+  args = (s.abstract_state, *s.empty_metrics(), s.global_batch(next(s.train_batches(seed=0))), s.dropout_rng)
+
+  def convolutions(variant):
+    jaxpr = jax.make_jaxpr(s.train_steps[variant])(*args)
+    return sum(e.primitive.name == "conv_general_dilated" for e in iter_eqns(jaxpr.jaxpr))
+
+  assert 0 < convolutions(False) < convolutions(True)
 
 
 @pytest.mark.slow
