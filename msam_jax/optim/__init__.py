@@ -9,7 +9,9 @@ arguments it does not use, so one training step can pass ``loss_fn=`` to any.
 * `msam_of`: Momentum-SAM around any optax optimizer that keeps a momentum
   (optax.lion, adam, contrib.muon, ...), found by `momentum.find_momentum`.
 * `sam`, `asam`, `gsam`, `esam`, `looksam`, `rst`: wrap any base; `update` needs ``loss_fn=``
-  (and optionally takes ``losses=``) and forwards other extra arguments to the base.
+  (and optionally takes ``losses=``) and forwards other extra arguments to the base;
+  ``second_gradient=`` (a Python bool) fixes whether an update takes the second
+  gradient, for a loop that decides on the host (`rst_coin`: RST's draws there).
 * `needs_loss_fn`, `perturbs_params`, `current_hyperparams`: what a training loop
   asks of any of them.
 * `registry`: every optimizer by name, its family and the config fields it reads.
@@ -24,7 +26,7 @@ from msam_jax.optim.esam import EsamState, esam
 from msam_jax.optim.gsam import gsam
 from msam_jax.optim.looksam import LookSamState, looksam
 from msam_jax.optim.msam import AdamWMsamState, MsamOfState, MsamState, adamw_msam, eval_params, msam, msam_of
-from msam_jax.optim.rst import RstState, rst
+from msam_jax.optim.rst import RstState, rst, rst_coin
 from msam_jax.optim.sam import SamState, ascent_perturbation, sam
 from msam_jax.optim.state_utils import current_hyperparams, needs_loss_fn, perturbs_params
 
@@ -54,6 +56,7 @@ __all__ = [
   "perturbs_params",
   "registry",
   "rst",
+  "rst_coin",
   "sam",
   "schedules",
   "sgd",

@@ -19,6 +19,7 @@ from msam_jax.optim.sam import (
   ascent_perturbation,
   base_update,
   check_base,
+  check_second_gradient,
   mean_loss_grad,
   perturb,
   refuse_multi_steps,
@@ -90,6 +91,13 @@ def esam(
   Deliberate difference: the original keeps only the examples strictly above
   the k-th largest sharpness (k - 1 of them); this keeps k, as the paper says.
 
+  ``second_gradient=False`` is the base step with `grads` (the tensor draw
+  still advances). That is ESAM's step at rho 0 only when ``gamma >= 0.99``:
+  below, ESAM at rho 0 still keeps the k examples of largest "sharpness",
+  which is then round-off, and steps with their gradient. A training loop
+  passes it on the steps whose scheduled rho is 0 (late-phase ESAM: the base
+  until rho turns on), not that subset step.
+
   Args:
     base: the optimizer stepping with `g2` (the original: `sgd`).
     rho: perturbation radius >= 0, a float or a schedule.
@@ -100,7 +108,7 @@ def esam(
 
   Returns:
     An `optax.GradientTransformationExtraArgs`; `update(grads, state, params, *,
-    loss_fn, losses=None)` as documented in `msam_jax.optim.sam`.
+    loss_fn, losses=None, second_gradient=None)` as documented in `msam_jax.optim.sam`.
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax, msam_jax
@@ -122,25 +130,36 @@ def esam(
   def init_fn(params):
     return EsamState(count=jnp.zeros([], jnp.int32), key=jax.random.PRNGKey(seed), base_state=base.init(params))
 
-  def update_fn(grads, state, params=None, *, loss_fn: LossFn, losses: Optional[jax.Array] = None, **extra):
+  def update_fn(
+    grads,
+    state,
+    params=None,
+    *,
+    loss_fn: LossFn,
+    losses: Optional[jax.Array] = None,
+    second_gradient: Optional[bool] = None,
+    **extra,
+  ):
     validation.require_params(params, "esam", UPDATE_CALL)
+    check_second_gradient(second_gradient)
     refuse_multi_steps("esam")
     key, draw = jax.random.split(state.key)
-    num_tensors = len(jax.tree.leaves(grads))
-    participating = list(jax.random.uniform(draw, (num_tensors,)) < beta)
-    e = ascent_perturbation(grads, value_at(rho, state.count), participating)
-    perturbed = perturb(params, e)
 
-    g = _static_gamma(gamma)
-    if g >= KEEP_ALL_GAMMA:
-      g2 = mean_loss_grad(loss_fn, perturbed)
-    else:
+    def second_pass():
+      num_tensors = len(jax.tree.leaves(grads))
+      participating = list(jax.random.uniform(draw, (num_tensors,)) < beta)
+      e = ascent_perturbation(grads, value_at(rho, state.count), participating)
+      perturbed = perturb(params, e)
+      g = _static_gamma(gamma)
+      if g >= KEEP_ALL_GAMMA:
+        return mean_loss_grad(loss_fn, perturbed)
       before = loss_fn(params) if losses is None else losses
       sharpness = jax.lax.stop_gradient(loss_fn(perturbed) - before)
       k = _kept_examples(g, sharpness.shape[0])
       _, kept = jax.lax.top_k(sharpness, k)
-      g2 = mean_loss_grad(loss_fn, perturbed, jnp.sort(kept))
+      return mean_loss_grad(loss_fn, perturbed, jnp.sort(kept))
 
+    g2 = grads if second_gradient is False else second_pass()  # False: the base step (docstring)
     updates, base_state = base_update(base, g2, state.base_state, params, extra)
     return updates, EsamState(count=optax.safe_increment(state.count), key=key, base_state=base_state)
 

@@ -19,10 +19,24 @@ from msam_jax.optim.sam import (
   ascent_perturbation,
   base_update,
   check_base,
+  check_second_gradient,
   mean_loss_grad,
   perturb,
   refuse_multi_steps,
 )
+
+
+def looksam_sam_step(count, rho, k: int):
+  """Whether update `count` (0-based) is a LookSAM SAM step: every `k`-th from the first, where rho > 0.
+
+  At rho 0 there is no sharpness direction to measure (``g2 = g``, and `gv`
+  would be the normalised round-off), so such an update reuses the stored
+  direction instead: zero until the first SAM step, so a rho schedule that
+  starts at 0 (late-phase SAM) trains as the base until rho turns on.
+  Plain operators only: the same rule on Python or NumPy values (a training
+  loop deciding on the host) as on the traced count.
+  """
+  return (count % k == 0) & (rho > 0)
 
 
 class LookSamState(NamedTuple):
@@ -38,7 +52,8 @@ def looksam(
 ) -> optax.GradientTransformationExtraArgs:
   """LookSAM: SAM's second gradient only every `k`-th step.
 
-  On updates 0, k, 2k, ... (the original's counter starts at k)::
+  On updates 0, k, 2k, ... (the original's counter starts at k), those with
+  rho > 0 (`looksam_sam_step`)::
 
     e  = rho g / (||g|| + 1e-12)
     g2 = grad mean(loss_fn(p + e))
@@ -49,8 +64,12 @@ def looksam(
 
     step with g + alpha ||g|| gv
 
-  The branch is a `lax.cond`, so under `jax.jit` the second forward/backward
-  runs only on SAM steps.
+  Without ``second_gradient`` the branch is a `lax.cond` on the count, so
+  under `jax.jit` the second forward/backward runs only on SAM steps (but
+  XLA:CPU runs convolution gradients inside a conditional slowly).
+  ``second_gradient=True`` / ``False`` fixes the step kind when tracing
+  instead: a loop that knows the count on the host (``looksam_sam_step(step,
+  rho, k)``) compiles both and calls the one it needs, with no conditional.
 
   Args:
     base: the optimizer stepping with the chosen gradient (the original: `sgd`).
@@ -60,7 +79,8 @@ def looksam(
 
   Returns:
     An `optax.GradientTransformationExtraArgs`; `update(grads, state, params, *,
-    loss_fn, losses=None, grad_fn=None)` as documented in `msam_jax.optim.sam`.
+    loss_fn, losses=None, grad_fn=None, second_gradient=None)` as documented in
+    `msam_jax.optim.sam`.
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax, msam_jax
@@ -90,10 +110,12 @@ def looksam(
     loss_fn: LossFn,
     losses: Optional[jax.Array] = None,
     grad_fn: Optional[GradFn] = None,
+    second_gradient: Optional[bool] = None,
     **extra,
   ):
     del losses
     validation.require_params(params, "looksam", UPDATE_CALL)
+    check_second_gradient(second_gradient)
     refuse_multi_steps("looksam")
     rho_now = value_at(rho, state.count)
     grad_norm = global_norm(grads)
@@ -113,7 +135,10 @@ def looksam(
       g = jax.tree.map(lambda a, b: (a + scale * b).astype(a.dtype), grads, state.orthogonal_direction)
       return g, state.orthogonal_direction
 
-    step_grads, gv = jax.lax.cond(state.count % k == 0, sam_step, reuse_step, None)
+    if second_gradient is None:
+      step_grads, gv = jax.lax.cond(looksam_sam_step(state.count, rho_now, k), sam_step, reuse_step, None)
+    else:
+      step_grads, gv = (sam_step if second_gradient else reuse_step)(None)
     updates, base_state = base_update(base, step_grads, state.base_state, params, extra)
     return updates, LookSamState(
       count=optax.safe_increment(state.count), orthogonal_direction=gv, base_state=base_state

@@ -15,7 +15,9 @@ Families (what a training loop must know; `state_utils.needs_loss_fn` and
   batch-norm model's statistics are recomputed at those after training.
 * ``"sam"``: ``factory(base, rho=, **static)`` wraps the optimizer named by
   `base` (built from the same hyper-parameters); its `update` takes
-  ``loss_fn=`` (and ``losses=``).
+  ``loss_fn=`` (and ``losses=``), and ``second_gradient=`` from a loop that
+  decides on the host which updates take the second gradient
+  (`second_gradient_steps`).
 
 The learning rate and rho are the hyper-parameters a run schedules (config
 fields `learning_rate`, `rho` and their schedules); every other keyword of the
@@ -59,15 +61,17 @@ import inspect
 import types
 from typing import Any, Callable, Mapping
 
+import jax
+import numpy as np
 import optax
 
 from msam_jax.optim.asam import all_but_biases, asam
 from msam_jax.optim.baselines import adamw, sgd
 from msam_jax.optim.esam import esam
 from msam_jax.optim.gsam import gsam
-from msam_jax.optim.looksam import looksam
+from msam_jax.optim.looksam import looksam, looksam_sam_step
 from msam_jax.optim.msam import adamw_msam, msam, msam_of
-from msam_jax.optim.rst import rst
+from msam_jax.optim.rst import rst, rst_coin
 from msam_jax.optim.sam import sam
 
 FAMILIES = ("base", "msam", "sam")  # what a training loop must know of an optimizer (module docstring)
@@ -89,6 +93,11 @@ class Entry:
     rho_follows_lr: a training run schedules rho with the learning rate
       (GSAM: `schedules.gsam_rho`, config.rho its maximum) instead of
       `config.rho_schedule`.
+    own_steps: for a ``"sam"`` entry that takes its second gradient on some
+      updates only (LookSAM's every k-th, RST's draws): ``own_steps(counts,
+      rho, hyperparams)`` -> which of the updates `counts` (0-based, with their
+      `rho` values and the factory's keyword values) do; None: every update.
+      `second_gradient_steps` reads it.
   """
 
   name: str
@@ -97,6 +106,7 @@ class Entry:
   base: str
   config_fields: Mapping[str, str] = dataclasses.field(default_factory=dict)
   rho_follows_lr: bool = False
+  own_steps: Callable[[np.ndarray, np.ndarray, Mapping[str, Any]], np.ndarray] | None = None
 
   @property
   def injected(self) -> tuple[str, ...]:
@@ -154,13 +164,23 @@ def lion_msam(
   return msam_of(optax.lion(learning_rate, b1=b1, b2=b2, weight_decay=weight_decay), rho=rho)
 
 
+def _looksam_steps(counts, rho, hyperparams):
+  return looksam_sam_step(counts, rho, hyperparams["k"])
+
+
+def _rst_steps(counts, rho, hyperparams):
+  del rho
+  coin = functools.partial(rst_coin, p=hyperparams["p"], seed=hyperparams["seed"])
+  return np.asarray(jax.vmap(coin)(counts))
+
+
 # The order is the one `config.optimizer`'s error message and the benchmarks list.
 _ENTRIES = (
   Entry("sgd", "base", sgd, base="sgd"),
   Entry("msam", "msam", msam, base="sgd"),
   Entry("sam", "sam", sam, base="sgd"),
   Entry("esam", "sam", esam, base="sgd", config_fields={"seed": "seed"}),
-  Entry("looksam", "sam", looksam, base="sgd"),
+  Entry("looksam", "sam", looksam, base="sgd", own_steps=_looksam_steps),
   Entry("adamw", "base", adamw, base="adamw"),
   Entry("adamw_msam", "msam", adamw_msam, base="adamw"),
   Entry("adamw_sam", "sam", sam, base="adamw"),
@@ -173,7 +193,7 @@ _ENTRIES = (
   # Beyond the original (issue 22): constants other than seed from the factory defaults.
   Entry("lion", "base", optax.lion, base="lion"),
   Entry("lion_msam", "msam", lion_msam, base="lion"),
-  Entry("rst", "sam", rst, base="sgd", config_fields={"seed": "seed"}),
+  Entry("rst", "sam", rst, base="sgd", config_fields={"seed": "seed"}, own_steps=_rst_steps),
 )
 
 # Every optimizer: name -> `Entry`, read-only, in table order.
@@ -213,6 +233,27 @@ def static_hyperparams(entry: Entry, config: Mapping[str, Any] | Any) -> dict[st
   kwargs = config["optimizer_kwargs"] or {}
   static = {option: kwargs[option] for option in entry.own_options if option in kwargs}
   return {**static, **{keyword: config[field] for keyword, field in entry.config_fields.items()}}
+
+
+def second_gradient_steps(name: str, counts, rho, hyperparams: Mapping[str, Any]) -> np.ndarray | None:
+  """Which updates of optimizer `name` take the SAM family's second gradient; None outside that family.
+
+  `counts` are 0-based update counts (a NumPy integer array), `rho` their rho
+  values (the schedule evaluated at them; a scalar for a constant), and
+  `hyperparams` the factory's keyword values (`options` updated with the
+  run's). An update takes it when its rho is above 0 (at rho 0 the step
+  without it is the same step: ``second_gradient=False``, msam_jax.optim.sam)
+  and the entry's `own_steps` pick it. What a training loop passes as
+  ``second_gradient=`` to each update (`msam_jax.training.setup`).
+  """
+  entry = get(name)
+  if entry.family != "sam":
+    return None
+  counts = np.asarray(counts)
+  steps = np.broadcast_to(np.asarray(rho) > 0, counts.shape)
+  if entry.own_steps is not None:
+    steps = steps & entry.own_steps(counts, np.asarray(rho), hyperparams)
+  return steps
 
 
 def build(name: str, **hyperparams) -> optax.GradientTransformation:

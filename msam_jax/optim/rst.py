@@ -21,6 +21,7 @@ from msam_jax.optim.sam import (
   ascent_perturbation,
   base_update,
   check_base,
+  check_second_gradient,
   mean_loss_grad,
   perturb,
   refuse_multi_steps,
@@ -28,11 +29,23 @@ from msam_jax.optim.sam import (
 
 
 class RstState(NamedTuple):
-  """State of `rst`: update count, the key of the draws, the base's state."""
+  """State of `rst`: the update count (the draws are a function of it) and the base's state."""
 
   count: jax.Array  # int32 scalar: number of updates applied so far
-  key: jax.Array  # raw uint32[2] PRNG key, advanced every update
   base_state: optax.OptState
+
+
+def rst_coin(count, p: optax.ScalarOrSchedule, seed: int) -> jax.Array:
+  """RST's draw for update `count` (0-based): True for a SAM step.
+
+  ``uniform(fold_in(PRNGKey(seed), count)) < p(count)``: a pure function of
+  the seed and the count, so a training loop computes on the host the draws
+  its device would (threefry and the uniform's bits are exact integer
+  operations on every backend; a constant `p` compares exactly) and a resumed
+  run draws the same. Vectorise over counts with `jax.vmap`.
+  """
+  draw = jax.random.uniform(jax.random.fold_in(jax.random.PRNGKey(seed), count))
+  return draw < value_at(p, count)
 
 
 def rst(
@@ -47,20 +60,22 @@ def rst(
 
   Zhao, Zhang & Hu, arXiv:2203.09962 (2022). One update::
 
-    key, draw = split(key)                    # the key lives in the state
-    if uniform(draw) < p:                     # a SAM step
+    if uniform(fold_in(PRNGKey(seed), count)) < p:   # a SAM step (`rst_coin`)
       e  = rho g / (||g|| + 1e-12)
       g' = grad mean(loss_fn(p + e))
     else:                                     # a base step
       g' = g
     updates = base.update(g', params=p)
 
-  The branch is a `lax.cond`, so under `jax.jit` a base step takes one
-  gradient and a SAM step two: the expected cost is ``1 + p`` gradients.
-  A constant ``p = 0`` or ``1`` needs no branch: it computes exactly `base`
-  or ``sam(base, rho)``. The key advances every update (also then), so the
-  draws depend on `seed` and the update count only and a resumed run draws
-  the same.
+  Without ``second_gradient`` the branch is a `lax.cond` on the draw, so
+  under `jax.jit` a base step takes one gradient and a SAM step two: the
+  expected cost is ``1 + p`` gradients (but XLA:CPU runs convolution gradients
+  inside a conditional slowly). ``second_gradient=True`` / ``False`` fixes
+  the step kind when tracing instead: a loop that computes the draws on the
+  host (`rst_coin`) compiles both and calls the one it needs, with no
+  conditional. A constant ``p = 0`` or ``1`` needs no branch: it computes
+  exactly `base` or ``sam(base, rho)``. The draws depend on `seed` and the
+  update count only, so a resumed run draws the same.
 
   Args:
     base: any optax transformation; it receives the chosen gradient and the
@@ -75,7 +90,8 @@ def rst(
 
   Returns:
     An `optax.GradientTransformationExtraArgs`; `update(grads, state, params, *,
-    loss_fn, losses=None, grad_fn=None)` as documented in `msam_jax.optim.sam`.
+    loss_fn, losses=None, grad_fn=None, second_gradient=None)` as documented in
+    `msam_jax.optim.sam`.
 
   Examples:
     >>> import jax.numpy as jnp, optax, msam_jax
@@ -101,7 +117,7 @@ def rst(
   always = {0.0: False, 1.0: True}.get(fixed)  # SAM on every step (True), on none (False), or drawn (None)
 
   def init_fn(params):
-    return RstState(count=jnp.zeros([], jnp.int32), key=jax.random.PRNGKey(seed), base_state=base.init(params))
+    return RstState(count=jnp.zeros([], jnp.int32), base_state=base.init(params))
 
   def update_fn(
     grads,
@@ -111,13 +127,13 @@ def rst(
     loss_fn: LossFn,
     losses: Optional[jax.Array] = None,
     grad_fn: Optional[GradFn] = None,
+    second_gradient: Optional[bool] = None,
     **extra,
   ):
     del losses
     validation.require_params(params, "rst", UPDATE_CALL)
+    check_second_gradient(second_gradient)
     refuse_multi_steps("rst")
-    key, draw = jax.random.split(state.key)
-    take_sam = jax.random.uniform(draw) < value_at(p, state.count)
     radius = value_at(rho, state.count)
     local = params if axis_name is None else _device_local(params, axis_name)
 
@@ -134,13 +150,15 @@ def rst(
     def base_step(_):
       return first_pass()
 
-    if always is None:
-      g = jax.lax.cond(take_sam, sam_step, base_step, None)
+    if second_gradient is not None:  # decided by the caller (on the host)
+      g = sam_step(None) if second_gradient else base_step(None)
+    elif always is None:
+      g = jax.lax.cond(rst_coin(state.count, p, seed), sam_step, base_step, None)
     else:  # p is the constant 0 or 1: no branch, the same computation as `base` or `sam`
       g = sam_step(None) if always else base_step(None)
     if axis_name is not None:
       g = jax.lax.pmean(g, axis_name)
     updates, base_state = base_update(base, g, state.base_state, params, extra)
-    return updates, RstState(count=optax.safe_increment(state.count), key=key, base_state=base_state)
+    return updates, RstState(count=optax.safe_increment(state.count), base_state=base_state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

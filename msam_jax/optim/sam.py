@@ -18,6 +18,20 @@ transformation computes the further gradients itself, or (`sam`, `asam`,
 mean loss over the whole batch, which a training loop that accumulates
 micro-batches passes.
 
+``second_gradient`` (optional, a Python bool fixed when the step is traced):
+whether this update takes the second gradient. Absent (None), each
+transformation decides as its rule says: `sam`, `asam`, `gsam` and `esam`
+always, `looksam` and `rst` in a `jax.lax.cond` on the update count or the
+draw. ``False`` gives the step without it: the base step with the first-pass
+gradient (`looksam`: its reuse step), which for `sam`, `asam` and `gsam` is
+their step at rho 0 computed with one gradient instead of two (the groups'
+first-pass gradients with m-sharpness). ``True`` takes it. A training loop
+that knows on the host which updates need it (`looksam`'s every k-th, `rst`'s
+draws from `rst_coin`, every update whose scheduled rho is above 0) compiles
+the two variants and picks one per step: no conditional on the device, and
+the steps of a rho schedule that is 0 cost one gradient. Transformations
+outside the SAM family ignore it, as any extra argument.
+
 m-sharpness (`sam`, `asam`, `gsam` with ``group_size=m``; Foret et al. 2021,
 Section 4.1): the batch splits into consecutive groups of m examples, each
 group takes its own ascent from its own first-pass gradient, its second-pass
@@ -186,6 +200,18 @@ def refuse_multi_steps(name: str) -> None:
 _MULTI_STEPS_UPDATE = optax.MultiSteps.update.__code__
 
 
+def check_second_gradient(second_gradient) -> None:
+  """``second_gradient`` is None or a Python bool: it picks what is traced, so it cannot be an array."""
+  if second_gradient is not None and not isinstance(second_gradient, bool):
+    validation.fail("second_gradient", second_gradient, "None, True or False (a Python bool, fixed at trace time)")
+
+
+def first_pass_direction(g1, params, grad_at):
+  """The `Direction` of a step without a second gradient: the first-pass gradient itself."""
+  del params, grad_at
+  return g1
+
+
 def check_base(base) -> None:
   if not isinstance(base, optax.GradientTransformation):
     validation.fail("base", base, "an optax.GradientTransformation")
@@ -239,12 +265,17 @@ def sam_variant(
     loss_fn: LossFn,
     losses: Optional[jax.Array] = None,
     grad_fn: Optional[GradFn] = None,
+    second_gradient: Optional[bool] = None,
     **extra,
   ):
     del losses  # these variants recompute nothing of the first pass
     validation.require_params(params, name, UPDATE_CALL)
+    check_second_gradient(second_gradient)
     refuse_multi_steps(name)
-    direction = direction_at(value_at(rho, state.count), params)
+    if second_gradient is False:  # the step at rho 0, without its (then wasted) second pass
+      direction = first_pass_direction
+    else:
+      direction = direction_at(value_at(rho, state.count), params)
     local = params if axis_name is None else _device_local(params, axis_name)
     g = _sam_family_gradient(direction, grads, local, loss_fn, group_size, grad_fn)
     if axis_name is not None:
@@ -290,7 +321,8 @@ def sam(
 
   Returns:
     An `optax.GradientTransformationExtraArgs`; `update(grads, state, params, *,
-    loss_fn, losses=None, grad_fn=None)` (see the module docstring).
+    loss_fn, losses=None, grad_fn=None, second_gradient=None)` (see the module
+    docstring; ``second_gradient=False`` is the base step with `grads`).
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax, msam_jax

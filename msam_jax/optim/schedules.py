@@ -80,7 +80,12 @@ def _first_count_after(epochs: float, steps_per_epoch: int) -> int:
 
 
 def rho_start_jump(rho: float, *, steps_per_epoch: int, jump_epochs: float) -> optax.Schedule:
-  """ "startJump": ``0`` while ``x <= jump``, then `rho`."""
+  """ "startJump": ``0`` while ``x <= jump``, then `rho`.
+
+  With the jump late in the run this is late-phase SAM (Zhou et al., "Sharpness-Aware
+  Minimization Efficiently Selects Flatter Minima Late in Training", arXiv 2410.10373):
+  the base optimizer until `jump_epochs`, SAM after (docs/algorithms.md, Schedules).
+  """
   validation.non_negative("rho", rho)
   _check_timing(steps_per_epoch, jump_epochs=jump_epochs)
   return optax.join_schedules(

@@ -74,7 +74,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.rho = 3.0  # the ascent radius; with a base optimizer, its Momentum-SAM's (set_optimizer, rho_scale)
   c.rho_schedule = "const"
   c.rho_ramp_epochs = 8.0  # start_ramp
-  c.rho_jump_epochs = 8.0  # start_jump
+  # start_jump: rho 0 up to this epoch (may be fractional), then rho. Late in the run it is
+  # late-phase SAM (Zhou et al. 2024, arXiv 2410.10373), e.g. 0.8 * num_epochs: SAM for the
+  # last 20 %; train.py runs the SAM family's rho-0 steps with one gradient.
+  c.rho_jump_epochs = 8.0
   c.gsam_rho_min = 0.0  # GSAM's rho schedule: falls from rho (= rho_max) with the learning rate
   # m-sharpness for sam, asam and gsam (and their adamw_ twins): one perturbation per group
   # of this many examples of each device's batch (a divisor of it); 0 = one perturbation

@@ -244,7 +244,8 @@ def _train(s: Setup, workdir, manager, preempt: preemption.Preemption) -> _Train
   train_scalars, sharpness, clock, train_start = {}, None, _StepClock(), time.time()
   try:  # an error (a non-finite loss, Ctrl-C) still lets the in-flight checkpoint finish
     for step in range(start_step + 1, num_steps + 1):
-      state, acc, first_bad = s.train_step(state, acc, first_bad, next(train_iter), s.dropout_rng)
+      train_step = s.train_step_at(step - 1)  # decided on the host: with or without a second gradient
+      state, acc, first_bad = train_step(state, acc, first_bad, next(train_iter), s.dropout_rng)
       if step == start_step + 1:
         clock.first_step_done(state)
       for hook in hooks:

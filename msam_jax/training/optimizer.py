@@ -8,7 +8,9 @@ knowing which optimizer it runs.
 
 import inspect
 
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from msam_jax.optim import registry, schedules
@@ -59,6 +61,24 @@ def rho_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int):
   if config.rho_schedule == "start_jump":
     return schedules.rho_start_jump(config.rho, steps_per_epoch=steps_per_epoch, jump_epochs=config.rho_jump_epochs)
   raise ValueError(f"unknown rho_schedule {config.rho_schedule!r}")
+
+
+def second_gradient_steps(config: ml_collections.ConfigDict, steps_per_epoch: int, num_steps: int):
+  """Which of the run's updates (by 0-based count) take the SAM family's second gradient; None outside it.
+
+  Decided on the host from the config alone (`registry.second_gradient_steps`:
+  rho above 0, LookSAM's every k-th, RST's draws), with the rho schedule
+  evaluated once for all counts; the training step is then told each update's
+  answer (``second_gradient=``), so none is a device-side conditional.
+  """
+  entry = registry.get(config.optimizer)
+  if entry.family != "sam":
+    return None
+  counts = np.arange(num_steps, dtype=np.int32)
+  rho = rho_schedule(config, steps_per_epoch)
+  rho_values = np.asarray(rho(jnp.asarray(counts))) if callable(rho) else rho
+  hyperparams = {**registry.options(config.optimizer), **registry.static_hyperparams(entry, config)}
+  return registry.second_gradient_steps(config.optimizer, counts, rho_values, hyperparams)
 
 
 def _with_clipping(config, tx):

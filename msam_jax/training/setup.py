@@ -4,24 +4,32 @@ The loop (`loop.py`), the benchmarks and the tests build their steps here, so
 what they time and test is what trains. `build` validates the config, reads
 nothing from disk and compiles nothing (the jitted functions compile on first
 call); `Setup.init_state()` creates the initial state on the mesh.
+
+The train step comes in variants, one per value of the SAM family's
+``second_gradient`` (msam_jax.optim.sam): the host knows from the config which
+updates take the second gradient (rho above 0, LookSAM's every k-th, RST's
+draws: `optimizer.second_gradient_steps`), so `Setup.train_step_at(step)`
+hands out the variant compiled for it and no conditional runs on the device.
 """
 
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from clu import metrics
 
 from msam_jax import data, models
+from msam_jax.optim import registry
 from msam_jax.training import config as config_lib
 from msam_jax.training import mesa as mesa_lib
 from msam_jax.training import mesh as mesh_lib
 from msam_jax.training import run_record, steps
-from msam_jax.training.optimizer import build_optimizer
+from msam_jax.training.optimizer import build_optimizer, second_gradient_steps
 from msam_jax.training.step_plan import StepPlan
 from msam_jax.training.train_state import TrainState, create_train_state
 
@@ -36,9 +44,13 @@ class Setup:
     steps_per_epoch, num_steps: the run's length.
     plan: how the step runs (`step_plan.StepPlan`).
     mesa: MESA's hyper-parameters (`mesa.Mesa`; the state then carries the EMA), or None.
-    train_step: jitted ``(state, metrics, first_bad, batch, rng) -> (state, metrics, first_bad)``;
+    train_steps: the jitted train steps by their ``second_gradient``: True and False for the
+      SAM family, None alone for the other optimizers (which take no second gradient).
+      Each is ``(state, metrics, first_bad, batch, rng) -> (state, metrics, first_bad)``;
       merges the step's metrics into `metrics` and records the first non-finite step
-      (-1 while all are finite); donates its first three arguments.
+      (-1 while all are finite); donates its first three arguments. Each compiles on its
+      first call, so only the variants a run uses compile. Call the one `train_step_at`
+      (or `step_variant`) picks.
     eval_step: jitted ``(state, batch_stats, batch) -> metrics`` at the unperturbed parameters.
     batch_norm_step: jitted ``(state, batch_stats, batch) -> batch_stats`` at the unperturbed parameters.
     sharpness_step: jitted ``(state, batch) -> {sharpness, ...}`` (`steps.sharpness_step`).
@@ -56,11 +68,28 @@ class Setup:
   tx: Any
   abstract_state: TrainState
   state_sharding: Any
-  train_step: Callable
+  train_steps: Mapping[bool | None, Callable]
   eval_step: Callable
   batch_norm_step: Callable
   sharpness_step: Callable
   train_metrics: type[metrics.Collection]
+
+  @functools.cached_property
+  def second_gradients(self) -> np.ndarray | None:
+    """Per update (0-based count < `num_steps`): whether it takes the second gradient; None outside the SAM family."""
+    return second_gradient_steps(self.config, self.steps_per_epoch, self.num_steps)
+
+  def step_variant(self, step: int) -> bool | None:
+    """The key of `train_steps` for the update from a state at `step` (its `state.step`, 0-based)."""
+    if self.second_gradients is None:
+      return None
+    if not 0 <= step < self.num_steps:
+      raise ValueError(f"step must be in [0, {self.num_steps}) (the run's updates), got {step}")
+    return bool(self.second_gradients[step])
+
+  def train_step_at(self, step: int) -> Callable:
+    """The jitted train step for the update from a state at `step` (its `state.step`, 0-based)."""
+    return self.train_steps[self.step_variant(step)]
 
   @property
   def replicated(self) -> jax.sharding.NamedSharding:
@@ -170,20 +199,25 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
   abstract_state = jax.eval_shape(init, jax.random.key(0))
   state_sharding = mesh_lib.state_sharding(mesh, abstract_state, config.sharding, config.fsdp_min_bytes)
   replicated = mesh_lib.replicated(mesh)
-  train_step = jax.jit(
-    functools.partial(
-      _accumulating_train_step,
-      model=model,
-      tx=tx,
-      label_smoothing=config.label_smoothing,
-      grad_accum_steps=plan.grad_accum_steps,
-      group_mesh=mesh if plan.per_device_groups else None,
-      mesa=mesa,
-    ),
-    in_shardings=(state_sharding, replicated, replicated, mesh_lib.batch_sharding(mesh), replicated),
-    out_shardings=(state_sharding, replicated, replicated),
-    donate_argnums=(0, 1, 2),
+  train_step = functools.partial(
+    _accumulating_train_step,
+    model=model,
+    tx=tx,
+    label_smoothing=config.label_smoothing,
+    grad_accum_steps=plan.grad_accum_steps,
+    group_mesh=mesh if plan.per_device_groups else None,
+    mesa=mesa,
   )
+  variants = (True, False) if registry.get(config.optimizer).family == "sam" else (None,)
+  train_steps = {
+    variant: jax.jit(
+      functools.partial(train_step, second_gradient=variant),
+      in_shardings=(state_sharding, replicated, replicated, mesh_lib.batch_sharding(mesh), replicated),
+      out_shardings=(state_sharding, replicated, replicated),
+      donate_argnums=(0, 1, 2),
+    )
+    for variant in variants
+  }
   sharpness_step = functools.partial(
     steps.sharpness_step,
     model=model,
@@ -203,7 +237,7 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
     tx=tx,
     abstract_state=abstract_state,
     state_sharding=state_sharding,
-    train_step=train_step,
+    train_steps=train_steps,
     eval_step=jax.jit(functools.partial(steps.eval_step, model=model, label_smoothing=config.label_smoothing)),
     batch_norm_step=jax.jit(functools.partial(steps.batch_norm_step, model=model)),
     sharpness_step=jax.jit(lambda state, batch: sharpness_step(state, batch=batch)),

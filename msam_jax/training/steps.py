@@ -7,6 +7,11 @@ others ignore it, as optax's extra arguments go), which reruns the
 forward pass in training mode but throws its batch-norm statistics away, so the
 running statistics are updated by the first pass only (as the original does).
 
+`second_gradient` (a Python bool, or None) reaches the optimizer's `update`
+unchanged, in every mode below: the SAM family's static choice of whether this
+update takes its second gradient (msam_jax.optim.sam), which the loop decides
+on the host; other optimizers ignore it. None passes nothing.
+
 With `grad_accum_steps = k > 1` both passes run over k micro-batches (see
 `accumulation`): the SAM family then also receives `grad_fn`, the accumulated
 gradient of the mean loss, for its second pass at the perturbed point.
@@ -103,11 +108,13 @@ def train_step(
   grad_accum_steps: int = 1,
   group_mesh: jax.sharding.Mesh | None = None,
   mesa: mesa_lib.Mesa | None = None,
+  second_gradient: bool | None = None,
 ) -> tuple[TrainState, metrics.Collection]:
   """One optimizer step on one global batch; returns the new state and its metrics.
 
   `group_mesh`: the mesh, for per-device m-sharpness (module docstring); None otherwise.
   `mesa`: MESA's hyper-parameters (module docstring); None: off.
+  `second_gradient`: passed to `tx.update` (module docstring); None: not passed.
   """
   dropout_rng = jax.random.fold_in(rng, state.step)
   if mesa is not None:  # a traced 0 before the start step: the term vanishes, exactly
@@ -133,6 +140,7 @@ def train_step(
     return (total if scale is None else total * scale), (losses, aux)
 
   accumulated = {}  # grad_fn for the SAM family when accumulating
+  decided = {} if second_gradient is None else {"second_gradient": second_gradient}
   if group_mesh is not None:
     if scale is not None or grad_accum_steps > 1:
       raise ValueError("per-device m-sharpness is not combined with float16 or accumulation")
@@ -166,6 +174,7 @@ def train_step(
       loss_fn=loss_fn_of(batch["image"], batch["label"], **first),
       losses=losses,
       **accumulated,
+      **decided,
     )
   else:
 
@@ -173,7 +182,8 @@ def train_step(
       device_rng = dropout_rng  # several devices: each folds in its index, so masks differ per device
       if group_mesh.size > 1:
         device_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(DATA_AXIS))
-      return tx.update(None, opt_state, params, loss_fn=loss_fn_of(images, labels, device_rng, *teacher_logits))
+      loss_fn = loss_fn_of(images, labels, device_rng, *teacher_logits)
+      return tx.update(None, opt_state, params, loss_fn=loss_fn, **decided)
 
     device_data = (batch["image"], batch["label"]) + (() if mesa is None else (teacher,))
     updates, opt_state = jax.shard_map(

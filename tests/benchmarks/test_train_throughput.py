@@ -69,7 +69,14 @@ def test_summary_ratios_are_per_round_medians(bench):
 
 
 def test_bad_flags_exit_with_the_reason(bench, capsys):
-  for argv in (["--optimizers", "sgd,nosuch"], ["--dtypes", "float16"], ["--rounds", "0"], ["--mesa_weight", "-1"]):
+  for argv in (
+    ["--optimizers", "sgd,nosuch"],
+    ["--dtypes", "float16"],
+    ["--rounds", "0"],
+    ["--mesa_weight", "-1"],
+    ["--late_sam", "1.5"],
+    ["--batch_size", "0"],
+  ):
     with pytest.raises(SystemExit):
       bench.parse_args(argv)
     assert argv[0] in capsys.readouterr().err
@@ -77,23 +84,30 @@ def test_bad_flags_exit_with_the_reason(bench, capsys):
 
 @pytest.mark.slow
 def test_quick_run_on_cpu(bench, capsys):
-  """Three compiled steps of a tiny WRN: SAM's second pass shows in the flops, A/A present.
+  """A tiny WRN, runs of 2 steps timed on the loop's host-decided path: LookSAM (k=1 would be
+  SAM; the default k=5 makes step 0 a SAM step, step 1 not) and late SAM (its second half SAM)
+  take the second gradient on half their steps, which shows in their mean flops; A/A present.
 
   float32 only: bfloat16 doubles the compile time on CPU; its column's arithmetic is
   test_summary_ratios_are_per_round_medians, bfloat16 training tests/training/test_precision.py.
   """
-  argv = "--quick --setups cifar100_wrn16_4 --optimizers sgd,sam --dtypes float32 --rounds 2 --steps 1"
+  argv = (
+    "--quick --setups cifar100_wrn16_4 --optimizers sgd,looksam --late_sam 0.5 --dtypes float32 --rounds 2 --steps 2"
+  )
   results = bench.main(argv.split())
-  rows = {(r["optimizer"], r["dtype"]): r for r in results["cifar100_wrn16_4"]}
-  assert set(rows) == {(o, "float32") for o in ("sgd", "sam", "sgd, again")}
+  rows = {r["optimizer"]: r for r in results["cifar100_wrn16_4"]}
+  assert set(rows) == {"sgd", "looksam", "sam (late 0.5)", "sgd, again"}
   for row in rows.values():
     assert row["step_ms"] > 0 and row["images_per_s"] > 0 and row["gflop_per_step"] > 0
     assert math.isnan(row["mfu"])  # CPU: no known peak
-  assert rows["sgd", "float32"]["ratio_to_base"] == 1.0
-  assert rows["sam", "float32"]["gflop_per_step"] > 1.7 * rows["sgd", "float32"]["gflop_per_step"]
-  assert rows["sgd, again", "float32"]["gflop_per_step"] == rows["sgd", "float32"]["gflop_per_step"]
+  assert rows["sgd"]["ratio_to_base"] == 1.0 and math.isnan(rows["sgd"]["second_gradient_fraction"])
+  sgd_flops = rows["sgd"]["gflop_per_step"]
+  for name in ("looksam", "sam (late 0.5)"):
+    assert rows[name]["second_gradient_fraction"] == 0.5 and rows[name]["base"] == "sgd"
+    assert 1.3 * sgd_flops < rows[name]["gflop_per_step"] < 1.7 * sgd_flops  # one step in two: 2 gradients
+  assert rows["sgd, again"]["gflop_per_step"] == sgd_flops
   out = capsys.readouterr().out
-  assert "| sgd, again | float32 |" in out and "GFLOP/step" in out
+  assert "| sgd, again | float32 |" in out and "2nd grad" in out
 
 
 @pytest.mark.slow

@@ -108,6 +108,27 @@ def test_vit_rho_jumps_on_after_eight_epochs():
   assert rhos[:15] == [0.0] * 15 and rhos[16:] == [10.0, 10.0]
 
 
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_late_phase_sam_takes_no_second_gradient_before_the_jump(name):
+  """rho_schedule=start_jump at 80 % of the run (late-phase SAM): the SAM family's host plan
+  skips the second gradient on every step before the jump (GSAM, whose rho follows the learning
+  rate, is refused that schedule); the other families take none to skip."""
+  config = load_config("digits", optimizer=name, num_epochs=10, rho_schedule="start_jump", rho_jump_epochs=8.0)
+  entry = registry.get(name)
+  if entry.rho_follows_lr:
+    with pytest.raises(config_lib.ConfigError, match="set --config.rho_schedule=const"):
+      config_lib.validate_fields(config)
+    return
+  config_lib.validate_fields(config)
+  plan = training.optimizer.second_gradient_steps(config, STEPS_PER_EPOCH, 10 * STEPS_PER_EPOCH)
+  if entry.family != "sam":
+    assert plan is None
+    return
+  jump = 8 * STEPS_PER_EPOCH  # update count 31 runs at progress 32 / 4 = 8 epochs, still rho 0
+  assert not plan[:jump].any() and plan[jump:].any()
+  assert plan[jump:].all() == (name not in ("looksam", "rst"))  # their own rules pick among the rest
+
+
 def test_every_registry_entry_reads_existing_config_fields():
   config = base_config()
   for name in OPTIMIZERS:

@@ -73,34 +73,64 @@ def assert_same_best_model(workdir, reference):
     np.testing.assert_array_equal(x, y)
 
 
-def test_killed_run_resumes_bit_identically(tmp_path, digits_reference):
-  """SIGKILL after an evaluation newer than the newest checkpoint (whose best model is then newer
-  than the step the run resumes from): the resumed run ends as the uninterrupted one, best model included."""
-  workdir = tmp_path / "killed"
+# RST: the host draws which steps take the second gradient from (seed, step), so a resumed run
+# draws the same (a shorter run than the shared reference: its own reference runs here).
+RST_RESUME_FLAGS = (
+  "--config.optimizer=rst",
+  "--config.rho=0.05",
+  "--config.num_train_steps=100",
+  "--config.checkpoint_every_steps=10",
+  "--config.log_every_steps=50",
+  "--config.eval_every_epochs=100",
+  "--config.bn_recompute_batches=0",
+)
+
+
+def _killed_when_ready(workdir, flags, after_an_evaluation: bool):
+  """Starts a run and SIGKILLs it once it has a checkpoint (and, if asked, an evaluation newer than it)."""
   proc = subprocess.Popen(
-    _train_cmd(workdir, *RESUME_FLAGS), env=_env(1), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    _train_cmd(workdir, *flags), env=_env(1), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
   )
   deadline = time.time() + 240
+  checkpoints, evaluated = [], []
   while proc.poll() is None and time.time() < deadline:
     checkpoints, evaluated = [int(c) for c in _finalised_checkpoints(workdir)], _evaluated_steps(workdir)
-    if checkpoints and max(evaluated, default=0) > max(checkpoints):
+    if checkpoints and (not after_an_evaluation or max(evaluated, default=0) > max(checkpoints)):
       break
     time.sleep(0.02)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-  assert checkpoints and max(evaluated) > max(checkpoints), "killed before an evaluation newer than a checkpoint"
+  if after_an_evaluation:
+    assert checkpoints and max(evaluated) > max(checkpoints), "killed before an evaluation newer than a checkpoint"
   assert not (workdir / "results.json").exists()
 
-  resumed = _run(workdir, *RESUME_FLAGS)
+
+@pytest.mark.parametrize("optimizer", ["msam", "rst"])
+def test_killed_run_resumes_bit_identically(tmp_path, request, optimizer):
+  """SIGKILL, then resume: the run ends as the uninterrupted one. msam is killed after an evaluation
+  newer than the newest checkpoint (whose best model is then newer than the step the run resumes
+  from) and keeps the same best model; rst draws the same second-gradient steps."""
+  flags = RESUME_FLAGS if optimizer == "msam" else RST_RESUME_FLAGS
+  if optimizer == "msam":
+    reference = request.getfixturevalue("digits_reference")
+  else:
+    reference = tmp_path / "reference"
+    assert _run(reference, *flags).returncode == 0
+  workdir = tmp_path / "killed"
+  _killed_when_ready(workdir, flags, after_an_evaluation=optimizer == "msam")
+
+  resumed = _run(workdir, *flags)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "Resuming from the checkpoint of step" in resumed.stderr
-  step_a, a = final_checkpoint(str(digits_reference))
+  step_a, a = final_checkpoint(str(reference))
   step_b, b = final_checkpoint(str(workdir))
-  assert step_a == step_b == 200
+  num_steps = next(f for f in flags if f.startswith("--config.num_train_steps="))
+  assert step_a == step_b == int(num_steps.split("=")[1])
   for x, y in zip(tree_arrays(a), tree_arrays(b)):
     np.testing.assert_array_equal(x, y)
-  assert_same_best_model(workdir, digits_reference)
+  if optimizer == "msam":
+    assert_same_best_model(workdir, reference)
 
 
 def test_diverging_run_names_the_step_and_keeps_a_good_checkpoint(tmp_path):

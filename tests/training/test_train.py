@@ -1,5 +1,6 @@
 """The training loop in-process: end to end on digits, every optimizer, the real configs on mock data."""
 
+import functools
 import json
 import os
 import re
@@ -12,11 +13,11 @@ import msam_jax
 from msam_jax import training
 from msam_jax.optim import registry
 from msam_jax.training import config as config_lib
-from msam_jax.training import loop, setup
+from msam_jax.training import loop, setup, steps
 from msam_jax.training.config import OPTIMIZERS
 from msam_jax.training.mesh import create_mesh
 
-from helpers import everyday, final_checkpoint, load_config, tree_arrays
+from helpers import everyday, final_checkpoint, iter_eqns, load_config, tree_arrays
 
 
 @pytest.mark.slow
@@ -74,8 +75,8 @@ def test_every_optimizer_trains_through_the_setup(one_device_mesh, optimizer):
   initial = tree_arrays(state.params)  # the step donates the state
   acc, first_bad = s.empty_metrics()
   batches = s.train_batches(seed=config.seed)
-  for _ in range(2):
-    state, acc, first_bad = s.train_step(state, acc, first_bad, s.global_batch(next(batches)), s.dropout_rng)
+  for step in range(2):
+    state, acc, first_bad = s.train_step_at(step)(state, acc, first_bad, s.global_batch(next(batches)), s.dropout_rng)
   assert int(state.step) == 2 and int(first_bad) == -1
   train = acc.compute()
   assert {"loss", "accuracy", "learning_rate", "rho", "grad_norm"} <= set(train)
@@ -90,6 +91,85 @@ def test_every_optimizer_trains_through_the_setup(one_device_mesh, optimizer):
   unperturbed = tree_arrays(msam_jax.eval_params(state.params, state.opt_state))
   perturbed = registry.get(optimizer).family == "msam"
   assert perturbed == any(not np.array_equal(a, b) for a, b in zip(unperturbed, tree_arrays(state.params)))
+
+
+CONDITIONAL = re.compile(r"stablehlo\.(case|if)\b")
+
+
+@pytest.mark.parametrize(
+  "optimizer,overrides,picked",
+  [
+    ("looksam", {}, lambda counts: counts % 5 == 0),
+    ("rst", {}, lambda counts: np.asarray(jax.vmap(lambda c: msam_jax.optim.rst_coin(c, 0.5, 0))(counts))),
+    ("sam", {"rho_schedule": "start_jump", "rho_jump_epochs": 1.0}, lambda counts: counts >= 3),  # 3 steps/epoch
+  ],
+)
+def test_the_setup_decides_the_second_gradient_on_the_host_and_compiles_no_conditional(
+  one_device_mesh, optimizer, overrides, picked
+):
+  """The loop's steps for looksam, rst and late SAM: each update's variant from the host's plan
+  (LookSAM's every 5th, RST's draws, SAM where rho > 0), and neither variant's lowered program
+  holds a conditional, which the step without the host's decision (lax.cond) does."""
+  config = load_config(
+    "digits",
+    optimizer=optimizer,
+    num_train_steps=8,
+    dataset="synthetic",
+    validation_fraction=0.0,
+    batch_size=16,
+    model_kwargs={"width": 4},
+    **overrides,
+  )
+  config.synthetic = {"image_shape": (8, 8, 1), "num_classes": 10, "num_train": 48, "num_test": 16}
+  s = setup.build(config, one_device_mesh)
+  counts = np.arange(s.num_steps)
+  np.testing.assert_array_equal(s.second_gradients, picked(counts))
+  assert {s.step_variant(c) for c in counts} == {True, False}
+  assert set(s.train_steps) == {True, False}
+  args = (s.init_state(), *s.empty_metrics(), s.global_batch(next(s.train_batches(seed=0))), s.dropout_rng)
+  for variant, step in s.train_steps.items():
+    assert not CONDITIONAL.search(step.lower(*args).as_text()), variant
+  if optimizer != "sam":  # the control: the same step left to the optimizer's lax.cond
+    control = jax.jit(
+      functools.partial(steps.train_step, model=s.model, tx=s.tx, label_smoothing=config.label_smoothing)
+    )
+    assert CONDITIONAL.search(control.lower(args[0], args[3], args[4]).as_text())
+
+
+@pytest.mark.parametrize(
+  "mode",
+  [
+    {},
+    {"grad_accum_steps": 2},
+    {"sam_group_size": 2},  # per device, under shard_map on 8 devices
+    {"dtype": "float16"},
+    {"mesa_weight": 0.3, "mesa_start_epoch": 0.0},
+  ],
+  ids=["plain", "accumulated", "per_device_groups", "float16", "mesa"],
+)
+def test_every_first_pass_mode_passes_the_hosts_decision_to_the_optimizer(mode):
+  """sam with a rho schedule from 0: the setup's step without the second gradient has fewer
+  convolutions (forward and backward) than the step with it, in every mode of the first pass."""
+  config = load_config(
+    "digits",
+    optimizer="sam",
+    rho_schedule="start_jump",
+    dataset="synthetic",
+    validation_fraction=0.0,
+    batch_size=16,
+    model_kwargs={"width": 4},
+    num_train_steps=4,
+    **mode,
+  )
+  config.synthetic = {"image_shape": (8, 8, 1), "num_classes": 10, "num_train": 48, "num_test": 16}
+  s = setup.build(config, create_mesh() if "sam_group_size" in mode else create_mesh(jax.devices()[:1]))
+  args = (s.abstract_state, *s.empty_metrics(), s.global_batch(next(s.train_batches(seed=0))), s.dropout_rng)
+
+  def convolutions(variant):
+    jaxpr = jax.make_jaxpr(s.train_steps[variant])(*args)
+    return sum(e.primitive.name == "conv_general_dilated" for e in iter_eqns(jaxpr.jaxpr))
+
+  assert 0 < convolutions(False) < convolutions(True)
 
 
 @pytest.mark.slow
