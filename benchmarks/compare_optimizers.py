@@ -1,66 +1,76 @@
-"""Trains one config with several optimizers, label-noise levels and seeds; tables and plots the outcome.
+"""Tunes and trains optimizers on one config over label-noise levels and seeds; the final and early-stopped model.
 
     python benchmarks/compare_optimizers.py [--config configs/digits.py]
-        [--optimizers sgd,msam,sam,...] [--seeds 0,1,2,3,4] [--label_noise 0,0.2,0.4]
-        [--validation_fraction 0.1] [--no_sweep | --sweep_seed 100 --sweep_noise 0.2
-        --msam_rho_grid 0.3,1,3,10 --sam_rho_grid 0.01,0.03,0.1,0.3,1 --lr_factors 0.3,1,3]
-        [--epochs N] [--steps N] [--eval_every_epochs 1] [--out benchmarks/results/compare_digits]
-        [--rho msam=1,sam=0.1,...] [--lr adamw=3e-3,...] [--weight_decay adamw=0.05,...]
-        [--no_sharpness] [--report_only] [--dpi 80]
+        [--optimizers sgd,msam,sam,sam_late,...] [--seeds 0,1,2,3,4] [--label_noise 0,0.2,0.4]
+        [--validation_fraction 0.1] [--no_sweep | --sweep_seed 100 --lr_factors 0.3,1,3
+        --msam_rho_grid 0.3,1,3,10 --msam_rho_grid_adamw_lion 0.03,0.1,0.3,1 --sam_rho_grid 0.03,0.1,0.3,1]
+        [--epochs N] [--steps N] [--eval_every_epochs 1] [--out benchmarks/results/compare_digits_tuned]
+        [--rho msam=1,...] [--lr adamw=3e-3,...] [--weight_decay adamw=0.05,...]
+        [--no_sharpness] [--merge] [--dry_run] [--report_only] [--dpi 80]
 
-Each run calls `msam_jax.training.train_and_evaluate` in this process, in a
-fresh temporary workdir, on one device, evaluating every epoch and probing
-sharpness (SAM sharpness and top Hessian eigenvalue, at the unperturbed
-parameters on a fixed training batch) once at the end. Runs go noise level by
-noise level and seed by seed, every optimizer in turn, so the optimizers of one
-seed share the machine load they were timed under; the time ratio to the base
-optimizer (SGD for the SGD-based family, AdamW for the AdamW family) is taken
-within a seed.
+The protocol (issue 28: a fair comparison, as a practitioner would tune). Each run
+calls `msam_jax.training.train_and_evaluate` in this process, in a fresh temporary
+workdir, on one device, evaluating every epoch; the loop keeps the model of the
+evaluation with the best validation accuracy (`config.best_model_metric`; ties: lower
+validation loss) beside the final one and reports it under `best_*`.
 
-Label noise (`config.label_noise`, msam_jax/data/label_noise.py) corrupts the
-same training examples in every run of a level (`--label_noise_seed`, not the
-training seed), so each optimizer's run is paired with its base's run of the
-same seed: the table gives the mean paired difference in clean test accuracy
-with a 95 % t-interval over seeds. `--validation_fraction` holds out a fixed,
-stratified part of the training split (clean labels); each run reports its
-accuracy beside the test accuracy, and the accuracy on the training split
-against its noisy labels (memorisation).
+Label noise (`config.label_noise`, msam_jax/data/label_noise.py) corrupts the same
+training examples in every run of a level (`--label_noise_seed`, not the training
+seed). `--validation_fraction` holds out a fixed, stratified part of the training
+split with clean labels; each reported run also measures the training split against
+its noisy labels (memorisation).
 
-Hyper-parameters are chosen on the validation split, never the test split:
-unless `--no_sweep`, every optimizer that takes a rho first trains at seed
-`--sweep_seed` (not reported) over a log grid of rho (the MSAM family's
-`--msam_rho_grid`, the SAM family's `--sam_rho_grid`: MSAM's rho is an order of
-magnitude larger), and the optimizers whose base is not SGD also over
-`--lr_factors` times their learning rate; the point with the best final
-validation accuracy (ties: lower validation loss) is used for every reported
-run and written into results.json and the table notes. The sweep runs at one
-noise level, `--sweep_noise` (default: the middle of `--label_noise`).
+Tuning, on the validation split only, at seed `--sweep_seed` (never reported),
+separately at each noise level (a practitioner tunes on their own data), in stages
+(`tune`): (a) each base (sgd, adamw, lion) and sgd+mesa sweeps its learning rate over
+`--lr_factors` times its centre (SGD's: the config's; AdamW's and Lion's:
+BASE_LEARNING_RATE, Lion's a tenth of AdamW's); (b) each sharpness-aware optimizer
+sweeps rho over its family's grid at its base's early-stopped choice of learning
+rate; (c) then the other learning rates at the rho each criterion chose in (b) (once
+when both chose the same). Two criteria choose from the same sweep runs (`choose`):
+"final" maximises the final validation accuracy (ties: lower final validation loss),
+as for a practitioner who trains to the end; "early_stopped" the best validation
+accuracy over training (ties: lower validation loss there), as for one who
+early-stops. A variant whose base is not in `--optimizers` still sweeps the base
+first (its runs are not reported), so the work splits into processes by optimizer.
 
-MESA is compared as `sgd+mesa`: SGD with the MESA loss term on
-(`config.mesa_weight`, MESA_FIELDS: the SAF code's lambda 0.3, temperature 5
-and start epoch 6, with the EMA decay scaled to a time constant of one epoch),
-so its paired difference and time ratio are against `sgd`; it has no rho to
-sweep. The Lion family's learning rate centres at 3e-4, a tenth of AdamW's
-(BASE_LEARNING_RATE), and is swept like AdamW's.
+Reported: every seed of `--seeds` at each distinct chosen point (one set of runs
+when both choices agree). The "final" column is the final model of the final
+choice's runs, the "early-stopped" column the best-on-validation model of the
+early-stopped choice's runs; each optimizer's test accuracy is paired with its
+base's in the same column (same seed and corrupted labels, the base tuned the same
+way): the table gives the mean paired difference with a 95 % t-interval over seeds.
 
-Time per step is the median over epochs of (epoch wall time / steps), leaving
-out the first epoch (compilation) and the last (final probes, checkpoint); it
-includes the per-epoch evaluation of the 360 test digits, which costs every
-optimizer the same. The loop's own `seconds_per_step_excluding_compilation`
-is kept in the JSON too.
+`sam_late` is SAM with rho 0 until LATE_SAM_FRACTION (0.8) of training, then rho
+(late-phase SAM, Zhou et al., arXiv 2410.10373; config.rho_schedule "start_jump"); its
+base is sgd. MESA is compared as `sgd+mesa`: SGD with the MESA loss term on
+(`config.mesa_weight`, MESA_FIELDS: the SAF code's lambda 0.3, temperature 5 and
+start epoch 6, with the EMA decay scaled to a time constant of one epoch), base sgd;
+its EMA model's accuracy is a row of its own ("sgd+mesa EMA", from the same runs).
 
-The `--rho`, `--lr` and `--weight_decay` defaults are chosen for
-`configs/digits.py` (see DEFAULT_* below); for another config pass your own, or
-an empty string to keep the config's values.
+Time per step is the median over epochs of (epoch wall time / steps), leaving out
+the first epoch (compilation) and the last (final probes, checkpoint); it includes
+the per-epoch evaluation, which costs every optimizer the same. The time ratio to
+the base is taken within a seed and column. The sharpness probes (top Hessian
+eigenvalue, SAM sharpness) run at the end of the reported runs only, unless
+`--no_sharpness`.
 
-Writes into `--out`: `table.md` (mean +- std over seeds, one table per noise
-level), `results.json` (every run and sweep run, written after each one),
-`accuracy_vs_noise.png` (clean test and noisy-train accuracy against the noise
-level, seed spread), and per noise level `accuracy_vs_epoch.png`,
-`accuracy_vs_time.png` and `sharpness.png` (with a `_noise<p>` suffix when there
-are several levels), one colour per optimizer throughout. A crashed or stopped
-comparison keeps its finished runs in results.json; `--report_only` redraws
-everything from it.
+`--dry_run` lists every run the command would make and estimates its wall time
+(RUN_SECONDS, measured). Results are saved after every run; a stopped comparison
+continues with the same command plus `--merge`, which reuses every finished run
+(by `run_key`) and never overwrites one (without `--merge` an existing results.json
+is refused). Parallel processes (e.g. `--optimizers` subsets) write separate
+`--out` folders that `combine` (benchmarks/results/compare_digits_tuned/combine.py)
+joins.
+
+Writes into `--out`: `table.md` (one table per noise level, both columns, the notes),
+`results.json` (every run and sweep run with its scores, the grids, both choices per
+noise level, the commands, the environment), `accuracy_vs_noise.png` (final and
+early-stopped test accuracy and memorisation against the noise level, seed spread),
+per noise level `accuracy_vs_epoch.png` and `accuracy_vs_time.png` (the final
+choice's runs), and `sharpness.png` only when the probes ran (with a `_noise<p>`
+suffix when there are several levels), one colour per optimizer throughout.
+`--report_only` redraws everything from results.json.
 """
 
 import argparse
@@ -395,13 +405,8 @@ def run_config(
   label_noise_seed=0,
   validation_fraction=0.0,
   eval_every_epochs=1,
-  eval_train_split=True,
 ):
-  """One run's config: the file's, with the comparison's fields and overrides set.
-
-  `eval_train_split`: evaluate the training split against its noisy labels (memorisation) at
-  every evaluation; the sweep, which scores on the validation split only, leaves it out.
-  """
+  """One run's config: the file's, with the comparison's fields and overrides set."""
   from msam_jax.training import set_optimizer  # noqa: PLC0415 (config helpers only: no jax backend)
 
   config = config_module.get_config()
@@ -410,7 +415,7 @@ def run_config(
   config.label_noise = label_noise
   config.label_noise_seed = label_noise_seed
   config.validation_fraction = validation_fraction
-  config.eval_train_split = eval_train_split  # memorisation at every noise level, 0 included
+  config.eval_train_split = True  # memorisation at every noise level, 0 included
   config.update_from_flattened_dict(DEFAULT_FIELDS.get(optimizer, {}))
   if optimizer in MESA_OPTIMIZERS:
     config.mesa_decay = 1.0 - 1.0 / _steps_per_epoch(config)  # the EMA's time constant: one epoch
@@ -1275,14 +1280,18 @@ def reported_points(chosen: dict) -> list[tuple[dict, list[str]]]:
   return list(points.values())
 
 
-# Seconds of one run of configs/digits.py (30 epochs, evaluated every epoch, no sharpness
-# probes; setup and a warm compilation cache included) on the project's 2-core CPU under a
-# load average of 5-8 (the other engineers' jobs): sgd, sam and looksam measured
-# (benchmarks/results/compare_digits_tuned/README.md), sgd+mesa too; the others by their
-# time per step in the noisy-label comparison: MSAM's, AdamW's and Lion's step costs about
-# SGD's, every SAM-family step (late SAM's included, until its rho-0 steps take one
-# gradient) about SAM's, rst's LookSAM's.
-RUN_SECONDS = {"sgd": 15.0, "sam": 24.0, "looksam": 50.0, "sgd+mesa": 30.0}
+# Seconds of one run of configs/digits.py (30 epochs, evaluated every epoch, label noise 0.4,
+# no sharpness probes; setup included, compilation cache warm) on the project's 2-core CPU
+# under a load average of 5-8 (the other engineers' jobs), from `--no_sweep --epochs 30
+# --seeds 0 --label_noise 0.4` runs: sgd 14.6 s warm (28.0 s cold); sam 32.8 s, looksam
+# 49.4 s and sgd+mesa 43.5 s cold, less the ~10 s a first compilation took for sgd. The
+# others by their time per step in the noisy-label comparison: MSAM's, AdamW's and Lion's
+# step costs about SGD's, every SAM-family step (late SAM's included, until its rho-0 steps
+# take one gradient) about SAM's, rst's LookSAM's. At a load average of 9-11 sgd took 30-45 s.
+RUN_SECONDS = {"sgd": 15.0, "sam": 24.0, "looksam": 40.0, "sgd+mesa": 33.0}
+# The sharpness probes at the end of a reported run, compilation cache warm: 7.4 s in the same
+# measurement, half an SGD run; the protocol leaves them out (--no_sharpness).
+PROBE_SECONDS = 7.5
 COSTS_LIKE = {"looksam": "looksam", "rst": "looksam", "sgd+mesa": "sgd+mesa"}
 
 
@@ -1319,7 +1328,7 @@ def planned_runs(args, tuned: list[str], epochs: float) -> list[tuple[str, float
         plan.append((f"{sweep} (c) lr {i + 1} {others}, at the final rho if it differs", seconds, False))
     for seed in args.seeds:
       for name in args.optimizers:
-        seconds = estimated_seconds(name, epochs)
+        seconds = estimated_seconds(name, epochs) + (0 if args.no_sharpness else PROBE_SECONDS)
         if args.no_sweep:
           plan.append((f"{at} seed {seed}: {name} (both columns)", seconds, True))
         else:
@@ -1481,7 +1490,6 @@ def main(argv=None) -> dict | None:
       label_noise_seed=args.label_noise_seed,
       validation_fraction=args.validation_fraction,
       eval_every_epochs=args.eval_every_epochs,
-      eval_train_split=seed != args.sweep_seed,  # the sweep scores on validation only
     )
 
   tuned = [] if args.no_sweep else tuned_optimizers(args.optimizers)
@@ -1511,7 +1519,9 @@ def main(argv=None) -> dict | None:
           point = {"learning_rate": lr, **({"rho": rho} if rho is not None else {})}
           validate(config_of(name, args.sweep_seed, args.label_noise[0], point), num_devices=mesh.size)
     for name in args.optimizers:
-      validate(config_of(name, args.seeds[0], args.label_noise[0], sharpness=not args.no_sharpness), mesh.size)
+      validate(
+        config_of(name, args.seeds[0], args.label_noise[0], sharpness=not args.no_sharpness), num_devices=mesh.size
+      )
   except ValueError as e:
     raise SystemExit(f"error: {e}") from None
   if args.compilation_cache:

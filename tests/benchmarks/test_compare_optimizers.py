@@ -3,6 +3,8 @@
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -369,6 +371,11 @@ def test_dry_run_lists_every_run_and_the_count(compare, capsys):
   assert compare.estimate(plan)["runs_min"] == 3 * per_level_min == 327
   assert compare.estimate(plan)["runs_max"] == 3 * per_level_max == 534
   assert plan[0][0] == "noise 0 sweep seed 100: sgd (a) lr 0.03" and plan[-1][2] is False
+  probes = compare.planned_runs(compare.parse_args(["--no_sharpness"]), tuned, 30)
+  sweep = 4 * 3 + 7 * 8  # noise 0's sweep runs, the uncertain ones included
+  assert [p[1] for p in probes[:sweep]] == [p[1] for p in plan[:sweep]]  # the sweep never probes
+  assert plan[sweep][0] == "noise 0 seed 0: sgd at its final choice (and early-stopped, if the same)"
+  assert plan[sweep][1] == probes[sweep][1] + compare.PROBE_SECONDS  # reported runs probe unless --no_sharpness
   assert compare.main(["--dry_run"]) is None
   out = capsys.readouterr().out
   assert " 534. noise 0.4 seed 4: sgd+mesa at its early-stopped choice, if it differs" in out
@@ -554,8 +561,17 @@ def test_combine_joins_parts_and_reports_a_shared_sweep_once(compare, tmp_path):
   assert combined["command"] == ["A", "B"] and combined["chosen_conflicts"] == []
   part_b["sweep"]["chosen"] = {"0.4": {"sgd": {c: {"learning_rate": 0.1} for c in compare.CRITERIA}}}
   assert compare.combine([part_a, part_b])["chosen_conflicts"][0]["optimizer"] == "sgd"
-  compare.write_report(str(tmp_path), combined, dpi=40)
-  assert json.loads((tmp_path / "results.json").read_text())["paired_vs_base"]["0.4"]["final"]["msam"]["n"] == 2
+  # The folder's combine.py does the same from the parts' folders.
+  for name, part in (("A", part_a), ("B", part_b)):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "results.json").write_text(json.dumps(part))
+  combine_py = os.path.join(REPO, "benchmarks", "results", "compare_digits_tuned", "combine.py")
+  argv = [sys.executable, combine_py, str(tmp_path / "A"), str(tmp_path / "B"), "--out", str(tmp_path / "C")]
+  done = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": REPO}, check=True)
+  assert "warning: the parts chose differently for sgd at noise 0.4" in done.stdout
+  results = json.loads((tmp_path / "C" / "results.json").read_text())
+  assert results["paired_vs_base"]["0.4"]["final"]["msam"]["n"] == 2 and len(results["parts"]) == 2
+  assert (tmp_path / "C" / "accuracy_vs_noise.png").read_bytes()[:4] == b"\x89PNG"
   part_b["epochs"] = 4
   with pytest.raises(SystemExit, match="parts differ in epochs"):
     compare.combine([part_a, part_b])
@@ -655,7 +671,7 @@ def test_end_to_end_with_label_noise_and_a_sweep(compare, tmp_path, capsys, monk
       ("msam", {"learning_rate": 0.1, "rho": 3.0}),
     )
   ]
-  assert all(r["seed"] == 100 and "final_noisy_train_accuracy" not in r for r in sweep["runs"])  # validation only
+  assert all(r["seed"] == 100 for r in sweep["runs"])
   for level in ("0", "0.4"):
     msam_sweep = [r for r in sweep["runs"] if r["optimizer"] == "msam" and compare.level_key(r["label_noise"]) == level]
     for c in compare.CRITERIA:
