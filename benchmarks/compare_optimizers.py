@@ -1137,6 +1137,8 @@ def merge_previous(payload: dict, path: str, optimizers: list[str]) -> dict:
           sweep["chosen"].setdefault(level, {})[name] = choice
     for name, grid in earlier["grid"].items():
       sweep["grid"].setdefault(name, grid)
+  # Saved with every results.json until reused, so no finished run is lost (one this command no longer makes stays).
+  payload["earlier_runs_not_reused"] = reusable
   return reusable
 
 

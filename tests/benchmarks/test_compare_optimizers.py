@@ -587,6 +587,7 @@ def test_merge_reuses_finished_runs_and_keeps_the_others(compare, tmp_path):
   payload = _tuned_payload([], ["msam"], [0.0, 0.4], command="second")
   reusable = compare.merge_previous(payload, str(path), ["msam"])
   assert set(reusable) == {r["run_key"] for r in runs if r["optimizer"] == "msam"}
+  assert payload["earlier_runs_not_reused"] is reusable  # saved until reused: nothing finished is lost
   assert {r["optimizer"] for r in payload["runs"]} == {"sgd", "sgd+mesa"}  # kept as they were
   assert payload["optimizers"] == ["sgd", "msam", "sgd+mesa"] and payload["commands"] == ["first", "second"]
   payload["epochs"] = 5
@@ -698,5 +699,6 @@ def test_end_to_end_with_label_noise_and_a_sweep(compare, tmp_path, capsys, monk
   assert "training..." not in out and out.count("finished earlier, reused") == len(results["runs"]) + 6
   again = json.loads((tmp_path / "results.json").read_text())
   assert [r["run_key"] for r in again["runs"]] == [r["run_key"] for r in results["runs"]]
+  assert again["earlier_runs_not_reused"] == {} and again["commands"][0] == results["command"]
   compare.main(["--report_only", "--out", str(tmp_path)])  # redraws from results.json alone
   assert (tmp_path / "table.md").read_text().count("### Label noise") == 2
