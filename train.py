@@ -87,7 +87,7 @@ def _parse_flags(argv):
       f"--config {_config_path(argv)}: the config file cannot be read ({_one_line(e)}); "
       "pass one such as configs/digits.py."
     )
-  except Exception as e:  # noqa: BLE001 (whatever the user's config file raised)
+  except Exception as e:
     _fail(
       f"--config {_config_path(argv)}: the config file failed to load "
       f"({type(e).__name__}: {_one_line(e)}); fix the file."
@@ -98,7 +98,7 @@ def _parse_flags(argv):
 def _config():
   """The parsed config; after `--config.model=...` (`--config.optimizer=...`) its
   model_kwargs (optimizer_kwargs) are that model's (optimizer's) options."""
-  from msam_jax import training  # noqa: PLC0415 (no TensorFlow)
+  from msam_jax import training
 
   config = FLAGS.config
   overrides = config_flags.get_override_values(FLAGS["config"])
@@ -138,8 +138,8 @@ def _quiet_libraries() -> None:
 def main(argv):
   if len(argv) > 1:
     _fail(f"unexpected argument {argv[1]!r}; flags are written --name=value (see --help).")
-  from msam_jax import training  # noqa: PLC0415 (config helpers only: no TensorFlow, no jax backend)
-  from msam_jax.training import run_record  # noqa: PLC0415
+  from msam_jax import training
+  from msam_jax.training import run_record
 
   try:
     config = _config()
@@ -149,7 +149,7 @@ def main(argv):
     _fail(e)
   _quiet_libraries()
 
-  import jax  # noqa: PLC0415 (after validation, so a bad flag is reported fast)
+  import jax
 
   if FLAGS.coordinator_address:
     # CPU processes need a collectives backend; other platforms ignore this setting.
@@ -160,8 +160,8 @@ def main(argv):
   elif FLAGS.multihost:
     jax.distributed.initialize()
 
-  from msam_jax import data  # noqa: PLC0415 (TensorFlow)
-  from msam_jax.training import preemption  # noqa: PLC0415
+  from msam_jax import data
+  from msam_jax.training import preemption
 
   try:
     results = training.train_and_evaluate(config, FLAGS.workdir)

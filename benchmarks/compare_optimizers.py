@@ -407,7 +407,7 @@ def run_config(
   eval_every_epochs=1,
 ):
   """One run's config: the file's, with the comparison's fields and overrides set."""
-  from msam_jax.training import set_optimizer  # noqa: PLC0415 (config helpers only: no jax backend)
+  from msam_jax.training import set_optimizer  # config helpers only: no jax backend
 
   config = config_module.get_config()
   set_optimizer(config, registry_name(optimizer))  # the options it shares with the file's optimizer keep their values

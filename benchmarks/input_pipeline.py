@@ -30,11 +30,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Measure this checkout's msam_jax, not an installed copy (python puts benchmarks/ first).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tensorflow_datasets as tfds  # noqa: E402
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
 
-from msam_jax import data  # noqa: E402
+from msam_jax import data
 
 ONE_PROCESS = dict(process_index=0, process_count=1, num_devices=1)
 WARMUP_BATCHES = 3

@@ -23,7 +23,7 @@ DOCS = pathlib.Path(__file__).parent
 sys.path.insert(0, str(DOCS.parent))  # this checkout's msam_jax, not an installed one
 sys.path.insert(0, str(DOCS))
 
-import api_reference  # noqa: E402
+import api_reference
 
 project = "msam-jax"
 author = "msam-jax contributors"

@@ -44,7 +44,7 @@ _SUBPACKAGES = ("analysis", "data", "models", "optim", "training")
 
 def __getattr__(name):
   if name in _SUBPACKAGES:
-    import importlib  # noqa: PLC0415
+    import importlib
 
     return importlib.import_module(f"msam_jax.{name}")
   raise AttributeError(f"module 'msam_jax' has no attribute {name!r}")

@@ -17,8 +17,8 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "docs"))
 
-import api_reference  # noqa: E402  (docs/api_reference.py: what the build generates)
-import doc_snippets  # noqa: E402  (tests/doc_snippets.py: the code blocks of README.md and docs/)
+import api_reference
+import doc_snippets
 
 README = (ROOT / "README.md").read_text()
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())

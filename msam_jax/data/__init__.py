@@ -27,20 +27,20 @@ try:
 except RuntimeError:  # TensorFlow already initialised its devices: too late, and harmless on CPU.
   pass
 
-from msam_jax.data import prefetch  # noqa: E402
-from msam_jax.data.datasets import DATASETS  # noqa: E402
-from msam_jax.data.datasets import DatasetInfo  # noqa: E402
-from msam_jax.data.datasets import DatasetNotFoundError  # noqa: E402
-from msam_jax.data.datasets import dataset_info  # noqa: E402
-from msam_jax.data.datasets import steps_per_epoch  # noqa: E402
-from msam_jax.data.pipeline import SPLITS  # noqa: E402
-from msam_jax.data.pipeline import TrainingLabels  # noqa: E402
-from msam_jax.data.pipeline import eval_iterator  # noqa: E402
-from msam_jax.data.pipeline import realised_noise_fraction  # noqa: E402
-from msam_jax.data.pipeline import train_iterator  # noqa: E402
-from msam_jax.data import label_noise  # noqa: E402
-from msam_jax.data import synthetic  # noqa: E402
-from msam_jax.data import validation_split  # noqa: E402
+from msam_jax.data import prefetch
+from msam_jax.data.datasets import DATASETS
+from msam_jax.data.datasets import DatasetInfo
+from msam_jax.data.datasets import DatasetNotFoundError
+from msam_jax.data.datasets import dataset_info
+from msam_jax.data.datasets import steps_per_epoch
+from msam_jax.data.pipeline import SPLITS
+from msam_jax.data.pipeline import TrainingLabels
+from msam_jax.data.pipeline import eval_iterator
+from msam_jax.data.pipeline import realised_noise_fraction
+from msam_jax.data.pipeline import train_iterator
+from msam_jax.data import label_noise
+from msam_jax.data import synthetic
+from msam_jax.data import validation_split
 
 __all__ = [
   "DATASETS",

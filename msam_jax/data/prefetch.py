@@ -58,7 +58,7 @@ def _fill(host, put, ready: queue.Queue, stop: threading.Event) -> None:
       item = put(next(host))
     except StopIteration:
       item = _End(None)
-    except BaseException as error:  # noqa: BLE001  (handed to the consumer, which raises it)
+    except BaseException as error:
       item = _End(error)
     while not stop.is_set():
       try:

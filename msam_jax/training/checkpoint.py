@@ -67,7 +67,7 @@ def restore_latest(manager: ocp.CheckpointManager, state):
   for step in sorted(manager.all_steps(), reverse=True):
     try:
       restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
-    except Exception as e:  # noqa: BLE001 (orbax and tensorstore raise many kinds on damaged files)
+    except Exception as e:
       unreadable[step] = _first_line(e)
       logging.warning("Checkpoint of step %d cannot be read (%s); trying an older one.", step, unreadable[step])
       continue

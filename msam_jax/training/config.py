@@ -221,7 +221,7 @@ def set_model(config: ml_collections.ConfigDict, name: str, **kwargs) -> None:
 
 def load_file(path: str) -> ml_collections.ConfigDict:
   """`get_config()` of a config file such as `configs/digits.py` (what `--config` loads)."""
-  import importlib.util  # noqa: PLC0415
+  import importlib.util
 
   name = os.path.splitext(os.path.basename(path))[0]
   spec = importlib.util.spec_from_file_location(f"configs.{name}", path)
@@ -387,7 +387,7 @@ def validate_fields(config: ml_collections.ConfigDict) -> None:
   _choice(config, "dtype", DTYPES)
   model_kwargs = config.model_kwargs if config.model_kwargs is not None else {}
   _check_kwargs("model", config.model, model_kwargs, model_options(config.model))
-  from msam_jax import models  # noqa: PLC0415 (Flax; no TensorFlow)
+  from msam_jax import models
 
   try:  # the builders check their options' values (e.g. a WRN's depth is 6n+4); nothing is initialised
     models.build(config.model, 2, dtype=config.dtype, **{k: v for k, v in model_kwargs.items() if v is not None})
@@ -608,7 +608,7 @@ def _divides_per_device_batch(config: ml_collections.ConfigDict, field: str, num
 
 def _validate_pod(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """Sharding, gradient accumulation and preemption fields."""
-  from msam_jax.training.mesh import SHARDINGS  # noqa: PLC0415
+  from msam_jax.training.mesh import SHARDINGS
 
   _choice(config, "sharding", SHARDINGS)
   _at_least(config, "fsdp_min_bytes", 0)

@@ -95,7 +95,7 @@ def load_for_eval(workdir: str | epath.PathLike, which: str = "final"):
   `final_eval_accuracy`. `which="best"`: the model best on validation, whose
   accuracy is `best_eval_accuracy` (while the run goes on: the best so far).
   """
-  from msam_jax import data, models  # noqa: PLC0415 (Flax, TensorFlow)
+  from msam_jax import data, models
 
   if which not in _DIRS:
     raise ValueError(f"which={which!r} is not a model a run keeps; choose 'final' or 'best'.")

@@ -135,8 +135,8 @@ def _torchvision_get_params(height, width, uniform, randint, scale=(0.08, 1.0), 
   for _ in range(10):
     target_area = area * uniform(scale[0], scale[1])
     aspect_ratio = math.exp(uniform(log_ratio[0], log_ratio[1]))
-    w = int(round(math.sqrt(target_area * aspect_ratio)))  # noqa: RUF046 (torchvision's code)
-    h = int(round(math.sqrt(target_area / aspect_ratio)))  # noqa: RUF046 (torchvision's code)
+    w = int(round(math.sqrt(target_area * aspect_ratio)))
+    h = int(round(math.sqrt(target_area / aspect_ratio)))
     if 0 < w <= width and 0 < h <= height:
       i = randint(0, height - h + 1)
       j = randint(0, width - w + 1)
@@ -145,10 +145,10 @@ def _torchvision_get_params(height, width, uniform, randint, scale=(0.08, 1.0), 
   in_ratio = float(width) / float(height)
   if in_ratio < min(ratio):
     w = width
-    h = int(round(w / min(ratio)))  # noqa: RUF046 (torchvision's code)
+    h = int(round(w / min(ratio)))
   elif in_ratio > max(ratio):
     h = height
-    w = int(round(h * max(ratio)))  # noqa: RUF046 (torchvision's code)
+    w = int(round(h * max(ratio)))
   else:  # whole image
     w = width
     h = height

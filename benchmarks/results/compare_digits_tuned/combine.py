@@ -18,7 +18,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", ".."))  # benchmarks/, for compare_optimizers
 
-import compare_optimizers as compare  # noqa: E402
+import compare_optimizers as compare
 
 
 def main():
