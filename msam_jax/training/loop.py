@@ -298,10 +298,11 @@ def _train(s: Setup, workdir, manager, preempt: preemption.Preemption) -> _Train
 def _evaluate_and_record(s: Setup, state, step: int, seconds: float, history: list, workdir, writer, manager) -> None:
   """Evaluates on the test split (and validation, noisy train), keeps the best model on validation,
   logs it and rewrites the evaluation history."""
-  metrics = evaluate_all(s, state)
+  batch_stats = _evaluation_batch_stats(s, state)
+  metrics = evaluate_all(s, state, batch_stats)
   writer.write_scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
   history.append({"step": step, "epoch": step / s.steps_per_epoch, "seconds": seconds, **metrics})
-  _keep_best(s, workdir, history, manager.all_steps(), state)  # before the history names it
+  _keep_best(s, workdir, history, manager.all_steps(), state, batch_stats)  # before the history names it
   if jax.process_index() == 0:
     run_record.save_history(workdir, history)
     log.info("step %d (epoch %g): %s", step, step / s.steps_per_epoch, _eval_line(metrics))
@@ -326,7 +327,7 @@ def _model_variables(state: TrainState, batch_stats) -> dict:
 # (no tie-break on the validation loss), writes every evaluation's model, and trusts the metrics on
 # disk, also those of evaluations a run resumed from an older checkpoint is about to redo. Here the
 # best is derived from the evaluation history, which a resumed run trims to its checkpoint.
-def _keep_best(s: Setup, workdir, history: list[dict], checkpoint_steps, state: TrainState) -> None:
+def _keep_best(s: Setup, workdir, history: list[dict], checkpoint_steps, state: TrainState, batch_stats) -> None:
   """Saves the model of the evaluation just recorded if it is the best on validation so far, and
   deletes the best models no run resumed from a kept checkpoint could report."""
   metric = config_lib.best_model_metric(s.config)
@@ -335,7 +336,7 @@ def _keep_best(s: Setup, workdir, history: list[dict], checkpoint_steps, state: 
   candidates = [*evaluated_model.with_best_model(workdir, history[:-1]), history[-1]]
   if run_record.best_evaluation(candidates, metric) is not history[-1]:
     return
-  evaluated_model.save(workdir, history[-1]["step"], _model_variables(state, state.batch_stats), which="best")
+  evaluated_model.save(workdir, history[-1]["step"], _model_variables(state, batch_stats), which="best")
   evaluated_model.keep_only(workdir, run_record.best_steps_needed(candidates, checkpoint_steps, metric))
 
 
@@ -351,8 +352,8 @@ def _named(prefix: str, metrics: dict) -> dict[str, float]:
 
 
 def _best_results(s: Setup, workdir, history: list[dict], final: dict, variables: dict) -> dict[str, Any]:
-  """results.json's `best_*`: the evaluation best on validation, the final model's included (with
-  batch-norm statistics recomputed it is another model than the last step's evaluation)."""
+  """results.json's `best_*`: the evaluation best on validation, the final model's included (a run
+  resumed after its last step may hold no evaluation of it in its history)."""
   metric = config_lib.best_model_metric(s.config)
   if not metric:
     return {}
@@ -487,26 +488,39 @@ def _run_facts(s: Setup, t: _Trained, training: dict[str, Any]) -> dict[str, Any
   return results
 
 
+def _evaluation_batch_stats(s: Setup, state: TrainState, between=lambda: None):
+  """The batch-norm statistics an evaluation of `state` uses (and its saved model holds).
+
+  The running statistics, except for the MSAM family with batch norm: it trains at perturbed
+  parameters, so their running statistics belong to the wrong point and are recomputed at the
+  unperturbed ones (`_recompute_batch_norm`, `config.bn_recompute_batches` batches) for every
+  evaluation, the periodic ones included, so that the best model on validation is chosen and
+  saved as the final one is.
+  """
+  bn_batches = s.steps_per_epoch if s.config.bn_recompute_batches < 0 else s.config.bn_recompute_batches
+  if msam_jax.optim.perturbs_params(state.opt_state) and state.batch_stats and bn_batches > 0:
+    return _recompute_batch_norm(s, state, bn_batches, between=between)
+  return state.batch_stats
+
+
 def _final_evaluation(s: Setup, t: _Trained, results: dict, stop_if_preempted) -> tuple[dict, Any]:
   """The last evaluation and the batch statistics to save with the model.
 
-  MSAM family with batch norm: the statistics recomputed at the unperturbed
-  parameters and evaluated again (the numbers before go into `results`).
+  MSAM family with batch norm: the statistics recomputed at the unperturbed parameters
+  (`_evaluation_batch_stats`); what the training's running statistics give goes into
+  `results` as `eval_*_before_bn_recompute`.
   """
-  config, state, history = s.config, t.state, t.eval_history
+  state, history = t.state, t.eval_history
+  batch_stats = _evaluation_batch_stats(s, state, between=stop_if_preempted)
   final = history[-1] if history and history[-1]["step"] == s.num_steps else None
   if final is None:  # resumed after the last step: evaluate the restored state
-    final = evaluate_all(s, state)
-    stop_if_preempted()
-  bn_batches = s.steps_per_epoch if config.bn_recompute_batches < 0 else config.bn_recompute_batches
-  batch_stats = state.batch_stats
-  if msam_jax.optim.perturbs_params(state.opt_state) and state.batch_stats and bn_batches > 0:
-    batch_stats = _recompute_batch_norm(s, state, bn_batches, between=stop_if_preempted)
-    results["eval_accuracy_before_bn_recompute"] = final["accuracy"]
-    results["eval_loss_before_bn_recompute"] = final["loss"]
     final = evaluate_all(s, state, batch_stats)
     stop_if_preempted()
-    t.writer.write_scalars(s.num_steps, {f"eval/{k}_after_bn_recompute": v for k, v in final.items()})
+  if batch_stats is not state.batch_stats:
+    before = evaluate_all(s, state, splits=["test"])
+    results["eval_accuracy_before_bn_recompute"] = before["accuracy"]
+    results["eval_loss_before_bn_recompute"] = before["loss"]
+    stop_if_preempted()
   return final, batch_stats
 
 

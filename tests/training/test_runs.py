@@ -195,16 +195,17 @@ def test_the_saved_model_reproduces_the_reported_accuracy(finished_run, one_devi
 
 @pytest.mark.slow
 def test_the_saved_best_model_is_the_evaluated_one_and_reproduces_its_accuracy(finished_run, one_device_mesh):
-  """Here the last step's evaluation, before the batch-norm recomputation: the checkpoint's unperturbed
-  parameters and its running statistics, bit for bit."""
+  """Here the last step's evaluation: an msam run, so its batch-norm statistics were recomputed at the
+  unperturbed parameters for it, and it is the final evaluated model, bit for bit."""
   workdir, results = finished_run
   assert results["best_step"] == 6 and results["best_epoch"] == 6 / 20
   assert results["best_validation_accuracy"] == results["eval_history"][-1]["validation_accuracy"]
   assert results["best_model"] == str(workdir / evaluated_model.BEST_MODEL_DIR / "6")
   model, variables, config = training.load_for_eval(str(workdir), which="best")
-  _, final_variables, _ = training.load_for_eval(str(workdir))  # the same step's parameters
-  assert_trees_equal(variables["params"], final_variables["params"])
-  assert_trees_equal(variables["batch_stats"], final_checkpoint(str(workdir))[1]["batch_stats"])
+  _, final_variables, _ = training.load_for_eval(str(workdir))  # the same step's model
+  assert_trees_equal(variables, final_variables)
+  running = final_checkpoint(str(workdir))[1]["batch_stats"]  # the training's, at perturbed parameters
+  assert not all(np.array_equal(a, b) for a, b in zip(tree_arrays(variables["batch_stats"]), tree_arrays(running)))
   state = TrainState(step=np.int32(6), params=variables["params"], batch_stats=variables["batch_stats"], opt_state=())
   eval_fn = jax.jit(functools.partial(steps.eval_step, model=model, label_smoothing=config.label_smoothing))
   s = dataclasses.replace(setup.build(config, one_device_mesh), eval_step=eval_fn)

@@ -27,6 +27,12 @@ def test_digits_default_config_end_to_end(tmp_path, one_device_mesh):
   assert results["optimizer"] == "msam"
   assert results["final_eval_accuracy"] > 0.95
   assert "eval_accuracy_before_bn_recompute" in results
+  # Every evaluation of an MSAM run uses batch-norm statistics recomputed at the unperturbed point,
+  # the periodic ones too: the last step's evaluation is the final model's.
+  last = results["eval_history"][-1]
+  assert last["step"] == results["steps"]
+  assert last["accuracy"] == results["final_eval_accuracy"]
+  assert last["validation_loss"] == results["final_validation_loss"]
   on_disk = json.loads((tmp_path / "results.json").read_text())
   for key in (
     "optimizer",
