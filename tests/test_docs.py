@@ -447,3 +447,25 @@ def test_choosing_commands_use_real_configs_and_fields():
     assert (ROOT / "configs" / path).exists(), path
   for name in re.findall(r"--config\.optimizer=(\w+)", CHOOSING):
     assert name in config.OPTIMIZERS, name
+
+
+def test_cheap_step_costs_are_the_committed_measurement():
+  """README's ranges and docs/benchmarks.md's table against benchmarks/results/cheap_steps/output.txt."""
+  output = (ROOT / "benchmarks/results/cheap_steps/output.txt").read_text()
+  setups = re.findall(r"^(\w+): batch .*?\n\n(.*?)(?=\n## done)", output, flags=re.M | re.S)
+  assert [name for name, _ in setups] == ["digits_cnn", "cifar100_wrn16_4"]
+  ratios = {}  # row -> ratio per setup
+  for _, table in setups:
+    for row, ratio in re.findall(r"^\| ([^|]+?) \| float32 \| [^|]+ \| [^|]+ \| ([\d.]+) \(sgd\)", table, flags=re.M):
+      ratios.setdefault(row, []).append(ratio)
+  columns = ["looksam", "rst", "sam (late 0.2)", "sam", "sgd, again"]
+  cost_table = section((ROOT / "docs" / "benchmarks.md").read_text(), "Cost")
+  for i, label in enumerate(("digits CNN", "WRN-16-4")):
+    row = next(line for line in cost_table.splitlines() if line.startswith(f"| {label}"))
+    assert [c.strip() for c in row.strip("|").split("|")[1:]] == [ratios[c][i] for c in columns], label
+  readme = " ".join(section(README, "What it is, and what it buys").split())
+  for row, words in (("looksam", "costs"), ("rst", "step"), ("sam (late 0.2)", "`--config.rho_schedule=start_jump`)")):
+    low, high = min(map(float, ratios[row])), max(map(float, ratios[row]))
+    assert f"{words} {low:.2f}-{high:.2f}x" in readme, row
+  low, high = min(map(float, ratios["sgd, again"])), max(map(float, ratios["sgd, again"]))
+  assert f"SGD against itself: {low:.2f}-{high:.2f}x" in readme

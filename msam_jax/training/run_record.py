@@ -25,7 +25,6 @@ import ml_collections
 from etils import epath
 
 from msam_jax.training import config as config_lib
-from msam_jax.training.config import RESUMABLE_FIELDS
 
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "eval_history.json"
@@ -139,7 +138,7 @@ def differing_fields(recorded: dict, current: dict) -> list[str]:
   return [
     k
     for k in sorted(set(old) | set(new))
-    if k not in RESUMABLE_FIELDS and old.get(k, "<absent>") != new.get(k, "<absent>")
+    if k not in config_lib.RESUMABLE_FIELDS and old.get(k, "<absent>") != new.get(k, "<absent>")
   ]
 
 

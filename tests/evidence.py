@@ -1,0 +1,47 @@
+"""The README's evidence table, made from the tuned comparison's results.json (tests/test_docs.py
+checks that README.md holds exactly this table; print it with `python tests/evidence.py`)."""
+
+import json
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TUNED = ROOT / "benchmarks" / "results" / "compare_digits_tuned"
+COLUMNS = {"final": "final", "early_stopped": "early-stopped"}
+BASES = ("sgd", "adamw", "lion")
+
+
+def _mean_std(stat: dict) -> str:
+  return f"{100 * stat['mean']:.2f} ± {100 * stat['std']:.2f}"
+
+
+def _difference(d: dict) -> str:
+  return f"{100 * d['mean']:+.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]"
+
+
+def table(results: dict | None = None) -> str:
+  """Test accuracy of each base and each optimizer's paired difference to its base, per noise level
+  and column: final model (chosen on the final validation accuracy) and early-stopped (the best
+  model on validation, chosen on the best validation accuracy)."""
+  if results is None:
+    results = json.loads((TUNED / "results.json").read_text())
+  levels = [level for level in results["summary"] if results["summary"][level]]
+  header = ["optimizer"] + [f"noise {level}: {title}" for level in levels for title in COLUMNS.values()]
+  lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+  names = [n for n in results["optimizers"] if any(n in results["summary"][lv]["final"] for lv in levels)]
+  for name in [n for n in names if n in BASES] + [n for n in names if n not in BASES]:
+    cells = []
+    for level in levels:
+      for column in COLUMNS:
+        if name in BASES:
+          key = "final_eval_accuracy" if column == "final" else "best_eval_accuracy"
+          cells.append(_mean_std(results["summary"][level][column][name][key]))
+        else:
+          cells.append(_difference(results["paired_vs_base"][level][column][name]))
+    paired = next(results["paired_vs_base"][lv]["final"].get(name) for lv in levels)
+    label = f"`{name}` test accuracy (%)" if name in BASES else f"`{name}` − `{paired['base']}` (points)"
+    lines.append("| " + " | ".join([label, *cells]) + " |")
+  return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+  print(table())
