@@ -85,6 +85,8 @@ nitpicky = True
 # An annotation names a class where it is defined (optax._src.base.GradientTransformation), a
 # private module no project's inventory lists.
 nitpick_ignore_regex = [(r"py:class", r"(jax|jaxlib|optax|flax)\._src\..*")]
+if "numpy" not in intersphinx_mapping:  # an annotation's numpy.ndarray: a link only with numpy's inventory
+  nitpick_ignore_regex.append((r"py:class", r"numpy\..*"))
 
 
 class CodeOrLinkRole(PyXRefRole):

@@ -244,7 +244,7 @@ def second_gradient_steps(name: str, counts, rho, hyperparams: Mapping[str, Any]
   run's). An update takes it when its rho is above 0 (at rho 0 the step
   without it is the same step: ``second_gradient=False``, msam_jax.optim.sam)
   and the entry's `own_steps` pick it. What a training loop passes as
-  ``second_gradient=`` to each update (`msam_jax.training.setup`).
+  ``second_gradient=`` to each update (``msam_jax.training.setup``).
   """
   entry = get(name)
   if entry.family != "sam":
