@@ -15,6 +15,8 @@ def _mean_std(stat: dict) -> str:
 
 
 def _difference(d: dict) -> str:
+  if d["low"] is None:
+    return f"{100 * d['mean']:+.2f} ({d['n']} seed)"
   return f"{100 * d['mean']:+.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]"
 
 

@@ -19,6 +19,7 @@ sys.path.insert(0, str(ROOT / "docs"))
 
 import api_reference
 import doc_snippets
+import evidence
 
 README = (ROOT / "README.md").read_text()
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -229,26 +230,16 @@ def test_readme_links_point_at_files_that_exist():
 
 
 def test_readme_headline_numbers_are_the_committed_comparisons():
+  """Every 'x ± y' and '+a [+b, +c]' of README's evidence is in a committed results table, and the
+  evidence table is the one tests/evidence.py makes from the tuned comparison's results.json."""
   results = ROOT / "benchmarks" / "results"
-  table = (results / "compare_digits" / "table.md").read_text()  # clean labels, 30 epochs
-  noisy = (results / "compare_digits_noise" / "table.md").read_text()  # label noise, paired intervals
-  headline = " ".join(section(README, "What it is, and what it buys").split())
-  for pair in re.findall(r"\d+\.\d+ ± \d+\.\d+", headline):
-    assert pair in table or pair in noisy, f"README's {pair} is in neither comparison's table.md"
-  accuracies = [float(m) for m in re.findall(r"^\| \w+ \| [^|]+ \| (\d+\.\d+) ±", table, flags=re.M)]
-  assert f"between {min(accuracies):.2f}% and {max(accuracies):.2f}%" in headline
-  # Each paired interval is written after its optimizer's name ("MSAM +1.23 [+0.45, +2.01]", AdamW-MSAM for
-  # adamw_msam) and is that optimizer's row of the noise level the sentence names ("at label noise 0.4").
-  rows = {}  # (noise level, interval) -> optimizer
-  for level, body in re.findall(r"^### Label noise (\S+)\n(.*?)(?=^### |\Z)", noisy, flags=re.M | re.S):
-    for name, interval in re.findall(r"^\| ([\w+]+) \| [^|]+ \| [^|]+ \| ([^|]+\]) \|", body, flags=re.M):
-      rows[(level, interval.strip())] = name
-  claims = re.findall(r"label noise (\d(?:\.\d+)?)\b(.*?)(?=label noise \d|$)", headline)
-  intervals = [(level, *m) for level, text in claims for m in re.findall(r"([\w+-]+) ([+-]\d+\.\d+ \[[^]]+\])", text)]
-  assert intervals, "the Noisy labels bullet states no paired interval"
-  for level, name, interval in intervals:
-    row = rows.get((level, interval))
-    assert row == name.lower().replace("-", "_"), f"README's {name} {interval} at noise {level} is {row!r}'s row"
+  clean = (results / "compare_digits" / "table.md").read_text()  # clean labels, 30 epochs (historical)
+  tuned = evidence.table()
+  headline = section(README, "What it is, and what it buys")
+  assert tuned in headline
+  text = " ".join(headline.split())
+  for number in re.findall(r"[+-]?\d+\.\d+ ± \d+\.\d+|[+-]\d+\.\d+ \[[^]]+\]", text):
+    assert number in tuned or number in clean, f"README's {number} is in no committed table"
 
 
 # --- Every code block of README.md and docs/*.md (tests/doc_snippets.py has the rules) ---
@@ -366,11 +357,6 @@ def test_ci_builds_the_docs_warning_free_with_the_docs_extra():
 CHOOSING = (ROOT / "docs" / "choosing.md").read_text()
 
 
-def _interval(paired: dict) -> str:
-  """A paired difference as the comparisons' tables write it, in points: +1.23 [+0.45, +2.01]."""
-  return f"{100 * paired['mean']:+.2f} [{100 * paired['low']:+.2f}, {100 * paired['high']:+.2f}]"
-
-
 def test_choosing_defaults_table_is_the_registry():
   from msam_jax.optim import registry
 
@@ -388,53 +374,15 @@ def test_choosing_defaults_table_is_the_registry():
 
 
 def test_choosing_evidence_is_the_committed_comparison():
-  """The sentences marked <!-- evidence: ... --> against the results.json of the directory they name."""
-  blocks = re.findall(r"<!-- evidence: \w+ -->\n(.*?)<!-- /evidence -->", CHOOSING, flags=re.S)
-  assert len(blocks) == 2
-  for block in blocks:
-    (directory,) = set(re.findall(r"`(benchmarks/results/\w+)/`", block)) - {"benchmarks/results/compare_digits"}
-    results = json.loads((ROOT / directory / "results.json").read_text())
-    chosen = {name: point["rho"] for name, point in results["sweep"]["chosen"].items() if "rho" in point}
-    for label, rho in re.findall(r"\b((?:AdamW-)?M?SAM) rho (\d+(?:\.\d+)?)", " ".join(block.split())):
-      assert chosen[label.lower().replace("-", "_")] == float(rho), label
-    grids = re.search(r"\(from ([\d., ]+) and ([\d., ]+)\)", " ".join(block.split()))
-    if grids:
-      sweep = results["sweep"]
-      assert [float(v) for v in grids.group(1).split(", ")] == sweep["msam_rho_grid"]
-      assert [float(v) for v in grids.group(2).split(", ")] == sweep["sam_rho_grid"]
-    table = [line for line in block.splitlines() if line.startswith("| `")]
-    if not table:
-      continue
-    assert f"{results['epochs']} epochs, {len(results['seeds'])} seeds" in " ".join(block.split())
-    header = [c.strip() for c in block.split("\n| optimizer")[1].splitlines()[0].strip("|").split("|")]
-    levels = [c.removeprefix("label noise ") for c in header[2:]]
-    paired = results["paired_vs_base"]
-    for line in table:
-      name, base, *intervals = [c.strip().strip("`") for c in line.strip("|").split("|")]
-      for level, interval in zip(levels, intervals, strict=True):
-        assert paired[level][name]["base"] == base, name
-        assert interval == _interval(paired[level][name]), (name, level)
-  # The claims the evidence section's bullets make, over every optimizer of the comparison.
-  results = json.loads((ROOT / "benchmarks/results/compare_digits_noise/results.json").read_text())
-  noisiest, clean = results["paired_vs_base"]["0.4"], results["paired_vs_base"]["0"]
-  on_sgd = {n: p for n, p in noisiest.items() if p["base"] == "sgd" and n != "sgd+mesa"}
-  assert all(p["low"] > 0 for p in on_sgd.values()) and max(on_sgd, key=lambda n: on_sgd[n]["mean"]) == "msam"
-  memorised = {n: s["final_noisy_train_accuracy"]["mean"] for n, s in results["summary"]["0.4"].items()}
-  assert all(memorised[n] < memorised["sgd"] for n in on_sgd)
-  assert all(abs(p["mean"]) < 0.01 for p in clean.values()) and clean["msam"]["high"] < 0
-  others = {
-    (level, n): p for level, ps in results["paired_vs_base"].items() for n, p in ps.items() if p["base"] != "sgd"
-  }
-  assert all(p["mean"] < 0.01 for p in others.values())
-  at_noisiest = [p["low"] <= 0 for (level, _), p in others.items() if level == "0.4"]
-  assert sum(at_noisiest) > len(at_noisiest) / 2
-  earlier = json.loads((ROOT / "benchmarks/results/compare_digits/results.json").read_text())["summary"]
-  from msam_jax.optim import registry
-
-  for name in earlier:
-    if registry.get(name).family != "base":
-      eig = lambda n: earlier[n]["final_hessian_max_eigenvalue"]["mean"]
-      assert eig(name) < eig(registry.get(name).base), name
+  """The choosing page's evidence: the same table as README's, and the rho it says was chosen."""
+  assert evidence.table() in CHOOSING
+  results = json.loads((evidence.TUNED / "results.json").read_text())
+  block = " ".join(re.search(r"<!-- evidence: rho -->(.*?)<!-- /evidence -->", CHOOSING, flags=re.S).group(1).split())
+  claims = re.findall(r"(\w+) rho (\d+(?:\.\d+)?) at noise (\d(?:\.\d+)?) \((final|early-stopped)\)", block)
+  assert claims
+  for name, rho, level, column in claims:
+    chosen = results["sweep"]["chosen"][level][name]["final" if column == "final" else "early_stopped"]
+    assert chosen["rho"] == float(rho), (name, level, column)
 
 
 def test_choosing_commands_use_real_configs_and_fields():
