@@ -20,16 +20,34 @@ def _difference(d: dict) -> str:
   return f"{100 * d['mean']:+.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]"
 
 
+def complete_levels(results: dict) -> list[str]:
+  """The noise levels at which every optimizer has every seed in both columns (a comparison stopped
+  early reports only those)."""
+  seeds = len(results["seeds"])
+  return [
+    level
+    for level, summary in results["summary"].items()
+    if summary
+    and all(
+      stats["final_eval_accuracy"]["n"] == seeds and stats["best_eval_accuracy"]["n"] == seeds
+      for column in summary.values()
+      for name, stats in column.items()
+      if not name.endswith(" EMA")  # MESA's EMA model: the final column only
+    )
+  ]
+
+
 def table(results: dict | None = None) -> str:
   """Test accuracy of each base and each optimizer's paired difference to its base, per noise level
   and column: final model (chosen on the final validation accuracy) and early-stopped (the best
   model on validation, chosen on the best validation accuracy)."""
   if results is None:
     results = json.loads((TUNED / "results.json").read_text())
-  levels = [level for level in results["summary"] if results["summary"][level]]
+  levels = complete_levels(results)
   header = ["optimizer"] + [f"noise {level}: {title}" for level in levels for title in COLUMNS.values()]
   lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
-  names = [n for n in results["optimizers"] if any(n in results["summary"][lv]["final"] for lv in levels)]
+  listed = [x for n in results["optimizers"] for x in (n, n + " EMA")]  # MESA's EMA model after its run
+  names = [n for n in listed if any(n in results["summary"][lv]["final"] for lv in levels)]
   for name in [n for n in names if n in BASES] + [n for n in names if n not in BASES]:
     cells = []
     for level in levels:
@@ -38,9 +56,10 @@ def table(results: dict | None = None) -> str:
           key = "final_eval_accuracy" if column == "final" else "best_eval_accuracy"
           cells.append(_mean_std(results["summary"][level][column][name][key]))
         else:
-          cells.append(_difference(results["paired_vs_base"][level][column][name]))
-    paired = next(results["paired_vs_base"][lv]["final"].get(name) for lv in levels)
-    label = f"`{name}` test accuracy (%)" if name in BASES else f"`{name}` − `{paired['base']}` (points)"
+          paired = results["paired_vs_base"][level][column].get(name)
+          cells.append("–" if paired is None else _difference(paired))
+    base = None if name in BASES else results["paired_vs_base"][levels[0]]["final"][name]["base"]
+    label = f"`{name}` test accuracy (%)" if base is None else f"`{name}` − `{base}` (points)"
     lines.append("| " + " | ".join([label, *cells]) + " |")
   return "\n".join(lines) + "\n"
 
