@@ -21,20 +21,15 @@ def _difference(d: dict) -> str:
 
 
 def complete_levels(results: dict) -> list[str]:
-  """The noise levels at which every optimizer has every seed in both columns (a comparison stopped
-  early reports only those)."""
-  seeds = len(results["seeds"])
-  return [
-    level
-    for level, summary in results["summary"].items()
-    if summary
-    and all(
-      stats["final_eval_accuracy"]["n"] == seeds and stats["best_eval_accuracy"]["n"] == seeds
-      for column in summary.values()
-      for name, stats in column.items()
-      if not name.endswith(" EMA")  # MESA's EMA model: the final column only
-    )
-  ]
+  """The noise levels at which every optimizer of the comparison has every seed in both columns (a
+  comparison stopped early reports only those)."""
+
+  def complete(summary: dict, name: str) -> bool:
+    f, e = summary["final"].get(name), summary["early_stopped"].get(name)
+    n = len(results["seeds"])
+    return bool(f and e) and f["final_eval_accuracy"]["n"] == n and e["best_eval_accuracy"]["n"] == n
+
+  return [level for level, s in results["summary"].items() if all(complete(s, n) for n in results["optimizers"])]
 
 
 def table(results: dict | None = None) -> str:
