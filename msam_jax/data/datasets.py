@@ -28,8 +28,11 @@ class DatasetInfo:
 
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagenet2012", "synthetic")  # the names config.dataset accepts
-# Datasets held in memory: a validation subset can be carved from their training split.
+# Datasets held in memory: their training split can be evaluated as trained.
 IN_MEMORY = ("digits", "cifar10", "cifar100")
+# Datasets with a validation subset (`validation_fraction`): carved from the training split of
+# those in memory, drawn from its own stream for synthetic.
+WITH_VALIDATION = (*IN_MEMORY, "synthetic")
 
 DEFAULT_IMAGENET_SIZE = 224
 
@@ -57,14 +60,14 @@ def dataset_info(
   """The `DatasetInfo` of `name`; `image_size` (square side) only for imagenet2012.
 
   `synthetic` (a `synthetic.Spec`, default `Spec()`) describes the synthetic dataset.
-  `validation_fraction` (digits and CIFAR only) moves that share of the
+  `validation_fraction` (digits, CIFAR and synthetic) moves that share of the
   training split into `num_validation`.
   """
   check_name(name)
   validation_split.check(validation_fraction)
-  if validation_fraction and name not in IN_MEMORY:
+  if validation_fraction and name not in WITH_VALIDATION:
     raise ValueError(
-      f"validation_fraction={validation_fraction!r} is available for {', '.join(IN_MEMORY)} only, not {name};"
+      f"validation_fraction={validation_fraction!r} is available for {', '.join(WITH_VALIDATION)} only, not {name};"
       " set it to 0."
     )
   info = _dataset_info(name, image_size, synthetic)

@@ -43,7 +43,14 @@ import tensorflow_datasets as tfds
 from msam_jax import validation
 from msam_jax.data import augment, cifar, digits, imagenet, label_noise, validation_split
 from msam_jax.data import synthetic as synthetic_data
-from msam_jax.data.datasets import IN_MEMORY, check_batch_size, dataset_info, tfds_reader_identity
+from msam_jax.data.datasets import (
+  DATASETS,
+  IN_MEMORY,
+  WITH_VALIDATION,
+  check_batch_size,
+  dataset_info,
+  tfds_reader_identity,
+)
 
 Batch = dict[str, np.ndarray]
 
@@ -167,7 +174,8 @@ def realised_noise_fraction(
     return None
   if name == "synthetic":
     spec = synthetic or synthetic_data.Spec()
-    positions = np.arange(spec.num_train // global_batch_size * global_batch_size)
+    num_train = spec.num_train - validation_split.size(spec.num_train, labels.validation_fraction)
+    positions = np.arange(num_train // global_batch_size * global_batch_size)
     clean = np.zeros(len(positions), np.int32)  # the flip does not depend on the label
     noisy = label_noise.corrupt(
       clean, positions, num_classes=spec.num_classes, rate=labels.label_noise, seed=labels.label_noise_seed
@@ -433,9 +441,9 @@ def eval_iterator(
   """Every example of `split` once: {"image", "label", "mask": bool [b]}, padding masked out.
 
   `split`: "test"; "validation", the subset `labels.validation_fraction` holds
-  out (clean labels); "train", the examples that train, with their training
-  labels (noisy under `labels.label_noise`: the accuracy there measures
-  memorisation), without augmentation. The last two for digits and CIFAR only.
+  out (clean labels; digits, CIFAR and synthetic); "train", the examples that train,
+  with their training labels (noisy under `labels.label_noise`: the accuracy there
+  measures memorisation), without augmentation (digits and CIFAR).
   All processes yield the same number of batches (needed for multi-host jit).
   """
   validation.one_of("split", split, SPLITS)
@@ -443,8 +451,9 @@ def eval_iterator(
   shard = shard_for(
     global_batch_size, process_index=process_index, process_count=process_count, num_devices=num_devices
   )
-  if split != "test" and name not in IN_MEMORY:
-    raise ValueError(f"split={split!r} is available for {', '.join(IN_MEMORY)} only, not {name}.")
+  available = {"test": DATASETS, "validation": WITH_VALIDATION, "train": IN_MEMORY}[split]
+  if name not in available:
+    raise ValueError(f"split={split!r} is available for {', '.join(available)} only, not {name}.")
   if split == "validation" and not info.num_validation:
     raise ValueError("split='validation' needs labels.validation_fraction > 0 (config.validation_fraction).")
   if name == "synthetic":
@@ -453,6 +462,8 @@ def eval_iterator(
       global_batch=shard.global_batch,
       offset=shard.offset,
       local_batch=shard.local_batch,
+      split=split,
+      num_validation=info.num_validation,
     )
   if name == "imagenet2012":
     ds = _imagenet_eval(shard, data_dir, info.image_shape[0])

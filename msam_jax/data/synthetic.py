@@ -4,7 +4,10 @@ For timing the whole training loop (input, step, logging) without a prepared
 dataset, and for tests. Example `r` of training step `n` is drawn from its own
 generator keyed by (seed, n, r), so a global batch depends only on the seed
 and the step (not on the number of processes), and `start_step` is free.
-Test example `j` is keyed by j alone: one fixed test set for every seed.
+Test example `j` is keyed by j alone: one fixed test set for every seed; a
+validation set (`validation_fraction` of `num_train`, clean labels) is fixed the
+same way from its own stream, and shortens the epoch by its size as the held-out
+subset of digits or CIFAR does.
 
 With `label_noise` a training label is corrupted as label_noise.py says, keyed by
 the example's stream position (step * global batch + row).
@@ -27,7 +30,7 @@ import numpy as np
 from msam_jax import validation
 from msam_jax.data import label_noise as label_noise_lib
 
-_TRAIN_STREAM, _TEST_STREAM, _PATTERN_STREAM, _NOISE_STREAM = 0, 1, 2, 3
+_TRAIN_STREAM, _TEST_STREAM, _PATTERN_STREAM, _NOISE_STREAM, _VALIDATION_STREAM = 0, 1, 2, 3, 4
 NOISE_POOL = 128
 _PATTERN_GRID = 4
 PATTERN_SCALE = 0.5  # class signal relative to unit noise
@@ -120,15 +123,17 @@ def train_batches(
     step += 1
 
 
-def eval_batches(spec: Spec, *, global_batch: int, offset: int, local_batch: int) -> Iterator[dict[str, np.ndarray]]:
-  """The test set once, padded like the other pipelines: zero images, `mask` False."""
+def eval_batches(
+  spec: Spec, *, global_batch: int, offset: int, local_batch: int, split: str = "test", num_validation: int = 0
+) -> Iterator[dict[str, np.ndarray]]:
+  """The test set (or, `split="validation"`, the `num_validation` validation examples) once,
+  padded like the other pipelines: zero images, `mask` False."""
+  stream, count = (_TEST_STREAM, spec.num_test) if split == "test" else (_VALIDATION_STREAM, num_validation)
   profiles, noise = _profiles(spec), _noise_pool(spec)
-  for b in range(math.ceil(spec.num_test / global_batch)):
+  for b in range(math.ceil(count / global_batch)):
     slots = b * global_batch + offset + np.arange(local_batch)
-    real = slots < spec.num_test
-    images, labels = _examples(
-      spec, profiles, noise, [[_TEST_STREAM, int(j)] for j in np.minimum(slots, spec.num_test - 1)]
-    )
+    real = slots < count
+    images, labels = _examples(spec, profiles, noise, [[stream, int(j)] for j in np.minimum(slots, count - 1)])
     images[~real] = 0.0
     labels[~real] = 0
     yield {"image": images, "label": labels, "mask": real}

@@ -47,14 +47,20 @@ def base_config() -> ml_collections.ConfigDict:
   c.label_noise = 0.0
   c.label_noise_seed = 0  # which examples are corrupted, and into which class
   # A fixed, stratified subset of the training split, in [0, 1), held out with clean labels and
-  # evaluated beside the test split (msam_jax/data/validation_split.py); digits and CIFAR only.
+  # evaluated beside the test split (msam_jax/data/validation_split.py); digits, CIFAR, synthetic.
   c.validation_fraction = 0.0
   # Also evaluate the training split as trained (noisy labels, no augmentation): the accuracy
   # there is memorisation. Always on when label_noise > 0 (digits and CIFAR only).
   c.eval_train_split = False
   # dataset="synthetic": generated batches, nothing on disk (msam_jax/data/synthetic.py).
+  # image_shape None: (image_size, image_size, 3) where image_size is set, else (32, 32, 3).
   c.synthetic = ml_collections.ConfigDict(
-    {"image_shape": (32, 32, 3), "num_classes": 10, "num_train": 50_000, "num_test": 1_000}
+    {
+      "image_shape": ml_collections.FieldReference(None, field_type=tuple),
+      "num_classes": 10,
+      "num_train": 50_000,
+      "num_test": 1_000,
+    }
   )
 
   # Model: `msam_jax.models.build(model, num_classes, **model_kwargs)`.
@@ -303,6 +309,8 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   given = dict(resolved.model_kwargs) if resolved.model_kwargs is not None else {}
   set_model(resolved, resolved.model, **given)
   set_optimizer(resolved, resolved.optimizer, **_optimizer_kwargs(resolved))
+  if resolved.dataset == "synthetic" and resolved.synthetic.image_shape is None:
+    resolved.synthetic.image_shape = _synthetic_image_shape(resolved)  # recorded as it runs
   return resolved
 
 
@@ -495,10 +503,24 @@ def _validate_optimizer_kwargs(config: ml_collections.ConfigDict) -> None:
 
 
 def synthetic_spec(config: ml_collections.ConfigDict):
-  """The synthetic dataset's description (None unless config.dataset is "synthetic")."""
+  """The synthetic dataset's description (None unless config.dataset is "synthetic").
+
+  Its image shape follows `config.image_size` unless `config.synthetic.image_shape` is set,
+  so a config written for ImageNet's sizes runs on synthetic data as it is.
+  """
   from msam_jax import data
 
-  return data.synthetic.Spec(**config.synthetic) if config.dataset == "synthetic" else None
+  if config.dataset != "synthetic":
+    return None
+  fields = dict(config.synthetic)
+  if fields.get("image_shape") is None:
+    fields["image_shape"] = _synthetic_image_shape(config)
+  return data.synthetic.Spec(**fields)
+
+
+def _synthetic_image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
+  size = config.image_size
+  return (size, size, 3) if size is not None else (32, 32, 3)
 
 
 def training_labels(config: ml_collections.ConfigDict):
@@ -560,17 +582,19 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, process_cou
       )
   if config.dataset == "synthetic":
     try:
-      spec = data.synthetic.Spec(**config.synthetic)
+      spec = synthetic_spec(config)
     except (TypeError, ValueError) as e:
       raise ConfigError(f"config.synthetic: {e}") from None
     _check_synthetic_fits_the_model(config, spec)
-  if config.dataset not in data.datasets.IN_MEMORY:
-    for field in ("validation_fraction", "eval_train_split"):
-      if config[field]:
-        raise ConfigError(
-          f"config.{field}={config[field]!r} is available for {', '.join(data.datasets.IN_MEMORY)} only, not"
-          f" {config.dataset}; set --config.{field}={0.0 if field == 'validation_fraction' else False}."
-        )
+  for field, datasets, off in (
+    ("validation_fraction", data.datasets.WITH_VALIDATION, 0.0),
+    ("eval_train_split", data.datasets.IN_MEMORY, False),
+  ):
+    if config[field] and config.dataset not in datasets:
+      raise ConfigError(
+        f"config.{field}={config[field]!r} is available for {', '.join(datasets)} only, not"
+        f" {config.dataset}; set --config.{field}={off}."
+      )
   try:
     info = data.dataset_info(
       config.dataset,

@@ -135,10 +135,14 @@ def upgraded_record(recorded: dict) -> dict:
 def differing_fields(recorded: dict, current: dict) -> list[str]:
   """The flattened fields whose values differ, except those that may change on resume."""
   old, new = _flatten(recorded), _flatten(current)
+  # The synthetic dataset's description means nothing to a run on another dataset.
+  unused = () if "synthetic" in (old.get("dataset"), new.get("dataset")) else ("synthetic.",)
   return [
     k
     for k in sorted(set(old) | set(new))
-    if k not in config_lib.RESUMABLE_FIELDS and old.get(k, "<absent>") != new.get(k, "<absent>")
+    if k not in config_lib.RESUMABLE_FIELDS
+    and not k.startswith(unused)
+    and old.get(k, "<absent>") != new.get(k, "<absent>")
   ]
 
 

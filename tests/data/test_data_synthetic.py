@@ -69,6 +69,26 @@ def test_eval_visits_the_test_set_once_with_padding():
   np.testing.assert_array_equal(again["image"], batches[0]["image"])
 
 
+def test_validation_split_is_fixed_held_out_and_clean():
+  labels = data.TrainingLabels(label_noise=0.5, validation_fraction=0.25)
+  info = data.dataset_info("synthetic", synthetic=SPEC, validation_fraction=0.25)
+  assert (info.num_train, info.num_validation) == (30, 10)  # the epoch shrinks by the held-out share
+  kwargs = dict(global_batch_size=4, num_devices=1, process_count=1, process_index=0, synthetic=SPEC, labels=labels)
+  batches = list(data.eval_iterator("synthetic", split="validation", **kwargs))
+  masks = np.concatenate([b["mask"] for b in batches])
+  assert len(batches) == 3 and masks.sum() == 10 and not masks[-1]
+  other_process = list(data.eval_iterator("synthetic", split="validation", **{**kwargs, "num_devices": 2}))
+  np.testing.assert_array_equal(other_process[0]["image"], batches[0]["image"])  # fixed, not per-seed or layout
+  test = next(data.eval_iterator("synthetic", split="test", **kwargs))
+  assert not np.array_equal(test["image"], batches[0]["image"])  # its own examples
+  spec = data.synthetic
+  profiles, noise = spec._profiles(SPEC), spec._noise_pool(SPEC)
+  clean = spec._examples(SPEC, profiles, noise, [[spec._VALIDATION_STREAM, j] for j in range(4)])[1]
+  np.testing.assert_array_equal(batches[0]["label"], clean)  # label noise changes training labels only
+  with pytest.raises(ValueError, match="split='train' is available for digits, cifar10, cifar100 only"):
+    data.eval_iterator("synthetic", split="train", **kwargs)
+
+
 def test_classes_are_learnable_from_their_pattern():
   """Nearest class mean over the noise classifies far above chance (1/3)."""
   big = Spec(image_shape=(8, 8, 3), num_classes=3, num_train=512, num_test=10)

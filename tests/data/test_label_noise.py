@@ -197,5 +197,5 @@ def test_imagenet_noise_is_keyed_by_file_name_for_two_processes(fake_imagenet):
     epoch.append(_labels_of(itertools.islice(it, 6)))  # 6 steps of 5 examples: this process's 30
   np.testing.assert_array_equal(np.sort(np.concatenate(epoch)), want)
   assert data.realised_noise_fraction("imagenet2012", labels) is None  # not counted: a pass over the split
-  with pytest.raises(ValueError, match="validation_fraction=0.1 is available for digits, cifar10, cifar100 only"):
+  with pytest.raises(ValueError, match="validation_fraction=0.1 is available for digits, cifar10, cifar100, synthetic"):
     data.dataset_info("imagenet2012", validation_fraction=0.1)

@@ -96,6 +96,7 @@ CASES = [
       "--config",
       os.path.join(REPO, "configs", "imagenet_vit.py"),
       "--config.dataset=synthetic",
+      "--config.synthetic.image_shape=(32, 32, 3)",
       "--config.num_train_steps=2",
       "--workdir",
       "{tmp}/run",

@@ -13,7 +13,7 @@ from helpers import final_checkpoint, load_config
 
 TINY_SYNTHETIC = dict(
   dataset="synthetic",
-  validation_fraction=0.0,  # digits holds one out; synthetic data has none
+  validation_fraction=0.0,  # these tests need no validation split
   model="cnn",
   model_kwargs={"width": 8},
   batch_size=16,
@@ -50,14 +50,15 @@ def test_bad_synthetic_shape_is_a_config_error(tmp_path, one_device_mesh):
 
 
 def test_synthetic_images_must_fit_a_model_built_for_one_image_size(tmp_path, one_device_mesh):
-  """ViT is built for config.image_size; ResNet takes any size, so its config's 224 does not matter."""
+  """ViT is built for config.image_size, which synthetic images follow unless a shape is set by hand."""
   vit = load_config("imagenet_vit", dataset="synthetic")
+  training.validate(training.resolve(vit), num_devices=1)  # 224x224x3, as the model
+  vit.synthetic.image_shape = (32, 32, 3)
   with pytest.raises(training.ConfigError, match=r"^config.image_size=224 \(vit takes 224x224 images\)[^\n]*32x32"):
     training.train_and_evaluate(vit, str(tmp_path / "vit"), mesh=one_device_mesh)
   assert not (tmp_path / "vit").exists()
-  vit.synthetic.image_shape = (224, 224, 3)
-  training.validate(training.resolve(vit), num_devices=1)
-  training.validate(training.resolve(load_config("imagenet_resnet50", dataset="synthetic")), num_devices=1)
+  resnet = load_config("imagenet_resnet50", dataset="synthetic", **{"synthetic.image_shape": (32, 32, 3)})
+  training.validate(training.resolve(resnet), num_devices=1)  # a ResNet takes any size
 
 
 @pytest.mark.slow  # the training loop end to end

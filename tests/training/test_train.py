@@ -17,7 +17,7 @@ from msam_jax.training import loop, setup, steps
 from msam_jax.training.config import OPTIMIZERS
 from msam_jax.training.mesh import create_mesh
 
-from helpers import everyday, final_checkpoint, iter_eqns, load_config, tree_arrays
+from helpers import REPO, everyday, final_checkpoint, iter_eqns, load_config, tree_arrays
 
 
 @pytest.mark.slow
@@ -264,14 +264,38 @@ def test_imagenet_configs_run_two_steps_on_mock_data(tmp_path, one_device_mesh, 
   assert "final_eval_accuracy_top5" in results
 
 
+def test_train_split_evaluation_needs_an_in_memory_dataset():
+  config = load_config("digits", dataset="synthetic", eval_train_split=True)
+  with pytest.raises(training.ConfigError, match="config.eval_train_split=True is available for digits, cifar10"):
+    training.validate(config, num_devices=1)
+  noisy = load_config("digits", dataset="synthetic", label_noise=0.3)
+  training.validate(noisy, num_devices=1)  # noise is fine; the training split is then not evaluated
+
+
+@pytest.mark.parametrize("name", sorted(f[:-3] for f in os.listdir(os.path.join(REPO, "configs")) if f.endswith(".py")))
+def test_every_config_runs_on_synthetic_data(name, one_device_mesh):
+  """`--config.dataset=synthetic` on any shipped config: its validation split and image size carry over."""
+  config = load_config(name, dataset="synthetic")
+  s = setup.build(config, one_device_mesh)  # validates; compiles nothing
+  size = config.image_size or 32
+  assert s.info.image_shape == (size, size, 3)
+  assert s.info.num_validation == round(config.validation_fraction * 50_000)
+
+
 @pytest.mark.slow
-def test_validation_and_train_split_evaluation_need_an_in_memory_dataset():
-  for field, value in (("validation_fraction", 0.1), ("eval_train_split", True)):
-    config = load_config("digits", dataset="synthetic", **{"validation_fraction": 0.0, field: value})
-    with pytest.raises(training.ConfigError, match=f"config.{field}={value!r} is available for digits, cifar10"):
-      training.validate(config, num_devices=1)
-  noisy = load_config("digits", dataset="synthetic", validation_fraction=0.0, label_noise=0.3)
-  training.validate(noisy, num_devices=1)  # noise is fine
+def test_digits_config_on_synthetic_data_evaluates_its_validation_split(tmp_path, one_device_mesh):
+  config = load_config(
+    "digits",
+    dataset="synthetic",
+    num_train_steps=2,
+    eval_every_epochs=1,
+    bn_recompute_batches=1,
+    **{"synthetic.num_train": 640, "synthetic.num_test": 64},
+  )
+  results = training.train_and_evaluate(config, str(tmp_path), mesh=one_device_mesh)
+  assert results["steps"] == 2
+  assert np.isfinite(results["final_validation_loss"]) and 0 <= results["final_validation_accuracy"] <= 1
+  assert results["best_step"] == 2  # the best model is kept on the synthetic validation split
 
 
 @pytest.mark.slow
