@@ -22,7 +22,7 @@ import optax
 
 from msam_jax import validation
 from msam_jax.optim.numerics import global_norm, wide_dtype
-from msam_jax.optim.sam import ascent_perturbation, perturb, sam_variant
+from msam_jax.optim.sam import ascent_perturbation, directional_variant, perturb
 
 Mask = Union[Any, Callable[[optax.Params], Any], None]
 
@@ -141,4 +141,4 @@ def asam(
 
     return direction
 
-  return sam_variant("asam", base, rho, group_size, direction_at, axis_name)
+  return directional_variant("asam", base, rho, group_size, direction_at, axis_name)

@@ -5,25 +5,14 @@ for Improved Training of Neural Networks", ICLR 2022 (arXiv:2110.03141).
 """
 
 import math
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from msam_jax import validation
-from msam_jax.optim.numerics import value_at
-from msam_jax.optim.sam import (
-  UPDATE_CALL,
-  LossFn,
-  ascent_perturbation,
-  base_update,
-  check_base,
-  check_second_gradient,
-  mean_loss_grad,
-  perturb,
-  refuse_multi_steps,
-)
+from msam_jax.optim.sam import ascent_perturbation, mean_loss_grad, perturb, sam_variant
 
 KEEP_ALL_GAMMA = 0.99  # the original keeps the whole batch from this gamma on
 
@@ -122,45 +111,29 @@ def esam(
     >>> round(float(updates["w"]), 4)  # -lr * grad at w + rho, on the 2 sharpest examples (x = 3, 4)
     -0.2625
   """
-  check_base(base)
-  validation.non_negative("rho", rho)
   validation.in_interval("beta", beta, 0.0, 1.0, low_closed=False, high_closed=True)
   validation.in_interval("gamma", gamma, 0.0, 1.0, low_closed=False, high_closed=True)
 
-  def init_fn(params):
-    return EsamState(count=jnp.zeros([], jnp.int32), key=jax.random.PRNGKey(seed), base_state=base.init(params))
+  def second_pass(inputs):
+    grads, params, loss_fn = inputs.grads, inputs.params, inputs.loss_fn
+    key, draw = jax.random.split(inputs.state.key)
+    num_tensors = len(jax.tree.leaves(grads))
+    participating = list(jax.random.uniform(draw, (num_tensors,)) < beta)
+    perturbed = perturb(params, ascent_perturbation(grads, inputs.radius, participating))
+    g = _static_gamma(gamma)
+    if g >= KEEP_ALL_GAMMA:
+      return mean_loss_grad(loss_fn, perturbed), {"key": key}
+    before = loss_fn(params) if inputs.losses is None else inputs.losses
+    sharpness = jax.lax.stop_gradient(loss_fn(perturbed) - before)
+    _, kept = jax.lax.top_k(sharpness, _kept_examples(g, sharpness.shape[0]))
+    return mean_loss_grad(loss_fn, perturbed, jnp.sort(kept)), {"key": key}
 
-  def update_fn(
-    grads,
-    state,
-    params=None,
-    *,
-    loss_fn: LossFn,
-    losses: Optional[jax.Array] = None,
-    second_gradient: Optional[bool] = None,
-    **extra,
-  ):
-    validation.require_params(params, "esam", UPDATE_CALL)
-    check_second_gradient(second_gradient)
-    refuse_multi_steps("esam")
-    key, draw = jax.random.split(state.key)
+  def base_step(inputs):  # second_gradient=False (docstring): the tensor draw still advances
+    key, _ = jax.random.split(inputs.state.key)
+    return inputs.grads, {"key": key}
 
-    def second_pass():
-      num_tensors = len(jax.tree.leaves(grads))
-      participating = list(jax.random.uniform(draw, (num_tensors,)) < beta)
-      e = ascent_perturbation(grads, value_at(rho, state.count), participating)
-      perturbed = perturb(params, e)
-      g = _static_gamma(gamma)
-      if g >= KEEP_ALL_GAMMA:
-        return mean_loss_grad(loss_fn, perturbed)
-      before = loss_fn(params) if losses is None else losses
-      sharpness = jax.lax.stop_gradient(loss_fn(perturbed) - before)
-      k = _kept_examples(g, sharpness.shape[0])
-      _, kept = jax.lax.top_k(sharpness, k)
-      return mean_loss_grad(loss_fn, perturbed, jnp.sort(kept))
+  def init_fields(params):
+    del params
+    return {"key": jax.random.PRNGKey(seed)}
 
-    g2 = grads if second_gradient is False else second_pass()  # False: the base step (docstring)
-    updates, base_state = base_update(base, g2, state.base_state, params, extra)
-    return updates, EsamState(count=optax.safe_increment(state.count), key=key, base_state=base_state)
-
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return sam_variant("esam", base, rho, second_pass, base_step, state_type=EsamState, init_fields=init_fields)

@@ -15,7 +15,7 @@ import optax
 
 from msam_jax import validation
 from msam_jax.optim.numerics import global_norm, vdot, wide_dtype
-from msam_jax.optim.sam import ascent_perturbation, perturb, sam_variant
+from msam_jax.optim.sam import ascent_perturbation, directional_variant, perturb
 
 
 def _unit(tree, dtype):
@@ -108,4 +108,4 @@ def gsam(
 
     return direction
 
-  return sam_variant("gsam", base, rho, group_size, direction_at, axis_name)
+  return directional_variant("gsam", base, rho, group_size, direction_at, axis_name)

@@ -4,26 +4,15 @@ Liu, Mai, Chen, Hsieh & You, "Towards Efficient and Scalable Sharpness-Aware
 Minimization", CVPR 2022 (arXiv:2203.02714).
 """
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from msam_jax import validation
-from msam_jax.optim.numerics import NORM_EPS, global_norm, value_at, vdot
-from msam_jax.optim.sam import (
-  UPDATE_CALL,
-  GradFn,
-  LossFn,
-  ascent_perturbation,
-  base_update,
-  check_base,
-  check_second_gradient,
-  mean_loss_grad,
-  perturb,
-  refuse_multi_steps,
-)
+from msam_jax.optim.numerics import NORM_EPS, global_norm, vdot
+from msam_jax.optim.sam import ascent_perturbation, mean_loss_grad, perturb, sam_variant
 
 
 def looksam_sam_step(count, rho, k: int):
@@ -92,56 +81,40 @@ def looksam(
     >>> int(state.count), [round(float(w), 3) for w in optax.apply_updates(params, updates)["w"]]
     (1, [2.394, 3.192])
   """
-  check_base(base)
-  validation.non_negative("rho", rho)
   validation.integer("k", k, static=False)
   validation.non_negative("alpha", alpha)
 
-  def init_fn(params):
-    return LookSamState(
-      count=jnp.zeros([], jnp.int32), orthogonal_direction=optax.tree.zeros_like(params), base_state=base.init(params)
-    )
+  def takes_second(inputs):
+    return looksam_sam_step(inputs.state.count, inputs.radius, k)
 
-  def update_fn(
-    grads,
-    state,
-    params=None,
-    *,
-    loss_fn: LossFn,
-    losses: Optional[jax.Array] = None,
-    grad_fn: Optional[GradFn] = None,
-    second_gradient: Optional[bool] = None,
-    **extra,
-  ):
-    del losses
-    validation.require_params(params, "looksam", UPDATE_CALL)
-    check_second_gradient(second_gradient)
-    refuse_multi_steps("looksam")
-    rho_now = value_at(rho, state.count)
+  def sam_step(inputs):
+    grads = inputs.grads
     grad_norm = global_norm(grads)
+    e = ascent_perturbation(grads, inputs.radius, norm=grad_norm)
+    g2 = mean_loss_grad(inputs.loss_fn, perturb(inputs.params, e), grad_fn=inputs.grad_fn)
+    along = vdot(g2, grads) / (grad_norm**2 + NORM_EPS)
+    gv = jax.tree.map(lambda a, b: a - along * b, g2, grads)
+    gv_norm = global_norm(gv)
+    inv = jnp.where(gv_norm > 0, 1 / jnp.where(gv_norm > 0, gv_norm, 1), 0)
+    gv = jax.tree.map(lambda x, o: (inv * x).astype(o.dtype), gv, inputs.state.orthogonal_direction)
+    return optax.tree.cast_like(g2, grads), {"orthogonal_direction": gv}
 
-    def sam_step(_):
-      e = ascent_perturbation(grads, rho_now, norm=grad_norm)
-      g2 = mean_loss_grad(loss_fn, perturb(params, e), grad_fn=grad_fn)
-      along = vdot(g2, grads) / (grad_norm**2 + NORM_EPS)
-      gv = jax.tree.map(lambda a, b: a - along * b, g2, grads)
-      gv_norm = global_norm(gv)
-      inv = jnp.where(gv_norm > 0, 1 / jnp.where(gv_norm > 0, gv_norm, 1), 0)
-      gv = jax.tree.map(lambda x, o: (inv * x).astype(o.dtype), gv, state.orthogonal_direction)
-      return optax.tree.cast_like(g2, grads), gv
+  def reuse_step(inputs):
+    gv = inputs.state.orthogonal_direction
+    scale = alpha * global_norm(inputs.grads)
+    g = jax.tree.map(lambda a, b: (a + scale * b).astype(a.dtype), inputs.grads, gv)
+    return g, {"orthogonal_direction": gv}
 
-    def reuse_step(_):
-      scale = alpha * grad_norm
-      g = jax.tree.map(lambda a, b: (a + scale * b).astype(a.dtype), grads, state.orthogonal_direction)
-      return g, state.orthogonal_direction
+  def init_fields(params):
+    return {"orthogonal_direction": optax.tree.zeros_like(params)}
 
-    if second_gradient is None:
-      step_grads, gv = jax.lax.cond(looksam_sam_step(state.count, rho_now, k), sam_step, reuse_step, None)
-    else:
-      step_grads, gv = (sam_step if second_gradient else reuse_step)(None)
-    updates, base_state = base_update(base, step_grads, state.base_state, params, extra)
-    return updates, LookSamState(
-      count=optax.safe_increment(state.count), orthogonal_direction=gv, base_state=base_state
-    )
-
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return sam_variant(
+    "looksam",
+    base,
+    rho,
+    sam_step,
+    reuse_step,
+    takes_second=takes_second,
+    state_type=LookSamState,
+    init_fields=init_fields,
+  )

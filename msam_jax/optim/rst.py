@@ -7,25 +7,11 @@ Computational Efficiency in Deep Learning", arXiv:2203.09962 (2022).
 from typing import NamedTuple, Optional
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from msam_jax import validation
 from msam_jax.optim.numerics import value_at
-from msam_jax.optim.sam import (
-  UPDATE_CALL,
-  GradFn,
-  LossFn,
-  _device_local,
-  _sam_family_gradient,
-  ascent_perturbation,
-  base_update,
-  check_base,
-  check_second_gradient,
-  mean_loss_grad,
-  perturb,
-  refuse_multi_steps,
-)
+from msam_jax.optim.sam import grouped_gradient, sam_direction_at, sam_variant
 
 
 class RstState(NamedTuple):
@@ -105,60 +91,18 @@ def rst(
     >>> int(state.count)
     1
   """
-  check_base(base)
-  validation.non_negative("rho", rho)
   validation.in_interval("p", p, 0.0, 1.0, low_closed=True, high_closed=True)
   validation.integer("seed", seed, low=0, static=False)
-  validation.integer("group_size", group_size, optional=True)
-  if axis_name is not None and not isinstance(axis_name, str):
-    validation.fail("axis_name", axis_name, "None or the name of a mapped axis (a str)")
-
   fixed = None if callable(p) else validation.concrete_value(p)
   always = {0.0: False, 1.0: True}.get(fixed)  # SAM on every step (True), on none (False), or drawn (None)
 
-  def init_fn(params):
-    return RstState(count=jnp.zeros([], jnp.int32), base_state=base.init(params))
+  def takes_second(inputs):  # p the constant 0 or 1: no branch, the same computation as `base` or `sam`
+    return rst_coin(inputs.state.count, p, seed) if always is None else always
 
-  def update_fn(
-    grads,
-    state,
-    params=None,
-    *,
-    loss_fn: LossFn,
-    losses: Optional[jax.Array] = None,
-    grad_fn: Optional[GradFn] = None,
-    second_gradient: Optional[bool] = None,
-    **extra,
-  ):
-    del losses
-    validation.require_params(params, "rst", UPDATE_CALL)
-    check_second_gradient(second_gradient)
-    refuse_multi_steps("rst")
-    radius = value_at(rho, state.count)
-    local = params if axis_name is None else _device_local(params, axis_name)
+  sam_gradient = grouped_gradient(sam_direction_at, group_size)
 
-    def direction(g1, point, grad_at):
-      return grad_at(perturb(point, ascent_perturbation(g1, radius)))
+  def sam_step(inputs):
+    g, own = sam_gradient(inputs)
+    return optax.tree.cast_like(g, inputs.params), own  # gradients have the params' dtypes
 
-    def first_pass():
-      return mean_loss_grad(loss_fn, local, grad_fn=grad_fn) if grads is None else grads
-
-    def sam_step(_):
-      g = _sam_family_gradient(direction, grads, local, loss_fn, group_size, grad_fn)
-      return optax.tree.cast_like(g, params)  # gradients have the params' dtypes
-
-    def base_step(_):
-      return first_pass()
-
-    if second_gradient is not None:  # decided by the caller (on the host)
-      g = sam_step(None) if second_gradient else base_step(None)
-    elif always is None:
-      g = jax.lax.cond(rst_coin(state.count, p, seed), sam_step, base_step, None)
-    else:  # p is the constant 0 or 1: no branch, the same computation as `base` or `sam`
-      g = sam_step(None) if always else base_step(None)
-    if axis_name is not None:
-      g = jax.lax.pmean(g, axis_name)
-    updates, base_state = base_update(base, g, state.base_state, params, extra)
-    return updates, RstState(count=optax.safe_increment(state.count), base_state=base_state)
-
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return sam_variant("rst", base, rho, sam_step, takes_second=takes_second, state_type=RstState, axis_name=axis_name)

@@ -212,6 +212,16 @@ def first_pass_direction(g1, params, grad_at):
   return g1
 
 
+def sam_direction_at(radius, params) -> Direction:
+  """SAM's `Direction` at radius `radius`: the gradient at ``p + radius g1 / (||g1|| + 1e-12)``."""
+  del params
+
+  def direction(g1, p, grad_at):
+    return grad_at(perturb(p, ascent_perturbation(g1, radius)))
+
+  return direction
+
+
 def check_base(base) -> None:
   if not isinstance(base, optax.GradientTransformation):
     validation.fail("base", base, "an optax.GradientTransformation")
@@ -231,31 +241,97 @@ def _device_local(params: optax.Params, axis_name: str) -> optax.Params:
   return jax.tree.map(lambda p: jax.lax.pcast(p, axis_name, to="varying"), params)
 
 
+class VariantInputs(NamedTuple):
+  """What one update hands a SAM variant's gradient rules (`GradientRule`)."""
+
+  grads: optax.Updates  # the first-pass gradient at `params` (None allowed with group_size)
+  params: optax.Params  # unperturbed; with axis_name, the device's own copy
+  loss_fn: LossFn
+  losses: Optional[jax.Array]  # the first pass's per-example losses, when the caller passed them
+  grad_fn: Optional[GradFn]
+  radius: jax.Array  # rho at this update
+  state: NamedTuple  # the variant's state before this update: count, its own fields, base_state
+
+
+# rule(inputs) -> (the gradient the base steps with, the variant's own state fields after this update).
+GradientRule = Callable[[VariantInputs], tuple[optax.Updates, dict[str, Any]]]
+
+
+def first_pass_gradient(inputs: VariantInputs) -> tuple[optax.Updates, dict[str, Any]]:
+  """The `GradientRule` of a base step: the whole batch's first-pass gradient; no own state."""
+  grads = inputs.grads
+  if grads is None:
+    grads = mean_loss_grad(inputs.loss_fn, inputs.params, grad_fn=inputs.grad_fn)
+  return grads, {}
+
+
+def grouped_gradient(direction_at: Callable[[Any, optax.Params], Direction], group_size: Optional[int]) -> GradientRule:
+  """The `GradientRule` "step with the `Direction` `direction_at(radius, params)`", per group of examples.
+
+  `_sam_family_gradient` applies it to the whole batch (``group_size=None``) or
+  to each group of `group_size` examples (m-sharpness); no own state.
+  """
+  validation.integer("group_size", group_size, optional=True)  # static: it fixes shapes
+
+  def rule(inputs):
+    direction = direction_at(inputs.radius, inputs.params)
+    g = _sam_family_gradient(direction, inputs.grads, inputs.params, inputs.loss_fn, group_size, inputs.grad_fn)
+    return g, {}
+
+  return rule
+
+
+def _always(inputs: VariantInputs) -> bool:
+  del inputs
+  return True
+
+
+def _no_fields(params: optax.Params) -> dict[str, Any]:
+  del params
+  return {}
+
+
 def sam_variant(
   name: str,
   base: optax.GradientTransformation,
   rho: optax.ScalarOrSchedule,
-  group_size: Optional[int],
-  direction_at: Callable[[Any, optax.Params], Direction],
+  second_pass: GradientRule,
+  first_pass: GradientRule = first_pass_gradient,
+  *,
+  takes_second: Callable[[VariantInputs], Any] = _always,
+  state_type: type = SamState,
+  init_fields: Callable[[optax.Params], dict[str, Any]] = _no_fields,
   axis_name: Optional[str] = None,
 ) -> optax.GradientTransformationExtraArgs:
-  """A SAM variant that differs from `sam` only in the gradient its base steps with.
+  """The SAM family's update around two gradient rules, with or without the second pass.
 
-  `direction_at(radius, params)` returns the variant's `Direction` for one
-  update (`radius` the rho of that update, `params` the unperturbed ones);
-  `_sam_family_gradient` applies it to the batch or to each group of examples.
-  With `axis_name` the result is averaged over that mapped axis (module
-  docstring). Checks `base`, `rho`, `group_size` and `axis_name`; `name` is the
-  one the errors use.
+  One update::
+
+    inputs = VariantInputs(grads, params, loss_fn, losses, grad_fn, rho(count), state)
+    take   = second_gradient if given, else takes_second(inputs)
+    g, own = second_pass(inputs) if take else first_pass(inputs)
+    g      = pmean(g, axis_name)                  # with axis_name
+    updates, base_state = base.update(g, params=p)
+    state  = state_type(count + 1, **own, base_state)
+
+  `take` is a Python bool (the caller's ``second_gradient``, or a rule known
+  when tracing, such as `sam`'s "always") or a traced boolean, which runs the
+  two rules in a `jax.lax.cond` (LookSAM's count, RST's draw).
+
+  A variant with state of its own (LookSAM's direction, ESAM's key) names a
+  NamedTuple `state_type` with the fields ``count``, its own and
+  ``base_state``; `init_fields(params)` gives its own fields' first values, and
+  both rules return their values after the update (in a `lax.cond` the two
+  must agree in structure). Checks `base`, `rho` and `axis_name`; `name` is
+  the one the errors use.
   """
   check_base(base)
   validation.non_negative("rho", rho)
-  validation.integer("group_size", group_size, optional=True)  # static: it fixes shapes
   if axis_name is not None and not isinstance(axis_name, str):
     validation.fail("axis_name", axis_name, "None or the name of a mapped axis (a str)")
 
   def init_fn(params):
-    return SamState(count=jnp.zeros([], jnp.int32), base_state=base.init(params))
+    return state_type(count=jnp.zeros([], jnp.int32), base_state=base.init(params), **init_fields(params))
 
   def update_fn(
     grads,
@@ -268,22 +344,49 @@ def sam_variant(
     second_gradient: Optional[bool] = None,
     **extra,
   ):
-    del losses  # these variants recompute nothing of the first pass
     validation.require_params(params, name, UPDATE_CALL)
     check_second_gradient(second_gradient)
     refuse_multi_steps(name)
-    if second_gradient is False:  # the step at rho 0, without its (then wasted) second pass
-      direction = first_pass_direction
-    else:
-      direction = direction_at(value_at(rho, state.count), params)
     local = params if axis_name is None else _device_local(params, axis_name)
-    g = _sam_family_gradient(direction, grads, local, loss_fn, group_size, grad_fn)
+    inputs = VariantInputs(grads, local, loss_fn, losses, grad_fn, value_at(rho, state.count), state)
+    take = takes_second(inputs) if second_gradient is None else second_gradient
+    if isinstance(take, bool):  # known when tracing: only the rule taken is traced
+      g, own = (second_pass if take else first_pass)(inputs)
+    else:
+      g, own = jax.lax.cond(take, lambda _: second_pass(inputs), lambda _: first_pass(inputs), None)
     if axis_name is not None:
       g = jax.lax.pmean(g, axis_name)
     updates, base_state = base_update(base, g, state.base_state, params, extra)
-    return updates, SamState(count=optax.safe_increment(state.count), base_state=base_state)
+    return updates, state_type(count=optax.safe_increment(state.count), base_state=base_state, **own)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def directional_variant(
+  name: str,
+  base: optax.GradientTransformation,
+  rho: optax.ScalarOrSchedule,
+  group_size: Optional[int],
+  direction_at: Callable[[Any, optax.Params], Direction],
+  axis_name: Optional[str] = None,
+) -> optax.GradientTransformationExtraArgs:
+  """A SAM variant that differs from `sam` only in its `Direction`, taken on every update.
+
+  `direction_at(radius, params)` returns the variant's `Direction` for one
+  update (`radius` the rho of that update, `params` the unperturbed ones). With
+  ``second_gradient=False`` the direction is the first-pass gradient
+  (`first_pass_direction`, per group with `group_size`): the step at rho 0
+  without its second pass. State: `SamState`.
+  """
+  at_first_pass = lambda radius, params: first_pass_direction
+  return sam_variant(
+    name,
+    base,
+    rho,
+    grouped_gradient(direction_at, group_size),
+    grouped_gradient(at_first_pass, group_size),
+    axis_name=axis_name,
+  )
 
 
 def sam(
@@ -335,12 +438,4 @@ def sam(
     Array([0., 0.], dtype=float32)
   """
 
-  def direction_at(radius, params):
-    del params
-
-    def direction(g1, p, grad_at):
-      return grad_at(perturb(p, ascent_perturbation(g1, radius)))
-
-    return direction
-
-  return sam_variant("sam", base, rho, group_size, direction_at, axis_name)
+  return directional_variant("sam", base, rho, group_size, sam_direction_at, axis_name)
