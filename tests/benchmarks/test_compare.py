@@ -701,3 +701,19 @@ def test_end_to_end_with_label_noise_and_a_sweep(tmp_path, capsys, monkeypatch):
   assert again["earlier_runs_not_reused"] == {} and again["commands"][0] == results["command"]
   main.main(["--report_only", "--out", str(tmp_path)])  # redraws from results.json alone
   assert (tmp_path / "table.md").read_text().count("### Label noise") == 2
+
+
+def test_the_committed_tuned_comparison_is_what_combine_makes_of_its_parts(tmp_path, monkeypatch):
+  """benchmarks/results/compare_digits_tuned: its parts/*.json, combined and reported by today's code,
+  give its results.json and table.md exactly (the plots are left out here: drawing them is slow)."""
+  folder = os.path.join(REPO, "benchmarks", "results", "compare_digits_tuned")
+  for name in ("plot_accuracy", "plot_accuracy_vs_noise", "plot_sharpness"):
+    monkeypatch.setattr(report, name, lambda *args, **kwargs: None)
+  parts = []
+  for name in ("A", "B", "C"):
+    with open(os.path.join(folder, "parts", f"{name}.json")) as f:
+      parts.append(json.load(f))
+  report.write_report(str(tmp_path), combine.combine(parts))
+  for name in ("results.json", "table.md"):
+    with open(os.path.join(folder, name)) as f:
+      assert (tmp_path / name).read_text() == f.read(), name
