@@ -1,4 +1,4 @@
-"""What the comparison compares: the registered optimizers and its variants of them, each with its base."""
+"""What the comparison compares: the registered optimizers and its own variants of them, each with its base."""
 
 from msam_jax.optim import registry
 

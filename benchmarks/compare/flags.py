@@ -20,8 +20,6 @@ from benchmarks.compare.sweep import (
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "digits.py")
 DEFAULT_OUT = os.path.join(REPO, "benchmarks", "results", "compare_digits_tuned")
-
-
 DEFAULT_SEEDS = "0,1,2,3,4"
 DEFAULT_LABEL_NOISE = "0,0.2,0.4"
 

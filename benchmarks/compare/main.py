@@ -18,6 +18,7 @@ from benchmarks.compare.sweep import CRITERIA, lr_grid, reported_points, rho_gri
 
 
 def environment() -> dict:
+  """The machine and versions the runs ran on (results.json's `environment`)."""
   import jax
 
   device = jax.devices()[0]

@@ -9,7 +9,7 @@ from benchmarks.compare.configs import DEFAULT_FIELDS, steps_per_epoch
 from benchmarks.compare.entries import LATE_SAM, MESA_OPTIMIZERS, USES_RHO, comparison_name
 
 
-# Per-run numbers copied from the training library's results, and the summary's metrics.
+# Per-run numbers copied from the training library's results.
 RUN_FIELDS = (
   "final_eval_accuracy",
   "final_eval_loss",
@@ -53,9 +53,6 @@ HISTORY_FIELDS = (
   "validation_loss",
   "noisy_train_accuracy",
 )
-
-
-# ----------------------------------------------------------------------------- runs
 
 
 def steady_seconds_per_step(eval_history: list[dict]) -> float | None:

@@ -6,6 +6,7 @@ from benchmarks.compare.entries import BASE_OPTIMIZER, EMA_SUFFIX, MESA_OPTIMIZE
 from benchmarks.compare.runs import column_runs, columns_of, level_key, noise_levels, noise_of
 
 
+# The metrics the summary gives over seeds.
 SUMMARY_FIELDS = (
   "final_eval_accuracy",
   "final_validation_accuracy",
