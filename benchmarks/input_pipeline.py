@@ -1,6 +1,6 @@
 """Images per second of the input pipelines on this machine (host CPU only).
 
-    python benchmarks/input_pipeline.py [--batch_size 128] [--batches 20]
+    python -m benchmarks.input_pipeline [--batch_size 128] [--batches 20]
 
 * digits: the real embedded data.
 * CIFAR-100: `tfds.testing.mock_data` examples (random 32x32 images), run
@@ -22,13 +22,10 @@ import argparse
 import gc
 import itertools
 import os
-import sys
 import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# Measure this checkout's msam_jax, not an installed copy (python puts benchmarks/ first).
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
 import tensorflow as tf

@@ -1,6 +1,6 @@
 """Step time of every optimizer relative to its base, on a small CNN and a small ViT.
 
-    python benchmarks/optimizer_overhead.py [--batch_size 16] [--repetitions 7]
+    python -m benchmarks.optimizer_overhead [--batch_size 16] [--repetitions 7]
         [--steps 5] [--models cnn,vit] [--vit_depth 2] [--mesa_weight 0.3]
 
 One jitted training step (forward, backward, optimizer update, apply; for the

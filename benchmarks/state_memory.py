@@ -1,6 +1,6 @@
 """Bytes of parameters + optimizer state per device, replicated vs FSDP, for the ViTs.
 
-    python benchmarks/state_memory.py [--devices 8] [--optimizers sgd,msam,adamw,adamw_msam,lion,lion_msam]
+    python -m benchmarks.state_memory [--devices 8] [--optimizers sgd,msam,adamw,adamw_msam,lion,lion_msam]
 
 Shapes only (`jax.eval_shape` of the train state): nothing is trained or
 allocated. The layouts are `msam_jax.training.mesh.state_sharding`'s, on a mesh
@@ -14,7 +14,6 @@ buffer; `lion_msam` is `msam_of(optax.lion)`. Prints a markdown table.
 import argparse
 import functools
 import os
-import sys
 
 
 def main():
@@ -24,7 +23,6 @@ def main():
   args = parser.parse_args()
   os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   import jax  # after XLA_FLAGS
 
   from msam_jax import models

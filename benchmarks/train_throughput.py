@@ -1,11 +1,11 @@
 """Throughput of the training loop's own step, per optimizer and dtype, on one device.
 
-    python benchmarks/train_throughput.py                      # the four original setups
-    python benchmarks/train_throughput.py --quick              # tiny shapes, CPU, about a minute
-    python benchmarks/train_throughput.py --setups imagenet_vit --optimizers sgd,msam \\
+    python -m benchmarks.train_throughput                      # the four original setups
+    python -m benchmarks.train_throughput --quick              # tiny shapes, CPU, about a minute
+    python -m benchmarks.train_throughput --setups imagenet_vit --optimizers sgd,msam \\
         --dtypes bfloat16 --rounds 5 --steps 20 --vit_batch 256 --profile_dir /tmp/prof
-    python benchmarks/train_throughput.py --quick --optimizers sgd,msam --mesa_weight 0.3   # + MESA
-    python benchmarks/train_throughput.py --setups digits_cnn,cifar100_wrn16_4 --batch_size 16 \
+    python -m benchmarks.train_throughput --quick --optimizers sgd,msam --mesa_weight 0.3   # + MESA
+    python -m benchmarks.train_throughput --setups digits_cnn,cifar100_wrn16_4 --batch_size 16 \
         --optimizers sgd,sam,looksam,rst --late_sam 0.2 --dtypes float32 --steps 20   # the cheap SAM steps
 
 What is timed is the loop's own jitted steps, `msam_jax.training.setup.build(config,
@@ -421,7 +421,7 @@ def main(argv=None) -> dict[str, list[dict]]:
     f"{f'{peak / 1e12:.0f} TFLOP/s' if peak else 'unknown (no MFU)'}"
     f"{'; --quick: tiny models' if args.quick else ''}"
   )
-  print(f"command: python benchmarks/train_throughput.py {' '.join(sys.argv[1:] if argv is None else argv)}")
+  print(f"command: python -m benchmarks.train_throughput {' '.join(sys.argv[1:] if argv is None else argv)}")
   return {name: benchmark_setup(name, args, device) for name in args.setups}
 
 

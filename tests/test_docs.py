@@ -283,6 +283,9 @@ def test_shell_blocks_name_real_scripts_configs_fields_and_extras():
       where = f"{page}:{block.line}"
       for script in re.findall(r"\bpython3? (?:-\S+ )*((?:\w+/)*\w+\.py)\b", block.code):
         assert (ROOT / script).exists(), f"{where}: {script} does not exist"
+      for module in re.findall(r"\bpython3? -m (benchmarks(?:\.\w+)*)", block.code):
+        path = ROOT / module.replace(".", "/")
+        assert path.with_suffix(".py").exists() or (path / "__main__.py").exists(), f"{where}: no module {module}"
       for path in re.findall(r"--config (\S+\.py)\b", block.code):
         assert (ROOT / path).exists(), f"{where}: {path} does not exist"
       for field in re.findall(r"--config\.([\w.]+)=", block.code):

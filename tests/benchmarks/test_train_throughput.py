@@ -1,24 +1,13 @@
 """benchmarks/train_throughput.py: the peak table, the summary arithmetic, and one --quick run."""
 
-import importlib.util
 import math
-import os
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCRIPT = os.path.join(REPO, "benchmarks", "train_throughput.py")
+from benchmarks import train_throughput as bench
 
 
-@pytest.fixture(scope="module")
-def bench():
-  spec = importlib.util.spec_from_file_location("train_throughput", SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-def test_peak_table_matches_device_kinds(bench):
+def test_peak_table_matches_device_kinds():
   assert bench.peak_flops("NVIDIA H100 80GB HBM3", "bfloat16") == 989e12
   assert bench.peak_flops("NVIDIA H100 PCIe", "float32") == 378e12
   assert bench.peak_flops("TPU v5 lite", "bfloat16") == 197e12
@@ -26,7 +15,7 @@ def test_peak_table_matches_device_kinds(bench):
   assert bench.peak_flops("cpu", "bfloat16") is None
 
 
-def test_each_optimizer_is_compared_with_its_registry_base(bench):
+def test_each_optimizer_is_compared_with_its_registry_base():
   from msam_jax.optim import registry
 
   for name in registry.names():
@@ -36,7 +25,7 @@ def test_each_optimizer_is_compared_with_its_registry_base(bench):
   assert bench.QUICK_OPTIMIZERS == ("sgd", "msam", "sam")  # the first of each family
 
 
-def test_quick_alone_is_one_small_setup_and_any_flag_widens_it(bench):
+def test_quick_alone_is_one_small_setup_and_any_flag_widens_it():
   args = bench.parse_args(["--quick"])
   assert (args.setups, args.optimizers, args.dtypes) == (["cifar100_wrn16_4"], ["sgd", "msam", "sam"], ["float32"])
   args = bench.parse_args(["--quick", "--dtypes", "float32,bfloat16"])
@@ -45,7 +34,7 @@ def test_quick_alone_is_one_small_setup_and_any_flag_widens_it(bench):
   assert len(args.setups) == 4 and len(args.optimizers) == len(bench.OPTIMIZERS) and len(args.dtypes) == 2
 
 
-def test_summary_ratios_are_per_round_medians(bench):
+def test_summary_ratios_are_per_round_medians():
   def run(label, optimizer, dtype, times, flops=2e9, base=None):
     r = bench.Run(label, optimizer, dtype, None, None, flops, base)
     r.times = times
@@ -68,7 +57,7 @@ def test_summary_ratios_are_per_round_medians(bench):
   assert math.isnan(rows["msam", "float32"]["bf16_speedup"])
 
 
-def test_bad_flags_exit_with_the_reason(bench, capsys):
+def test_bad_flags_exit_with_the_reason(capsys):
   for argv in (
     ["--optimizers", "sgd,nosuch"],
     ["--dtypes", "float16"],
@@ -83,7 +72,7 @@ def test_bad_flags_exit_with_the_reason(bench, capsys):
 
 
 @pytest.mark.slow
-def test_quick_run_on_cpu(bench, capsys):
+def test_quick_run_on_cpu(capsys):
   """A tiny WRN, runs of 2 steps timed on the loop's host-decided path: LookSAM (k=1 would be
   SAM; the default k=5 makes step 0 a SAM step, step 1 not) and late SAM (its second half SAM)
   take the second gradient on half their steps, which shows in their mean flops; A/A present.
@@ -111,7 +100,7 @@ def test_quick_run_on_cpu(bench, capsys):
 
 
 @pytest.mark.slow
-def test_the_timed_step_is_the_training_loops_step(bench, tmp_path):
+def test_the_timed_step_is_the_training_loops_step(tmp_path):
   """One step of the benchmark's run equals one step of train_and_evaluate on the same config:
   same state after it, bit for bit (same batch, same dropout key, same compiled step)."""
   import jax

@@ -1,6 +1,6 @@
 """Forward + backward throughput of the paper's models on the machine this runs on.
 
-    python benchmarks/models.py [--batch_size 32] [--steps 5] [--dtype float32]
+    python -m benchmarks.model_throughput [--batch_size 32] [--steps 5] [--dtype float32]
 
 Times one jitted training-mode pass (logits, cross-entropy, gradient w.r.t. all
 parameters, updated batch-norm statistics) per step at a fixed batch of random
