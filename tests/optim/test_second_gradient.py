@@ -128,6 +128,21 @@ def test_a_rho_schedule_from_zero_skips_the_second_gradient_until_it_jumps(x64, 
       assert_trees_equal(got, want)
 
 
+def test_looksam_jump_between_its_sam_steps_trains_as_the_base_until_the_next_one(x64):
+  """rho turns on at update 4, k = 3: updates 4 and 5 reuse gv, still zero (docs/algorithms.md),
+  so they are the base's steps; the first SAM step is update 6."""
+  rho = schedules.rho_start_jump(H["rho"], steps_per_epoch=1, jump_epochs=4)
+  tx = msam_jax.looksam(sgd(), rho, k=3, alpha=0.5)
+  decided = host_decisions("looksam", rho, k=3)
+  np.testing.assert_array_equal(decided, [False] * 6 + [True, False, False] * 2)
+  host = run(tx, lambda c: bool(decided[c]))
+  assert_same_trajectory(host, run(tx, lambda c: None))
+  base = run(sgd(), lambda c: None, steps=7)
+  for (got, _), (want, _) in zip(host[:6], base[:6], strict=True):
+    assert_trees_equal(got, want)
+  assert not np.allclose(host[6][0]["0.weight"], base[6][0]["0.weight"], rtol=1e-9)
+
+
 def test_esam_without_second_gradient_is_the_base_step_not_its_rho_zero_subset_step(x64):
   """Below gamma 0.99 ESAM at rho 0 still steps with the gradient of a subset (chosen by
   round-off "sharpness"); second_gradient=False (what a loop passes at rho 0) steps with the
